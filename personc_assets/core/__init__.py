@@ -1,0 +1,1 @@
+"""PersonC's framework-free core library (never imports Dagster)."""

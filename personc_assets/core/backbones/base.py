@@ -1,0 +1,80 @@
+"""The backbone protocol: project faces to latents, split latents into named
+factors, compose factors back into a latent and synthesize images.
+
+Every backbone (the embedded morphable model, StyleGAN2-ADA) implements this
+protocol and registers a factory under its name in ``BACKBONES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+from ..registry import Registry
+from ..types import Factors, Latent, SourceFace
+
+#: Identity factor names, in the order reports list them. A backbone may
+#: offer a subset but uses these names for the ones it has.
+FACTOR_NAMES: tuple[str, ...] = ("geometry", "symmetry", "texture", "eyes", "nose", "mouth")
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A source face projected into a backbone's latent space.
+
+    ``reconstruction_error`` is the mean absolute pixel error of
+    ``synthesize(latent)`` against the aligned source, in [0, 1].
+    ``extras`` holds backbone-specific quality figures (e.g. identity
+    similarity of the reconstruction to its source).
+    """
+
+    latent: Latent
+    reconstruction_error: float
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """What the pipeline needs from a generative backbone.
+
+    Lifecycle: construct (from config and weights), ``fit`` on the source faces
+    (a pretrained model ignores them; the embedded model builds itself from
+    them), then ``project``/``decompose``/``compose``/``synthesize``. The
+    fitted state is saved with ``save_state`` and restored with ``load_state``
+    so that separate pipeline steps share one model; ``state_hash`` identifies
+    weights + fitted state for lineage.
+    """
+
+    name: str
+    #: identity factors this backbone decomposes into (subset of FACTOR_NAMES)
+    factor_names: tuple[str, ...]
+    #: side of the square images it synthesizes
+    image_size: int
+
+    def fit(self, faces: Sequence[SourceFace]) -> None: ...
+
+    def state_hash(self) -> str: ...
+
+    def save_state(self, path: Path) -> None: ...
+
+    def load_state(self, path: Path) -> None: ...
+
+    def project(self, faces: Sequence[SourceFace]) -> list[Projection]: ...
+
+    def decompose(self, latent: Latent) -> dict[str, np.ndarray]: ...
+
+    def compose(self, factors: Factors) -> dict[str, np.ndarray]: ...
+
+    def synthesize(self, latents: Sequence[Latent]) -> list[np.ndarray]: ...
+
+    def population_mean(self) -> dict[str, np.ndarray]: ...
+
+
+class BackboneError(RuntimeError):
+    """A backbone cannot be built or used (bad weights, not fitted, ...)."""
+
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
