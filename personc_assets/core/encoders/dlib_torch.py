@@ -20,11 +20,13 @@ does: ``(pixel - mean[channel]) / 256``.
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
 
 from ..faces.detect import dlib_model_path
 from ..types import FaceObservation
@@ -52,134 +54,111 @@ STEM_CHANNELS = 32
 DESCRIPTOR_DIM = 128
 
 
-def _torch():
-    import torch
+class Affine(nn.Module):
+    """dlib's ``affine_`` in conv mode: ``y = gamma[c] * x + beta[c]`` on ``[N, C, H, W]``."""
 
-    return torch
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(channels), requires_grad=False)
+        self.beta = nn.Parameter(torch.zeros(channels), requires_grad=False)
 
-
-def _build_modules():
-    """Define the torch modules (torch is imported only when a network is built)."""
-    torch = _torch()
-    from torch import nn
-    from torch.nn import functional as F
-
-    class Affine(nn.Module):
-        """dlib's ``affine_`` in conv mode: ``y = gamma[c] * x + beta[c]`` on ``[N, C, H, W]``."""
-
-        def __init__(self, channels: int) -> None:
-            super().__init__()
-            self.gamma = nn.Parameter(torch.ones(channels), requires_grad=False)
-            self.beta = nn.Parameter(torch.zeros(channels), requires_grad=False)
-
-        def forward(self, x):
-            return x * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
-
-    def conv(in_channels: int, out_channels: int, size: int, stride: int):
-        # dlib's con_ pads size//2 at stride 1 and nothing at larger strides
-        return nn.Conv2d(in_channels, out_channels, size, stride,
-                         padding=size // 2 if stride == 1 else 0, bias=True)
-
-    def add_zero_padded(a, b):
-        """dlib's ``add_prev``: sum of two ``[N, C, H, W]`` tensors, the smaller one zero-padded
-        (at the end of channels, rows and columns) to the larger one's shape."""
-        if a.shape == b.shape:
-            return a + b
-        c, h, w = (max(a.shape[i], b.shape[i]) for i in (1, 2, 3))
-
-        def pad(t):
-            return F.pad(t, (0, w - t.shape[3], 0, h - t.shape[2], 0, c - t.shape[1]))
-
-        return pad(a) + pad(b)
-
-    class ResidualBlock(nn.Module):
-        """dlib's ``ares`` (stride 1) or ``ares_down`` (stride 2) block.
-
-        Main path: con3x3(stride) → affine → relu → con3x3 → affine. Shortcut:
-        the input, or its 2x2 average pool when downsampling. Output: relu of
-        the zero-padded sum.
-        """
-
-        def __init__(self,
-                     in_channels: int,   # channels of the block input
-                     out_channels: int,  # filters of both convolutions
-                     stride: int,        # 1 (ares) or 2 (ares_down)
-                     ) -> None:
-            super().__init__()
-            if stride not in (1, 2):
-                raise ValueError(f"stride must be 1 or 2, got {stride}")
-            self.stride = stride
-            self.conv1 = conv(in_channels, out_channels, 3, stride)
-            self.affine1 = Affine(out_channels)
-            self.conv2 = conv(out_channels, out_channels, 3, 1)
-            self.affine2 = Affine(out_channels)
-
-        def forward(self, x):
-            y = self.affine2(self.conv2(F.relu(self.affine1(self.conv1(x)))))
-            shortcut = F.avg_pool2d(x, 2, 2) if self.stride == 2 else x
-            return F.relu(add_zero_padded(y, shortcut))
-
-    class DlibResNet(nn.Module):
-        """dlib's face-recognition ResNet: normalised chips ``[N, 3, 150, 150]`` → ``[N, 128]``.
-
-        The output is dlib's raw descriptor (not unit length).
-        """
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem_conv = conv(3, STEM_CHANNELS, 7, 2)
-            self.stem_affine = Affine(STEM_CHANNELS)
-            self.blocks = nn.Sequential(*(ResidualBlock(i, o, s) for i, o, s in BLOCKS))
-            self.fc = nn.Linear(BLOCKS[-1][1], DESCRIPTOR_DIM, bias=False)
-            self.register_buffer("mean_rgb", torch.zeros(3))
-            self.folded = False
-
-        def forward(self, x):
-            if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
-                raise ValueError(f"expected [N, 3, {INPUT_SIZE}, {INPUT_SIZE}], got {tuple(x.shape)}")
-            x = F.relu(self.stem_affine(self.stem_conv(x)))
-            x = F.max_pool2d(x, 3, 2)
-            x = self.blocks(x)
-            x = x.mean(dim=(2, 3))
-            return self.fc(x)
-
-        def normalise(self, chips):
-            """uint8 chips ``[N, 150, 150, 3]`` (RGB) → network input ``[N, 3, 150, 150]``."""
-            x = chips.permute(0, 3, 1, 2).to(self.mean_rgb.dtype)
-            return (x - self.mean_rgb.view(1, 3, 1, 1)) / 256.0
-
-        @torch.no_grad()
-        def fold_affine(self) -> "DlibResNet":
-            """Merge each affine into the convolution before it (exact up to float rounding)."""
-            pairs = [(self.stem_conv, self.stem_affine)]
-            for block in self.blocks:
-                pairs += [(block.conv1, block.affine1), (block.conv2, block.affine2)]
-            for conv_, affine in pairs:
-                conv_.weight.mul_(affine.gamma.view(-1, 1, 1, 1))
-                conv_.bias.mul_(affine.gamma).add_(affine.beta)
-                affine.gamma.fill_(1.0)
-                affine.beta.zero_()
-            self.stem_affine = nn.Identity()
-            for block in self.blocks:
-                block.affine1 = nn.Identity()
-                block.affine2 = nn.Identity()
-            self.folded = True
-            return self
-
-    return Affine, ResidualBlock, DlibResNet
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
 
 
-_MODULES = None
-_modules_lock = threading.Lock()
+def dlib_conv(in_channels: int, out_channels: int, size: int, stride: int) -> nn.Conv2d:
+    """dlib's ``con_``: pads ``size // 2`` at stride 1 and nothing at larger strides."""
+    return nn.Conv2d(in_channels, out_channels, size, stride,
+                     padding=size // 2 if stride == 1 else 0, bias=True)
 
 
-def modules():
-    """``(Affine, ResidualBlock, DlibResNet)`` classes, defined on first use."""
-    global _MODULES
-    with _modules_lock:
-        if _MODULES is None:
-            _MODULES = _build_modules()
-    return _MODULES
+def add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """dlib's ``add_prev``: the sum of two ``[N, C, H, W]`` tensors, each zero-padded at the
+    end of its channels, rows and columns to the larger of both shapes."""
+    if a.shape == b.shape:
+        return a + b
+    c, h, w = (max(a.shape[i], b.shape[i]) for i in (1, 2, 3))
+
+    def pad(t: torch.Tensor) -> torch.Tensor:
+        return F.pad(t, (0, w - t.shape[3], 0, h - t.shape[2], 0, c - t.shape[1]))
+
+    return pad(a) + pad(b)
+
+
+class ResidualBlock(nn.Module):
+    """dlib's ``ares`` (stride 1) or ``ares_down`` (stride 2) block.
+
+    Main path: con3x3(stride) → affine → relu → con3x3 → affine. Shortcut: the
+    input, or its 2x2 average pool when downsampling. Output: relu of the
+    zero-padded sum (``add_zero_padded``).
+    """
+
+    def __init__(self,
+                 in_channels: int,   # channels of the block input
+                 out_channels: int,  # filters of both convolutions
+                 stride: int,        # 1 (ares) or 2 (ares_down)
+                 ) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        self.stride = stride
+        self.conv1 = dlib_conv(in_channels, out_channels, 3, stride)
+        self.affine1: nn.Module = Affine(out_channels)
+        self.conv2 = dlib_conv(out_channels, out_channels, 3, 1)
+        self.affine2: nn.Module = Affine(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.affine2(self.conv2(F.relu(self.affine1(self.conv1(x)))))
+        shortcut = F.avg_pool2d(x, 2, 2) if self.stride == 2 else x
+        return F.relu(add_zero_padded(y, shortcut))
+
+
+class DlibResNet(nn.Module):
+    """dlib's face-recognition ResNet: normalised chips ``[N, 3, 150, 150]`` → ``[N, 128]``.
+
+    The output is dlib's raw descriptor (length about 1.5, not normalised).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem_conv = dlib_conv(3, STEM_CHANNELS, 7, 2)
+        self.stem_affine: nn.Module = Affine(STEM_CHANNELS)
+        self.blocks = nn.Sequential(*(ResidualBlock(i, o, s) for i, o, s in BLOCKS))
+        self.fc = nn.Linear(BLOCKS[-1][1], DESCRIPTOR_DIM, bias=False)
+        self.register_buffer("mean_rgb", torch.zeros(3))
+        self.folded = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"expected [N, 3, {INPUT_SIZE}, {INPUT_SIZE}], got {tuple(x.shape)}")
+        x = F.relu(self.stem_affine(self.stem_conv(x)))
+        x = F.max_pool2d(x, 3, 2)
+        x = self.blocks(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def normalise(self, chips: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB chips ``[N, 150, 150, 3]`` → network input ``[N, 3, 150, 150]``
+        (dlib's ``input_rgb_image_sized``: ``(pixel - mean) / 256``)."""
+        x = chips.permute(0, 3, 1, 2).to(self.mean_rgb.dtype)
+        return (x - self.mean_rgb.view(1, 3, 1, 1)) / 256.0
+
+    @torch.no_grad()
+    def fold_affine(self) -> "DlibResNet":
+        """Merge each affine into the convolution before it (exact up to float rounding)."""
+        pairs = [(self.stem_conv, self.stem_affine)]
+        pairs += [(b.conv1, b.affine1) for b in self.blocks]
+        pairs += [(b.conv2, b.affine2) for b in self.blocks]
+        for conv, affine in pairs:
+            if not isinstance(affine, Affine):
+                raise RuntimeError("fold_affine: the network is already folded")
+            conv.weight.mul_(affine.gamma.view(-1, 1, 1, 1))
+            conv.bias.mul_(affine.gamma).add_(affine.beta)
+        self.stem_affine = nn.Identity()
+        for block in self.blocks:
+            block.affine1 = nn.Identity()
+            block.affine2 = nn.Identity()
+        self.folded = True
+        return self
 
 
 # ---------------------------------------------------------------------------
@@ -198,7 +177,7 @@ def weight_names() -> list[tuple[str, str]]:
 
 def state_dict_from_dlib(net: DlibNetwork) -> dict[str, np.ndarray]:
     """Map a validated dlib network onto ``DlibResNet``'s parameter names."""
-    weighted: list[DlibLayer] = [l for l in reversed(net.layers) if l.arrays]
+    weighted: list[DlibLayer] = [layer for layer in reversed(net.layers) if layer.arrays]
     names = weight_names()
     if len(weighted) != len(names):
         raise ValueError(f"dlib network has {len(weighted)} weighted layers, expected {len(names)}")
@@ -217,12 +196,10 @@ def state_dict_from_dlib(net: DlibNetwork) -> dict[str, np.ndarray]:
     return state
 
 
-def load_dlib_resnet(model_path: Path | None = None, fold: bool = True):
+def load_dlib_resnet(model_path: Path | None = None, fold: bool = True) -> DlibResNet:
     """``DlibResNet`` (eval mode, CPU, float32) with dlib's weights; ``fold`` merges affines."""
-    torch = _torch()
     path = Path(model_path) if model_path else dlib_model_path(DESCRIPTOR_FILE)
     state = state_dict_from_dlib(load_anet(path))
-    _, _, DlibResNet = modules()
     model = DlibResNet()
     missing, unexpected = model.load_state_dict(
         {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in state.items()}, strict=False)
@@ -256,7 +233,6 @@ class TorchDlibEncoder:
                  device: Device = "auto",         # "auto" = CUDA when present, else CPU
                  batch_size: int = 32,            # chips per forward pass
                  ) -> None:
-        torch = _torch()
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         if batch_size < 1:
@@ -277,7 +253,6 @@ class TorchDlibEncoder:
 
     def describe_chips(self, chips: np.ndarray) -> np.ndarray:
         """Raw dlib descriptors ``[N, 128]`` (float32, not normalised) of uint8 chips ``[N, 150, 150, 3]``."""
-        torch = _torch()
         chips = np.asarray(chips)
         if chips.dtype != np.uint8 or chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
             raise ValueError(f"chips must be uint8 [N, {CHIP_SIZE}, {CHIP_SIZE}, 3], "
