@@ -20,10 +20,11 @@ _ARCFACE_112 = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
      [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64) / 112.0
 
-#: Template in unit coordinates of the canonical crop: eyes at 45% height.
+#: Template in unit coordinates of the canonical crop: eyes at 42% height,
+#: eye distance 22% of the width, room for the forehead, hair line and chin.
 CANONICAL_TEMPLATE = np.column_stack([
-    0.25 + 0.5 * _ARCFACE_112[:, 0],
-    0.19 + 0.5 * _ARCFACE_112[:, 1],
+    0.15 + 0.7 * _ARCFACE_112[:, 0],
+    0.10 + 0.7 * _ARCFACE_112[:, 1],
 ])
 
 

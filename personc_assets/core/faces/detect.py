@@ -74,3 +74,11 @@ def landmarks_in_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.nd
     with _lock:
         shape = _predictor()(image, rect)
     return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
+
+
+def face_from_landmarks(image: np.ndarray, landmarks: np.ndarray) -> FaceObservation:
+    """A ``FaceObservation`` for a face whose 68 landmarks are already known."""
+    lm = np.asarray(landmarks, dtype=np.float32)
+    x0, y0 = lm.min(axis=0)
+    x1, y1 = lm.max(axis=0)
+    return FaceObservation(image, lm, (int(x0), int(y0), int(np.ceil(x1)), int(np.ceil(y1))), 1.0)

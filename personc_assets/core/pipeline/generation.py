@@ -1,0 +1,109 @@
+"""Steps 5 and 6: sample recipes, synthesize candidates, judge and release.
+
+A run has ``num_samples`` slots. Slot ``s`` tries attempts 0, 1, ... each a
+fresh recipe (seeded by run seed, slot and attempt) until one candidate
+passes the guard or ``max_attempts`` candidates were rejected. Candidate ids
+are derived from the generation id, slot and attempt, so re-running the same
+configuration rewrites the same rows instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..atomic import atomic_save_png, load_npz
+from ..faces.loading import pixel_hash
+from ..lineage.store import LineageStore, now
+from ..recipes import DonorInfo, mix_factors, sample_recipes
+from ..types import Candidate, Recipe
+from ..versioning import code_version, config_hash
+from .config import RunConfig, Workspace
+from .modeling import BackboneRef
+from .sources import SourceSet
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+def generation_id(cfg: RunConfig, backbone_state: str, source_set: str) -> str:
+    """Identifies one batch of candidates: same inputs, same id."""
+    return "g" + config_hash({"seed": cfg.seed, "backbone_state": backbone_state, "sources": source_set,
+                              "recipe": dict(cfg.recipe_options), "code": code_version().split(".dirty")[0]})[:15]
+
+
+def candidate_id(gen_id: str, slot: int, attempt: int) -> str:
+    return "c" + hashlib.sha256(f"{gen_id}/{slot}/{attempt}".encode()).hexdigest()[:15]
+
+
+def recipe_json(recipe: Recipe) -> str:
+    return json.dumps({"components": {f: [[d, w] for d, w in parts] for f, parts in recipe.components.items()},
+                       "primary": dict(recipe.primary), "mean_pull": recipe.mean_pull,
+                       "context_donor": recipe.context_donor, "seed": recipe.seed}, sort_keys=True)
+
+
+class CandidateFactory:
+    """Makes the candidate for (slot, attempt) from the fitted backbone and source factors."""
+
+    def __init__(self, cfg: RunConfig, ws: Workspace, sources: SourceSet, factors_summary: dict[str, Any]):
+        self.cfg, self.ws = cfg, ws
+        self.ref = BackboneRef(**factors_summary["backbone"])
+        self.backbone = self.ref.load()
+        self.factors = {h: load_npz(Path(p)) for h, p in factors_summary["factors"].items()}
+        self.mean = load_npz(Path(factors_summary["mean"]))
+        entries = {e["content_hash"]: e for e in sources.entries}
+        self.donors = [DonorInfo.from_factors(h, entries[h]["group"], entries[h]["label"], self.factors[h],
+                                              self.backbone) for h in self.factors]
+        self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
+
+    def recipe(self, slot: int, attempt: int) -> Recipe:
+        seed = int.from_bytes(hashlib.sha256(f"{self.cfg.seed}/{slot}/{attempt}".encode()).digest()[:8], "big")
+        return sample_recipes(self.donors, self.backbone.factor_names, 1, seed,
+                              **dict(self.cfg.recipe_options))[0]
+
+    def make(self, slots: Sequence[tuple[int, int]]) -> list[tuple[int, Candidate]]:
+        """Candidates for ``(slot, attempt)`` pairs, synthesized in one batch."""
+        recipes = [self.recipe(s, a) for s, a in slots]
+        mixed = [mix_factors(r, self.factors, self.mean) for r in recipes]
+        latents = [self.backbone.compose(m) for m in mixed]
+        images = self.backbone.synthesize(latents)
+        return [(s, Candidate(candidate_id(self.gen_id, s, a), r, a, img, lat, mix))
+                for (s, a), r, img, lat, mix in zip(slots, recipes, images, latents, mixed)]
+
+    def save(self, store: LineageStore, made: list[tuple[int, Candidate]], run_id: str) -> list[dict[str, Any]]:
+        """Write candidate PNGs and their recipe/candidate rows (one transaction)."""
+        out, t = [], now()
+        for slot, c in made:
+            path = self.ws.candidates / self.gen_id / f"{c.candidate_id}.png"
+            if not path.exists():
+                atomic_save_png(path, c.image)
+            out.append({"candidate_id": c.candidate_id, "slot": slot, "attempt": c.attempt,
+                        "recipe_id": c.recipe.recipe_id, "image_path": str(path),
+                        "donors": list(c.recipe.donors())})
+        with store.transaction():
+            store.upsert("recipes", [{"recipe_id": c.recipe.recipe_id, "seed": c.recipe.seed,
+                                      "mean_pull": c.recipe.mean_pull, "context_donor": c.recipe.context_donor,
+                                      "recipe_json": recipe_json(c.recipe), "run_id": run_id} for _, c in made])
+            store.upsert("candidates", [{"candidate_id": c.candidate_id, "recipe_id": c.recipe.recipe_id,
+                                         "generation_id": self.gen_id, "attempt": c.attempt,
+                                         "backbone_state": self.ref.state_hash, "image_path": o["image_path"],
+                                         "image_hash": pixel_hash(c.image), "run_id": run_id,
+                                         "code_version": code_version(), "created_at": t}
+                                        for (_, c), o in zip(made, out)])
+        return out
+
+
+def generate_first_attempts(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
+                            factors_summary: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """Attempt 0 of every slot."""
+    factory = CandidateFactory(cfg, ws, sources, factors_summary)
+    made = factory.make([(s, 0) for s in range(cfg.num_samples)])
+    rows = factory.save(store, made, run_id)
+    return {"generation_id": factory.gen_id, "candidates": rows}

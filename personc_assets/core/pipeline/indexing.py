@@ -1,0 +1,90 @@
+"""Step 4: embed every source with every encoder and build the FAISS indexes.
+
+Embeddings are cached in the lineage store by (content hash, encoder
+version): an unchanged source is never embedded twice across runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..encoders.base import ENCODERS, Encoder
+from ..faces.detect import face_from_landmarks
+from ..index import EmbeddingIndex, IndexManifest, source_set_hash
+from ..lineage.store import LineageStore
+from ..types import SourceFace
+from .config import RunConfig, TauChoice, Workspace, resolve_taus
+from .sources import SourceSet
+
+log = logging.getLogger(__name__)
+
+BATCH = 16
+
+
+def build_encoders(cfg: RunConfig) -> tuple[list[Encoder], list[dict[str, str]]]:
+    """The encoders of this run and the ones skipped (with the reason)."""
+    from ..encoders.availability import resolve_encoders
+
+    encoders, skipped = resolve_encoders(cfg.encoders, Path(cfg.weights_dir))
+    return encoders, [{"encoder": s.name, "reason": s.reason} for s in skipped]
+
+
+def embed_sources(encoder: Encoder, faces: Sequence[SourceFace], store: LineageStore, run_id: str,
+                  progress: Callable[[int, int, str], None] | None = None) -> np.ndarray:
+    """``[N, D]`` embeddings of ``faces`` (aligned crops), from the cache where possible."""
+    hashes = [f.content_hash for f in faces]
+    cached = dict(store.conn.execute(
+        "SELECT content_hash, vector FROM embeddings WHERE encoder_version = ? AND content_hash IN "
+        f"(SELECT unnest(?::VARCHAR[]))", [encoder.version, hashes]).fetchall())
+    todo = [f for f in faces if f.content_hash not in cached]
+    for start in range(0, len(todo), BATCH):
+        batch = todo[start:start + BATCH]
+        if progress:
+            progress(start + len(batch), len(todo), encoder.name)
+        vecs = encoder.embed([face_from_landmarks(f.aligned, f.landmarks) for f in batch])
+        if vecs.shape != (len(batch), encoder.dim) or not np.all(np.isfinite(vecs)):
+            raise RuntimeError(f"encoder {encoder.name} returned invalid embeddings {vecs.shape}")
+        rows = [{"content_hash": f.content_hash, "encoder": encoder.name, "encoder_version": encoder.version,
+                 "vector": v.tolist(), "run_id": run_id} for f, v in zip(batch, vecs)]
+        with store.transaction():
+            store.upsert("embeddings", rows)
+        cached.update({f.content_hash: v for f, v in zip(batch, vecs)})
+    return np.stack([np.asarray(cached[h], dtype=np.float32) for h in hashes])
+
+
+def index_path(ws: Workspace, encoder: Encoder, set_hash: str) -> Path:
+    return ws.indexes / f"{encoder.name}-{encoder.version[-12:]}-{set_hash[:12]}.faiss"
+
+
+def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet, run_id: str,
+                  progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+    """Per encoder: embeddings of every source in an exact FAISS index on disk."""
+    encoders, skipped = build_encoders(cfg)
+    taus = resolve_taus(encoders, cfg.taus, cfg.bare_tau)
+    faces = sources.load_faces()
+    out = []
+    for enc in encoders:
+        path = index_path(ws, enc, sources.source_set_hash)
+        expect = IndexManifest(enc.name, enc.version, sources.source_set_hash, len(faces), enc.dim)
+        try:
+            EmbeddingIndex.load(path, expect)
+            log.info("index for %s is up to date: %s", enc.name, path)
+        except Exception:
+            vectors = embed_sources(enc, faces, store, run_id, progress)
+            index = EmbeddingIndex.build(enc.name, enc.version, [f.content_hash for f in faces], vectors)
+            index.save(path)
+        with store.transaction():
+            store.upsert("indexes", [{"encoder": enc.name, "encoder_version": enc.version,
+                                      "source_set_hash": sources.source_set_hash, "kind": "flat_ip",
+                                      "count": len(faces), "index_path": str(path), "run_id": run_id}])
+        out.append({"encoder": enc.name, "encoder_version": enc.version, "index_path": str(path),
+                    "count": len(faces), "dim": enc.dim, "tau": taus[enc.name].tau, "tau_why": taus[enc.name].why})
+    return {"indexes": out, "skipped": skipped, "source_set_hash": sources.source_set_hash}
+
+
+def tau_choices(index_summary: dict[str, Any]) -> dict[str, TauChoice]:
+    return {i["encoder"]: TauChoice(i["encoder"], i["tau"], i["tau_why"]) for i in index_summary["indexes"]}

@@ -1,0 +1,157 @@
+"""Step 6: the guard judges candidates; rejected slots are regenerated.
+
+Every attempt and every per-encoder verdict is recorded. A slot whose
+candidate passes (and differs from every face released before it) is
+released as a PNG marked as synthetic.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..atomic import load_npz
+from ..guard import Guard, GuardMember, Verdict
+from ..index import EmbeddingIndex, IndexManifest
+from ..lineage.store import LineageStore, now
+from ..release import release_id_for, write_release_png
+from ..types import Candidate
+from ..versioning import code_version
+from .config import RunConfig, Workspace
+from .generation import CandidateFactory
+from .indexing import build_encoders
+from .sources import SourceSet
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+
+def build_guard(cfg: RunConfig, index_summary: dict[str, Any]) -> Guard:
+    """The ensemble: each encoder with its index (a missing or stale index → every check rejects)."""
+    encoders, _ = build_encoders(cfg)
+    by_name = {i["encoder"]: i for i in index_summary["indexes"]}
+    members = []
+    for enc in encoders:
+        info = by_name.get(enc.name)
+        if info is None:
+            members.append(GuardMember(enc, None, enc.default_tau, index_error=f"no index built for {enc.name}"))
+            continue
+        expect = IndexManifest(enc.name, enc.version, index_summary["source_set_hash"], info["count"], enc.dim)
+        try:
+            index = EmbeddingIndex.load(Path(info["index_path"]), expect)
+            members.append(GuardMember(enc, index, info["tau"]))
+        except Exception as exc:
+            log.error("index for %s unusable, every candidate will be rejected: %s", enc.name, exc)
+            members.append(GuardMember(enc, None, info["tau"], index_error=str(exc)))
+    return Guard(members)
+
+
+def verdict_rows(v: Verdict, run_id: str) -> list[dict[str, Any]]:
+    return [{"candidate_id": v.candidate_id, "encoder": ev.encoder, "encoder_version": ev.encoder_version,
+             "gating": ev.gating, "max_similarity": _num(ev.max_similarity), "nearest_source": ev.nearest_source,
+             "released_similarity": _num(ev.released_similarity), "tau": ev.tau, "verdict": ev.verdict,
+             "reason": ev.reason, "run_id": run_id} for ev in v.per_encoder]
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not np.isfinite(x) else float(x)
+
+
+def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
+                      factors_summary: dict[str, Any], index_summary: dict[str, Any],
+                      first: dict[str, Any], run_id: str, progress: Progress | None = None) -> dict[str, Any]:
+    """Judge the first attempts, regenerate rejected slots, release the passes."""
+    from PIL import Image
+
+    guard = build_guard(cfg, index_summary)
+    factory = CandidateFactory(cfg, ws, sources, factors_summary)
+    pending: list[tuple[int, Candidate]] = []
+    for row in first["candidates"]:
+        recipe = factory.recipe(row["slot"], row["attempt"])
+        image = np.asarray(Image.open(row["image_path"]).convert("RGB"))
+        pending.append((row["slot"], Candidate(row["candidate_id"], recipe, row["attempt"], image)))
+    attempts: list[dict[str, Any]] = []
+    released: list[dict[str, Any]] = []
+    while pending:
+        verdicts = guard.check([(c.candidate_id, c.image) for _, c in pending])
+        retry = []
+        round_rows, cand_rows, release_rows = [], [], []
+        for (slot, cand), verdict in zip(pending, verdicts):
+            verdict = guard.admit(verdict)
+            round_rows += verdict_rows(verdict, run_id)
+            cand_rows.append({"candidate_id": cand.candidate_id, "verdict": verdict.verdict,
+                              "reason": verdict.reason, "run_id": run_id})
+            attempts.append(_attempt_summary(slot, cand, verdict))
+            if verdict.passed:
+                rel = _release(ws, cand, verdict, run_id)
+                release_rows.append(rel["row"])
+                released.append(rel["summary"])
+            elif cand.attempt + 1 < cfg.max_attempts:
+                retry.append((slot, cand.attempt + 1))
+            else:
+                log.warning("slot %d: all %d attempts rejected", slot, cfg.max_attempts)
+        with store.transaction():
+            store.upsert("verdicts", round_rows)
+            store.upsert("candidate_verdicts", cand_rows)
+            store.upsert("releases", release_rows)
+        if progress:
+            progress(len(released), cfg.num_samples, f"{len(attempts)} candidates judged")
+        pending = factory.make(retry) if retry else []
+        if pending:
+            factory.save(store, pending, run_id)
+    return {"generation_id": factory.gen_id, "released": released, "attempts": attempts,
+            "num_samples": cfg.num_samples, "max_attempts": cfg.max_attempts,
+            "pass_rate": sum(a["verdict"] == "PASS" for a in attempts) / max(1, len(attempts))}
+
+
+def _attempt_summary(slot: int, cand: Candidate, v: Verdict) -> dict[str, Any]:
+    return {"slot": slot, "attempt": cand.attempt, "candidate_id": cand.candidate_id, "verdict": v.verdict,
+            "reason": v.reason, "recipe_id": cand.recipe.recipe_id,
+            "similarity": {ev.encoder: _num(ev.max_similarity) for ev in v.per_encoder},
+            "nearest": {ev.encoder: ev.nearest_source for ev in v.per_encoder},
+            "tau": {ev.encoder: ev.tau for ev in v.per_encoder}}
+
+
+def _release(ws: Workspace, cand: Candidate, v: Verdict, run_id: str) -> dict[str, Any]:
+    rid = release_id_for(cand.candidate_id)
+    path = ws.released / f"{rid}.png"
+    content_hash = write_release_png(path, cand.image, rid, {"candidate_id": cand.candidate_id,
+                                                              "run_id": run_id, "code_version": code_version()})
+    row = {"release_id": rid, "candidate_id": cand.candidate_id, "file": str(path), "content_hash": content_hash,
+           "status": "released", "revoked_reason": None, "run_id": run_id, "code_version": code_version(),
+           "backbone_state": None, "released_at": now()}
+    summary = {"release_id": rid, "candidate_id": cand.candidate_id, "file": str(path),
+               "content_hash": content_hash, "recipe_id": cand.recipe.recipe_id,
+               "donors": list(cand.recipe.donors()),
+               "primary": dict(cand.recipe.primary),
+               "similarity": {ev.encoder: _num(ev.max_similarity) for ev in v.per_encoder},
+               "nearest": {ev.encoder: ev.nearest_source for ev in v.per_encoder},
+               "tau": {ev.encoder: ev.tau for ev in v.per_encoder}}
+    return {"row": row, "summary": summary}
+
+
+def recheck_released_files(cfg: RunConfig, index_summary: dict[str, Any],
+                           released: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Re-read each released PNG from disk and run the full guard on it again.
+
+    Independent of the verdicts recorded during generation: what was written
+    is what is checked. Returns one row per release with its verdict.
+    """
+    from PIL import Image
+
+    guard = build_guard(cfg, index_summary)
+    images = [(r["release_id"], np.asarray(Image.open(r["file"]).convert("RGB"))) for r in released]
+    return [{"release_id": v.candidate_id, "verdict": v.verdict, "reason": v.reason,
+             **{f"sim_{ev.encoder}": _num(ev.max_similarity) for ev in v.per_encoder},
+             **{f"tau_{ev.encoder}": ev.tau for ev in v.per_encoder}}
+            for v in guard.check(images)]
+
+
+def donor_groups(sources: SourceSet, released: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For each release, the groups its donors come from."""
+    group = {e["content_hash"]: e["group"] for e in sources.entries}
+    return [{"release_id": r["release_id"], "groups": sorted({group[d] for d in r["donors"]})} for r in released]

@@ -1,0 +1,117 @@
+"""Step 1: ingest groups A and B into aligned, hashed source faces."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..atomic import atomic_save_npz, atomic_save_png, load_npz
+from ..faces.demo import prepare_demo_sources
+from ..faces.ingest import IngestResult, ingest_folders
+from ..index import source_set_hash
+from ..lineage.store import LineageStore, now
+from ..types import SourceFace
+from ..versioning import code_version
+from .config import RunConfig, Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceSet:
+    """The accepted sources of a run, as stored on disk (JSON-serialisable)."""
+
+    source_set_hash: str
+    entries: tuple[dict[str, str], ...]  # content_hash, group, label, path, aligned_path
+    demo: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"source_set_hash": self.source_set_hash, "entries": list(self.entries), "demo": self.demo}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SourceSet":
+        return cls(d["source_set_hash"], tuple(d["entries"]), bool(d["demo"]))
+
+    def hashes(self) -> list[str]:
+        return [e["content_hash"] for e in self.entries]
+
+    def load_faces(self) -> list[SourceFace]:
+        """Aligned faces back from their ``.npz`` files (no pickle)."""
+        faces = []
+        for e in self.entries:
+            arr = load_npz(Path(e["aligned_path"]))
+            faces.append(SourceFace(e["content_hash"], e["group"], e["label"], e["path"],
+                                    arr["image"], arr["landmarks"]))
+        return faces
+
+
+def source_folders(cfg: RunConfig, ws: Workspace) -> tuple[dict[str, Path], bool]:
+    """The configured A/B folders, or the demo sources when none are configured."""
+    if cfg.sources_a is None and cfg.sources_b is None:
+        return prepare_demo_sources(ws.demo_sources), True
+    if cfg.sources_a is None or cfg.sources_b is None:
+        raise ValueError("configure both sources_a and sources_b (or neither, for the demo sources)")
+    folders = {"A": Path(cfg.sources_a).expanduser(), "B": Path(cfg.sources_b).expanduser()}
+    for group, folder in folders.items():
+        if not folder.is_dir():
+            raise FileNotFoundError(f"source folder for group {group} does not exist or is not a folder: "
+                                    f"{folder}")
+    return folders, False
+
+
+def file_sha256(path: str) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: str,
+                   progress: Callable[[int, int, str], None] | None = None) -> tuple[SourceSet, IngestResult]:
+    """Ingest, save aligned faces and record sources/quarantine/duplicates in one transaction."""
+    folders, demo = source_folders(cfg, ws)
+    result = ingest_folders(folders, cfg.min_face_px, progress)
+    groups = {f.group for f in result.faces}
+    if groups != {"A", "B"}:
+        missing = sorted({"A", "B"} - groups)
+        raise ValueError(f"no usable face in group(s) {', '.join(missing)}; see the quarantine table "
+                         f"({result.reason_counts()})")
+    entries = []
+    for face in result.faces:
+        npz = ws.aligned / f"{face.content_hash}.npz"
+        if not npz.exists():
+            atomic_save_npz(npz, image=face.aligned, landmarks=face.landmarks)
+            atomic_save_png(ws.aligned / f"{face.content_hash}.png", face.aligned)
+        entries.append({"content_hash": face.content_hash, "group": face.group, "label": face.label,
+                        "path": face.path, "aligned_path": str(npz), "source_id": face.source_id})
+    sset = SourceSet(source_set_hash([e["content_hash"] for e in entries]), tuple(entries), demo)
+    t = now()
+    with store.transaction():
+        store.supersede_changed_paths({e["path"]: e["content_hash"] for e in entries}, run_id)
+        known = {h for (h,) in store.conn.execute("SELECT content_hash FROM sources").fetchall()}
+        store.upsert("sources", [
+            {"content_hash": e["content_hash"], "source_id": e["source_id"], "grp": e["group"],
+             "label": e["label"], "path": e["path"], "aligned_path": e["aligned_path"], "superseded": False,
+             "superseded_by": None, "first_run_id": run_id, "last_run_id": run_id,
+             "code_version": code_version(), "updated_at": t}
+            for e in entries if e["content_hash"] not in known])
+        store.conn.executemany(
+            "UPDATE sources SET last_run_id = ?, superseded = FALSE, superseded_by = NULL, path = ?, "
+            "updated_at = ? WHERE content_hash = ?",
+            [[run_id, e["path"], t, e["content_hash"]] for e in entries if e["content_hash"] in known])
+        store.upsert("quarantine", [
+            {"path": q.path, "grp": q.group, "code": q.code, "reason": q.reason,
+             "file_sha256": "" if q.code == "outside_source_dir" else file_sha256(q.path), "run_id": run_id, "seen_at": t} for q in result.quarantined])
+        store.upsert("duplicates", [
+            {"path": d.path, "content_hash": d.content_hash, "kept_path": d.kept_path, "run_id": run_id}
+            for d in result.duplicates])
+    return sset, result

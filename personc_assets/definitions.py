@@ -1,0 +1,32 @@
+"""Dagster definitions: wires assets, checks, jobs, schedules and resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import Definitions, load_assets_from_modules
+from dagster_duckdb import DuckDBResource
+
+from .defs import assets, checks
+from .defs.jobs import daily_regeneration, main_job
+from .defs.resources import JsonIOManager, PersonCConfig, default_db_path, default_out_dir
+
+
+def build_definitions(out_dir: str | None = None, db_path: str | None = None, **config) -> Definitions:
+    """Definitions bound to one output folder and DuckDB file (defaults from the environment)."""
+    out_dir = out_dir or default_out_dir()
+    db_path = db_path or (default_db_path() if out_dir == default_out_dir() else str(Path(out_dir) / "personc.duckdb"))
+    return Definitions(
+        assets=load_assets_from_modules([assets]),
+        asset_checks=[checks.released_faces_below_tau, checks.released_faces_mix_both_groups],
+        jobs=[main_job],
+        schedules=[daily_regeneration],
+        resources={
+            "personc": PersonCConfig(out_dir=out_dir, **config),
+            "duckdb": DuckDBResource(database=db_path),
+            "io_manager": JsonIOManager(base_dir=str(Path(out_dir) / "state")),
+        },
+    )
+
+
+defs = build_definitions()

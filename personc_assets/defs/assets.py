@@ -1,0 +1,147 @@
+"""PersonC's software-defined assets: each a thin call into the core pipeline."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster_duckdb import DuckDBResource
+
+from ..core.lineage.store import LineageStore
+from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
+from .resources import PersonCConfig
+
+GROUP = "personc"
+
+
+@contextlib.contextmanager
+def lineage(duckdb: DuckDBResource) -> Iterator[LineageStore]:
+    Path(duckdb.database).parent.mkdir(parents=True, exist_ok=True)
+    with duckdb.get_connection() as conn:
+        yield LineageStore(conn)
+
+
+def progress_logger(context: AssetExecutionContext, what: str, every: int = 10):
+    def report(done: int, total: int, item: str) -> None:
+        if done == total or done % every == 0:
+            context.log.info(f"{what}: {done}/{total} ({item})")
+    return report
+
+
+def md_table(rows: list[dict[str, Any]]) -> MetadataValue:
+    return MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False) if rows else "_none_")
+
+
+@asset(group_name=GROUP, kinds={"python", "duckdb"})
+def source_images(context: AssetExecutionContext, personc: PersonCConfig,
+                  duckdb: DuckDBResource) -> MaterializeResult:
+    """Photos of groups A and B, validated, EXIF-oriented, with exactly one face each, aligned to
+    the canonical frame and content-hashed; bad files are quarantined with a reason."""
+    cfg = personc.run_config()
+    with lineage(duckdb) as store:
+        sset, result = sources.ingest_sources(cfg, personc.workspace(), store, context.run_id,
+                                              progress_logger(context, "ingest"))
+    quarantine = [{"file": q.path, "group": q.group, "code": q.code, "reason": q.reason}
+                  for q in result.quarantined]
+    return MaterializeResult(value=sset.as_dict(), metadata={
+        "sources": len(sset.entries),
+        "group_A": sum(e["group"] == "A" for e in sset.entries),
+        "group_B": sum(e["group"] == "B" for e in sset.entries),
+        "quarantined": len(quarantine),
+        "duplicates": len(result.duplicates),
+        "demo_sources": sset.demo,
+        "quarantine_reasons": md_table(quarantine),
+        "source_set_hash": sset.source_set_hash,
+    })
+
+
+@asset(group_name=GROUP, kinds={"python"}, tags={"personc/device": "gpu-capable"})
+def projected_latents(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+                      source_images: dict) -> MaterializeResult:
+    """Each aligned source face projected into the selected backbone's latent space, with its
+    reconstruction error."""
+    cfg = personc.run_config()
+    with lineage(duckdb) as store:
+        out = modeling.fit_and_project(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
+                                       context.run_id, progress_logger(context, "project", every=5))
+    return MaterializeResult(value=out, metadata={
+        "backbone": cfg.backbone, "backbone_state": out["backbone"]["state_hash"][:16],
+        "latents": len(out["latents"]), "projected_now": out["projected_now"],
+        "mean_reconstruction_error": float(out["mean_reconstruction_error"] or 0.0)})
+
+
+@asset(group_name=GROUP, kinds={"python"})
+def factor_decompositions(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+                          projected_latents: dict) -> MaterializeResult:
+    """Each latent split into named factors: geometry, symmetry, texture and local features."""
+    with lineage(duckdb) as store:
+        out = modeling.decompose_all(personc.workspace(), store, projected_latents, context.run_id)
+    return MaterializeResult(value=out, metadata={"factors": MetadataValue.json(out["factor_names"]),
+                                                  "sources": len(out["factors"])})
+
+
+@asset(group_name=GROUP, kinds={"python", "faiss"})
+def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+                      source_images: dict) -> MaterializeResult:
+    """Per encoder, the embeddings of every source face in an exact FAISS inner-product index."""
+    cfg = personc.run_config()
+    with lineage(duckdb) as store:
+        out = indexing.build_indexes(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
+                                     context.run_id, progress_logger(context, "embed"))
+    for skipped in out["skipped"]:
+        context.log.info(f"encoder {skipped['encoder']} skipped: {skipped['reason']}")
+    return MaterializeResult(value=out, metadata={
+        "encoders": md_table([{"encoder": i["encoder"], "version": i["encoder_version"], "sources": i["count"],
+                               "tau": i["tau"], "why": i["tau_why"]} for i in out["indexes"]]),
+        "skipped_encoders": md_table(out["skipped"])})
+
+
+@asset(group_name=GROUP, kinds={"python"}, tags={"personc/device": "gpu-capable"})
+def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+                         source_images: dict, factor_decompositions: dict) -> MaterializeResult:
+    """First candidates: seeded recipes that take each factor from a different donor (A and B
+    both represented), composed and synthesized by the backbone."""
+    cfg = personc.run_config()
+    with lineage(duckdb) as store:
+        out = generation.generate_first_attempts(cfg, personc.workspace(), store,
+                                                 sources.SourceSet.from_dict(source_images),
+                                                 factor_decompositions, context.run_id)
+    return MaterializeResult(value=out, metadata={"generation_id": out["generation_id"],
+                                                  "candidates": len(out["candidates"])})
+
+
+@asset(group_name=GROUP, kinds={"python", "duckdb"})
+def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+                   source_images: dict, factor_decompositions: dict, embedding_indexes: dict,
+                   generated_candidates: dict) -> MaterializeResult:
+    """Each candidate embedded by every encoder and searched against every source; rejected
+    (fail closed) at tau, on no single face, or on any error; rejected slots are regenerated."""
+    cfg = personc.run_config()
+    with lineage(duckdb) as store:
+        out = judging.judge_and_release(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
+                                        factor_decompositions, embedding_indexes, generated_candidates,
+                                        context.run_id, progress_logger(context, "released", every=1))
+    return MaterializeResult(value=out, metadata={
+        "released": len(out["released"]), "requested": cfg.num_samples, "candidates_judged": len(out["attempts"]),
+        "pass_rate": float(out["pass_rate"]),
+        "attempts": md_table([{"slot": a["slot"], "attempt": a["attempt"], "verdict": a["verdict"],
+                               **{f"sim_{k}": round(v, 3) if v is not None else None
+                                  for k, v in a["similarity"].items()}, "reason": a["reason"][:80]}
+                              for a in out["attempts"]])})
+
+
+@asset(group_name=GROUP, kinds={"python", "html"})
+def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+                source_images: dict, factor_decompositions: dict, embedding_indexes: dict,
+                guard_verdicts: dict) -> MaterializeResult:
+    """Identity Contribution Scores per released face, donor and factor; reports, gallery and
+    the release manifest."""
+    cfg = personc.run_config()
+    with lineage(duckdb) as store:
+        out = explaining.explain_releases(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
+                                          factor_decompositions, embedding_indexes, guard_verdicts, context.run_id,
+                                          progress_logger(context, "explain", every=1))
+    return MaterializeResult(value=out, metadata=explaining.dagster_metadata(out))

@@ -1,0 +1,30 @@
+"""Asset checks on the released faces."""
+
+from __future__ import annotations
+
+import pandas as pd
+from dagster import AssetCheckResult, AssetCheckSeverity, AssetIn, MetadataValue, asset_check
+
+from ..core.pipeline import judging, sources
+from .resources import PersonCConfig
+
+
+@asset_check(asset="guard_verdicts", blocking=True,
+             additional_ins={"embedding_indexes": AssetIn("embedding_indexes")})
+def released_faces_below_tau(personc: PersonCConfig, guard_verdicts: dict,
+                             embedding_indexes: dict) -> AssetCheckResult:
+    """Every released PNG, re-read from disk and re-embedded, stays below tau for every encoder."""
+    rows = judging.recheck_released_files(personc.run_config(), embedding_indexes, guard_verdicts["released"])
+    failed = [r for r in rows if r["verdict"] != "PASS"]
+    return AssetCheckResult(
+        passed=not failed, severity=AssetCheckSeverity.ERROR,
+        metadata={"released": len(rows), "failed": len(failed),
+                  "details": MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False) if rows else "_none_")})
+
+
+@asset_check(asset="guard_verdicts", additional_ins={"source_images": AssetIn("source_images")})
+def released_faces_mix_both_groups(guard_verdicts: dict, source_images: dict) -> AssetCheckResult:
+    """Every released face has donors from both group A and group B."""
+    rows = judging.donor_groups(sources.SourceSet.from_dict(source_images), guard_verdicts["released"])
+    bad = [r for r in rows if r["groups"] != ["A", "B"]]
+    return AssetCheckResult(passed=not bad, metadata={"released": len(rows), "single_group": len(bad)})

@@ -1,0 +1,148 @@
+"""Run the PersonC asset graph in-process (used by ``personc demo``).
+
+This is the same graph that ``dagster dev`` shows, executed with Dagster's
+in-process executor against an ephemeral instance: history lives in the
+DuckDB lineage file, not in a Dagster home.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+log = logging.getLogger(__name__)
+
+ASSET_ORDER = ("source_images", "projected_latents", "factor_decompositions", "embedding_indexes",
+               "generated_candidates", "guard_verdicts", "ics_reports")
+
+
+@dataclass(frozen=True)
+class DemoRequest:
+    out_dir: Path = Path("data/out")
+    db_path: Path | None = None
+    num_samples: int = 5
+    max_attempts: int = 8
+    seed: int = 0
+    taus: Mapping[str, float] = field(default_factory=dict)
+    bare_tau: float | None = None
+    backbone: str = "morphable"
+    backbone_options: Mapping[str, Any] = field(default_factory=dict)
+    sources_a: Path | None = None
+    sources_b: Path | None = None
+    weights_dir: Path = Path("weights")
+    encoders: tuple[str, ...] | None = None
+
+
+@dataclass
+class DemoResult:
+    success: bool
+    message: str
+    out_dir: Path
+    db_path: Path
+    released: list[dict[str, Any]]
+    taus: list[dict[str, Any]]
+    step_seconds: dict[str, float]
+    total_seconds: float
+    pass_rate: float | None = None
+    manifest: Path | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"success": self.success, "message": self.message, "out_dir": str(self.out_dir),
+                "db_path": str(self.db_path), "manifest": str(self.manifest) if self.manifest else None,
+                "released": self.released, "taus": self.taus, "pass_rate": self.pass_rate,
+                "step_seconds": self.step_seconds, "total_seconds": self.total_seconds}
+
+    def render_table(self) -> str:
+        lines = []
+        for t in self.taus:
+            lines.append(f"tau[{t['encoder']}] = {t['tau']:.3f}  ({t['why']})")
+        lines.append("")
+        encs = [t["encoder"] for t in self.taus]
+        header = ["release", *[f"max sim {e}" for e in encs], "donors (group:source)"]
+        rows = []
+        for r in self.released:
+            rows.append([r["release_id"], *[f"{r['similarity'][e]:.3f}" if r["similarity"].get(e) is not None
+                                            else "-" for e in encs], ", ".join(r.get("donor_ids", r["donors"]))])
+        widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(header)]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows]
+        lines.append("")
+        if self.pass_rate is not None:
+            lines.append(f"pass rate: {self.pass_rate:.0%} of candidates judged")
+        lines.append("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.step_seconds.items())
+                     + f"; total {self.total_seconds:.1f}s")
+        lines.append(f"released faces: {self.out_dir / 'released'}")
+        if self.manifest:
+            lines.append(f"manifest:       {self.manifest}")
+        lines.append(f"lineage (DuckDB): {self.db_path}")
+        return "\n".join(lines)
+
+
+def run_pipeline(request: DemoRequest) -> DemoResult:
+    """Materialize every asset in order; never raises for a failed step (see ``success``)."""
+    from dagster import DagsterEventType, DagsterInstance
+
+    from .definitions import build_definitions
+
+    out_dir = Path(request.out_dir).resolve()
+    db_path = Path(request.db_path).resolve() if request.db_path else out_dir / "personc.duckdb"
+    defs = build_definitions(
+        out_dir=str(out_dir), db_path=str(db_path),
+        sources_a=str(request.sources_a.resolve()) if request.sources_a else None,
+        sources_b=str(request.sources_b.resolve()) if request.sources_b else None,
+        backbone=request.backbone, backbone_options_json=json.dumps(dict(request.backbone_options)),
+        encoders=list(request.encoders) if request.encoders else None, weights_dir=str(request.weights_dir),
+        taus=dict(request.taus), num_samples=request.num_samples, max_attempts=request.max_attempts,
+        seed=request.seed, bare_tau=request.bare_tau)
+    job = defs.resolve_job_def("personc_main")
+    start = time.perf_counter()
+    with DagsterInstance.ephemeral() as instance:
+        result = job.execute_in_process(
+            instance=instance, raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+        durations = _step_durations(instance, result.run_id, DagsterEventType)
+    total = time.perf_counter() - start
+    state = out_dir / "state"
+    guard = _read_json(state / "guard_verdicts.json")
+    indexes = _read_json(state / "embedding_indexes.json")
+    explained = _read_json(state / "ics_reports.json")
+    released = guard["released"] if guard and result.success else []
+    sources = _read_json(state / "source_images.json")
+    ids = {e["content_hash"]: e["source_id"] for e in sources["entries"]} if sources else {}
+    for r in released:
+        r["donor_ids"] = [ids.get(d, d[:10]) for d in r["donors"]]
+    taus = [{"encoder": i["encoder"], "tau": i["tau"], "why": i["tau_why"]} for i in indexes["indexes"]] \
+        if indexes else []
+    if not result.success:
+        failure = next((e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE), None)
+        msg = failure.event_specific_data.error.message.strip() if failure else "the run failed"
+        return DemoResult(False, f"step {failure.step_key if failure else '?'} failed: {msg}", out_dir, db_path,
+                          released, taus, durations, total)
+    ok = len(released) >= request.num_samples
+    message = (f"released {len(released)} of {request.num_samples} faces" if ok else
+               f"only {len(released)} of {request.num_samples} faces passed the guard within "
+               f"{request.max_attempts} attempts each; try more --max-attempts, more sources or a looser tau")
+    manifest = Path(explained["manifest"]) if explained and explained.get("manifest") else None
+    return DemoResult(ok, message, out_dir, db_path, released, taus, durations, total,
+                      guard["pass_rate"] if guard else None, manifest)
+
+
+def _step_durations(instance, run_id: str, event_type) -> dict[str, float]:
+    starts, out = {}, {}
+    for record in instance.all_logs(run_id):
+        ev = record.dagster_event
+        if ev is None or ev.step_key is None:
+            continue
+        if ev.event_type == event_type.STEP_START:
+            starts[ev.step_key] = record.timestamp
+        elif ev.event_type in (event_type.STEP_SUCCESS, event_type.STEP_FAILURE) and ev.step_key in starts:
+            out[ev.step_key] = record.timestamp - starts[ev.step_key]
+    return {k: out[k] for k in ASSET_ORDER if k in out} | {k: v for k, v in out.items() if k not in ASSET_ORDER}
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
