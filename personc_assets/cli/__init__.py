@@ -15,6 +15,7 @@ import sys
 #: Subcommand modules, in the order ``personc --help`` lists them.
 SUBCOMMANDS: tuple[str, ...] = (
     "demo",
+    "ui",
 )
 
 

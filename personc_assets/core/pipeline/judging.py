@@ -87,7 +87,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
                               "reason": verdict.reason, "run_id": run_id})
             attempts.append(_attempt_summary(slot, cand, verdict))
             if verdict.passed:
-                rel = _release(ws, cand, verdict, run_id)
+                rel = _release(ws, slot, cand, verdict, run_id)
                 release_rows.append(rel["row"])
                 released.append(rel["summary"])
             elif cand.attempt + 1 < cfg.max_attempts:
@@ -116,7 +116,7 @@ def _attempt_summary(slot: int, cand: Candidate, v: Verdict) -> dict[str, Any]:
             "tau": {ev.encoder: ev.tau for ev in v.per_encoder}}
 
 
-def _release(ws: Workspace, cand: Candidate, v: Verdict, run_id: str) -> dict[str, Any]:
+def _release(ws: Workspace, slot: int, cand: Candidate, v: Verdict, run_id: str) -> dict[str, Any]:
     rid = release_id_for(cand.candidate_id)
     path = ws.released / f"{rid}.png"
     content_hash = write_release_png(path, cand.image, rid, {"candidate_id": cand.candidate_id,
@@ -124,7 +124,8 @@ def _release(ws: Workspace, cand: Candidate, v: Verdict, run_id: str) -> dict[st
     row = {"release_id": rid, "candidate_id": cand.candidate_id, "file": str(path), "content_hash": content_hash,
            "status": "released", "revoked_reason": None, "run_id": run_id, "code_version": code_version(),
            "backbone_state": None, "released_at": now()}
-    summary = {"release_id": rid, "candidate_id": cand.candidate_id, "file": str(path),
+    summary = {"release_id": rid, "candidate_id": cand.candidate_id, "file": str(path), "slot": slot,
+               "attempt": cand.attempt,
                "content_hash": content_hash, "recipe_id": cand.recipe.recipe_id,
                "donors": list(cand.recipe.donors()),
                "primary": dict(cand.recipe.primary),
