@@ -119,7 +119,7 @@ def run_pipeline(request: DemoRequest) -> DemoResult:
         if indexes else []
     if not result.success:
         failure = next((e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE), None)
-        msg = failure.event_specific_data.error.message.strip() if failure else "the run failed"
+        msg = _root_cause(failure.event_specific_data.error) if failure else "the run failed"
         return DemoResult(False, f"step {failure.step_key if failure else '?'} failed: {msg}", out_dir, db_path,
                           released, taus, durations, total)
     ok = len(released) >= request.num_samples
@@ -142,6 +142,13 @@ def _step_durations(instance, run_id: str, event_type) -> dict[str, float]:
         elif ev.event_type in (event_type.STEP_SUCCESS, event_type.STEP_FAILURE) and ev.step_key in starts:
             out[ev.step_key] = record.timestamp - starts[ev.step_key]
     return {k: out[k] for k in ASSET_ORDER if k in out} | {k: v for k, v in out.items() if k not in ASSET_ORDER}
+
+
+def _root_cause(error) -> str:
+    """The innermost error message of a Dagster step failure (what the user can act on)."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    return error.message.strip()
 
 
 def _read_json(path: Path) -> Any:

@@ -192,7 +192,8 @@ class Guard:
             if not math.isfinite(sim):
                 verdict, reason = REJECT, "similarity is not finite"
             elif sim >= member.tau:
-                verdict, reason = REJECT, f"max similarity {sim:.3f} to {nearest[i]} reaches tau {member.tau:.3f}"
+                verdict, reason = REJECT, (f"max similarity {sim:.3f} to source {(nearest[i] or '?')[:12]} "
+                                           f"reaches tau {member.tau:.3f}")
             else:
                 verdict, reason = PASS, f"max similarity {sim:.3f} < tau {member.tau:.3f}"
             out.append(EncoderVerdict(**base, max_similarity=sim, nearest_source=nearest[i], verdict=verdict,

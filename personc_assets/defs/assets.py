@@ -1,6 +1,5 @@
 """PersonC's software-defined assets: each a thin call into the core pipeline."""
 
-from __future__ import annotations
 
 import contextlib
 from pathlib import Path
@@ -101,14 +100,15 @@ def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, du
 
 @asset(group_name=GROUP, kinds={"python"}, tags={"personc/device": "gpu-capable"})
 def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                         source_images: dict, factor_decompositions: dict) -> MaterializeResult:
+                         source_images: dict, factor_decompositions: dict,
+                         embedding_indexes: dict) -> MaterializeResult:
     """First candidates: seeded recipes that take each factor from a different donor (A and B
     both represented), composed and synthesized by the backbone."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         out = generation.generate_first_attempts(cfg, personc.workspace(), store,
                                                  sources.SourceSet.from_dict(source_images),
-                                                 factor_decompositions, context.run_id)
+                                                 factor_decompositions, embedding_indexes, context.run_id)
     return MaterializeResult(value=out, metadata={"generation_id": out["generation_id"],
                                                   "candidates": len(out["candidates"])})
 

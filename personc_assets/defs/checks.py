@@ -1,6 +1,5 @@
 """Asset checks on the released faces."""
 
-from __future__ import annotations
 
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetIn, MetadataValue, asset_check

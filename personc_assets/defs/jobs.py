@@ -5,7 +5,6 @@ models, and the multiprocess executor costs 3–7 s per step on a 2-core
 machine for no parallelism in return.
 """
 
-from __future__ import annotations
 
 import datetime as dt
 

@@ -56,6 +56,11 @@ class LineageStore:
         self.conn.executemany(sql, [[row[c] for c in cols] for row in rows])
         return len(rows)
 
+    def update_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
+        """``executemany`` that accepts an empty parameter list."""
+        if params:
+            self.conn.executemany(sql, [list(p) for p in params])
+
     def supersede_changed_paths(self, current: Mapping[str, str], run_id: str) -> list[str]:
         """Mark sources whose file now holds other pixels (or is gone) as superseded.
 

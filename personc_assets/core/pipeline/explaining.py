@@ -14,7 +14,7 @@ from ..lineage.store import LineageStore
 from ..recipes import mix_factors
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory
-from .indexing import build_encoders, embed_sources
+from .indexing import build_encoders, persons_by_embedding, embed_sources
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
                      verdicts: dict[str, Any], run_id: str, progress: Progress | None = None) -> dict[str, Any]:
     """ICS of every released face towards each of its donors and its nearest sources."""
     encoders, _ = build_encoders(cfg)
-    factory = CandidateFactory(cfg, ws, sources, factors_summary)
+    factory = CandidateFactory(cfg, ws, sources, factors_summary,
+                               persons_by_embedding(store, sources, index_summary))
     faces = {f.content_hash: f for f in sources.load_faces()}
     source_ids = {e["content_hash"]: e["source_id"] for e in sources.entries}
     out = []

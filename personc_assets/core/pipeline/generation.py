@@ -14,17 +14,18 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..atomic import atomic_save_png, load_npz
 from ..faces.loading import pixel_hash
 from ..lineage.store import LineageStore, now
-from ..recipes import DonorInfo, mix_factors, sample_recipes
+from ..recipes import describe_donors, mix_factors, sample_recipes
 from ..types import Candidate, Recipe
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
+from .indexing import persons_by_embedding
 from .modeling import BackboneRef
 from .sources import SourceSet
 
@@ -52,15 +53,14 @@ def recipe_json(recipe: Recipe) -> str:
 class CandidateFactory:
     """Makes the candidate for (slot, attempt) from the fitted backbone and source factors."""
 
-    def __init__(self, cfg: RunConfig, ws: Workspace, sources: SourceSet, factors_summary: dict[str, Any]):
+    def __init__(self, cfg: RunConfig, ws: Workspace, sources: SourceSet, factors_summary: dict[str, Any],
+                 persons: Mapping[str, str]):
         self.cfg, self.ws = cfg, ws
         self.ref = BackboneRef(**factors_summary["backbone"])
         self.backbone = self.ref.load()
         self.factors = {h: load_npz(Path(p)) for h, p in factors_summary["factors"].items()}
         self.mean = load_npz(Path(factors_summary["mean"]))
-        entries = {e["content_hash"]: e for e in sources.entries}
-        self.donors = [DonorInfo.from_factors(h, entries[h]["group"], entries[h]["label"], self.factors[h],
-                                              self.backbone) for h in self.factors]
+        self.donors = describe_donors(sources.load_faces(), self.factors, labels=persons)
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
 
     def recipe(self, slot: int, attempt: int) -> Recipe:
@@ -101,9 +101,11 @@ class CandidateFactory:
 
 
 def generate_first_attempts(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                            factors_summary: dict[str, Any], run_id: str) -> dict[str, Any]:
+                            factors_summary: dict[str, Any], index_summary: dict[str, Any],
+                            run_id: str) -> dict[str, Any]:
     """Attempt 0 of every slot."""
-    factory = CandidateFactory(cfg, ws, sources, factors_summary)
+    persons = persons_by_embedding(store, sources, index_summary)
+    factory = CandidateFactory(cfg, ws, sources, factors_summary, persons)
     made = factory.make([(s, 0) for s in range(cfg.num_samples)])
     rows = factory.save(store, made, run_id)
     return {"generation_id": factory.gen_id, "candidates": rows}

@@ -88,3 +88,23 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
 
 def tau_choices(index_summary: dict[str, Any]) -> dict[str, TauChoice]:
     return {i["encoder"]: TauChoice(i["encoder"], i["tau"], i["tau_why"]) for i in index_summary["indexes"]}
+
+
+def persons_by_embedding(store: LineageStore, sources: SourceSet, index_summary: dict[str, Any]) -> dict[str, str]:
+    """Group source photos into persons with the first encoder: cosine ≥ its tau links two photos.
+
+    Photos of one person in a flat folder would otherwise count as several
+    people, and mixing "several" donors that are one person keeps that person.
+    """
+    from ..recipes import persons_from_embeddings
+
+    first = index_summary["indexes"][0]
+    hashes = sources.hashes()
+    found = dict(store.conn.execute(
+        "SELECT content_hash, vector FROM embeddings WHERE encoder_version = ? AND content_hash IN "
+        "(SELECT unnest(?::VARCHAR[]))", [first["encoder_version"], hashes]).fetchall())
+    missing = [h for h in hashes if h not in found]
+    if missing:
+        raise RuntimeError(f"{len(missing)} source embeddings for {first['encoder']} are missing from the store; "
+                           "re-materialize embedding_indexes")
+    return persons_from_embeddings(hashes, np.stack([np.asarray(found[h], np.float32) for h in hashes]), first["tau"])

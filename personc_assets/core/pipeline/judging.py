@@ -22,7 +22,7 @@ from ..types import Candidate
 from ..versioning import code_version
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory
-from .indexing import build_encoders
+from .indexing import build_encoders, persons_by_embedding
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
     from PIL import Image
 
     guard = build_guard(cfg, index_summary)
-    factory = CandidateFactory(cfg, ws, sources, factors_summary)
+    factory = CandidateFactory(cfg, ws, sources, factors_summary,
+                               persons_by_embedding(store, sources, index_summary))
     pending: list[tuple[int, Candidate]] = []
     for row in first["candidates"]:
         recipe = factory.recipe(row["slot"], row["attempt"])

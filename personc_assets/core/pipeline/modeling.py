@@ -51,6 +51,7 @@ def fit_and_project(cfg: RunConfig, ws: Workspace, store: LineageStore, sources:
     state_hash = backbone.state_hash()
     state_path = ws.backbone / f"{cfg.backbone}-{state_hash[:16]}.npz"
     if not state_path.exists():
+        state_path.parent.mkdir(parents=True, exist_ok=True)
         backbone.save_state(state_path)
     ref = BackboneRef(cfg.backbone, options, str(state_path), state_hash)
     latents: dict[str, str] = {}

@@ -104,7 +104,7 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
              "superseded_by": None, "first_run_id": run_id, "last_run_id": run_id,
              "code_version": code_version(), "updated_at": t}
             for e in entries if e["content_hash"] not in known])
-        store.conn.executemany(
+        store.update_many(
             "UPDATE sources SET last_run_id = ?, superseded = FALSE, superseded_by = NULL, path = ?, "
             "updated_at = ? WHERE content_hash = ?",
             [[run_id, e["path"], t, e["content_hash"]] for e in entries if e["content_hash"] in known])

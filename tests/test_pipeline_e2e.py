@@ -1,0 +1,96 @@
+"""The whole asset graph, materialized through Dagster into a temporary home and DuckDB file."""
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+from dagster import DagsterInstance, Definitions
+from PIL import Image
+
+from personc_assets.definitions import build_definitions, defs
+
+pytestmark = pytest.mark.slow
+
+ASSETS = ["source_images", "projected_latents", "factor_decompositions", "embedding_indexes",
+          "generated_candidates", "guard_verdicts", "ics_reports"]
+
+
+def run_graph(out_dir: Path, dagster_home: Path, **config):
+    job = build_definitions(out_dir=str(out_dir), **config).resolve_job_def("personc_main")
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    with DagsterInstance.local_temp(str(dagster_home)) as instance:
+        result = job.execute_in_process(instance=instance, raise_on_error=True)
+    return result
+
+
+def table_counts(db: Path) -> dict[str, int]:
+    with duckdb.connect(str(db), read_only=True) as conn:
+        tables = [t for (t,) in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()]
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in tables}
+
+
+def test_definitions_load():
+    # why: `dagster dev` and `dg` load this module; a broken graph fails every user at once
+    Definitions.validate_loadable(defs)
+    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == set(ASSETS)
+    assert defs.resolve_job_def("personc_main") is not None
+
+
+@pytest.fixture(scope="module")
+def shared_run(tmp_path_factory, shared_faces):
+    """One run on ../shared/faces: one photo per person, four people in A and three in B."""
+    root = tmp_path_factory.mktemp("shared_run")
+    for group, people in {"A": ["id01", "id02", "id03", "id04"], "B": ["id05", "id06", "id07"]}.items():
+        folder = root / "sources" / group
+        folder.mkdir(parents=True)
+        for person in people:
+            first = sorted((shared_faces / person).glob("*.jpg"))[0]
+            (folder / f"{person}.jpg").symlink_to(first)
+    out = root / "out"
+    config = dict(sources_a=str(root / "sources" / "A"), sources_b=str(root / "sources" / "B"),
+                  num_samples=2, max_attempts=10, seed=1)
+    result = run_graph(out, root / "home", **config)
+    return {"root": root, "out": out, "config": config, "result": result}
+
+
+def test_graph_releases_faces_below_tau_with_full_lineage(shared_run):
+    # why: the product's promise end to end — released faces pass and everything is recorded
+    result, out = shared_run["result"], shared_run["out"]
+    assert result.success
+    guard = json.loads((out / "state" / "guard_verdicts.json").read_text())
+    assert len(guard["released"]) == 2
+    for rel in guard["released"]:
+        assert all(sim < rel["tau"][enc] for enc, sim in rel["similarity"].items())
+        png = Image.open(rel["file"])
+        assert png.text["Synthetic"] == "true" and png.text["PersonC-Release-Id"] == rel["release_id"]
+    checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
+    assert checks == {"released_faces_below_tau": True, "released_faces_mix_both_groups": True}
+    counts = table_counts(out / "personc.duckdb")
+    assert counts["sources"] == 7 and counts["releases"] == 2
+    assert counts["verdicts"] >= 2 and counts["ics"] > 0 and counts["factors"] == 7 * 6
+    with duckdb.connect(str(out / "personc.duckdb"), read_only=True) as conn:
+        orphans = conn.execute("SELECT count(*) FROM releases r LEFT JOIN candidate_verdicts v USING "
+                               "(candidate_id) WHERE v.verdict IS DISTINCT FROM 'PASS'").fetchone()[0]
+    assert orphans == 0, "every release must have a PASS verdict"
+
+
+def test_rematerializing_does_not_duplicate_rows(shared_run):
+    # why: lineage tables are keyed; a second identical run must upsert, not append
+    before = table_counts(shared_run["out"] / "personc.duckdb")
+    run_graph(shared_run["out"], shared_run["root"] / "home2", **shared_run["config"])
+    after = table_counts(shared_run["out"] / "personc.duckdb")
+    assert {k: v for k, v in after.items() if k != "runs"} == {k: v for k, v in before.items() if k != "runs"}
+
+
+def test_demo_sources_run_without_configuration(tmp_path):
+    # why: a fresh clone has no photos and no weights; the default must still run end to end
+    result = run_graph(tmp_path / "out", tmp_path / "home", num_samples=1, max_attempts=12)
+    assert result.success
+    sources = json.loads((tmp_path / "out" / "state" / "source_images.json").read_text())
+    assert sources["demo"] and len(sources["entries"]) == 6
+    guard = json.loads((tmp_path / "out" / "state" / "guard_verdicts.json").read_text())
+    assert len(guard["released"]) == 1
+    image = np.asarray(Image.open(guard["released"][0]["file"]))
+    assert image.shape == (256, 256, 3)
