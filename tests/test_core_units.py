@@ -3,7 +3,6 @@
 import subprocess
 import sys
 
-import duckdb
 import numpy as np
 import pytest
 
@@ -43,29 +42,30 @@ def test_run_config_validates():
         RunConfig(taus={"dlib": 1.5})
 
 
-def test_store_upsert_is_idempotent_and_transactions_roll_back():
+def test_store_upsert_is_idempotent_and_transactions_roll_back(tmp_path):
     # why: re-materializing must not duplicate rows; a failed step must leave nothing half-written
-    store = LineageStore(duckdb.connect(":memory:"))
+    store = LineageStore.open(tmp_path / "l.duckdb")
     row = {"recipe_id": "r1", "seed": 1, "mean_pull": 0.2, "context_donor": "h", "recipe_json": "{}", "run_id": "x"}
     for _ in range(3):
-        with store.transaction():
-            store.upsert("recipes", [row])
+        with store.transaction() as tx:
+            tx.upsert("recipes", [row])
     assert store.counts()["recipes"] == 1
     with pytest.raises(RuntimeError):
-        with store.transaction():
-            store.upsert("recipes", [dict(row, recipe_id="r2")])
+        with store.transaction() as tx:
+            tx.upsert("recipes", [dict(row, recipe_id="r2")])
             raise RuntimeError("crash mid-step")
     assert store.counts()["recipes"] == 1
-    with pytest.raises(ValueError, match="unknown table"):
-        store.upsert("nope", [row])
+    with pytest.raises(ValueError, match="unknown table"), store.transaction() as tx:
+        tx.upsert("nope", [row])
 
 
-def test_supersede_changed_paths_keeps_old_rows():
+def test_supersede_changed_paths_keeps_old_rows(tmp_path):
     # why: a photo replaced between runs gets a new hash; the old row stays, marked superseded
-    store = LineageStore(duckdb.connect(":memory:"))
-    store.upsert("sources", [{"content_hash": "old", "path": "/a.jpg", "superseded": False}])
-    assert store.supersede_changed_paths({"/a.jpg": "new"}, "run2") == ["old"]
-    assert store.conn.execute("SELECT superseded, superseded_by FROM sources").fetchone() == (True, "new")
+    store = LineageStore.open(tmp_path / "l.duckdb")
+    with store.transaction() as tx:
+        tx.upsert("sources", [{"content_hash": "old", "path": "/a.jpg", "superseded": False}])
+        assert tx.supersede_changed_paths({"/a.jpg": "new"}, "run2") == ["old"]
+    assert store.query("SELECT superseded, superseded_by FROM sources") == [(True, "new")]
 
 
 def test_alignment_puts_five_points_on_the_template():

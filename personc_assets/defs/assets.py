@@ -18,9 +18,10 @@ GROUP = "personc"
 
 @contextlib.contextmanager
 def lineage(duckdb: DuckDBResource) -> Iterator[LineageStore]:
-    Path(duckdb.database).parent.mkdir(parents=True, exist_ok=True)
-    with duckdb.get_connection() as conn:
-        yield LineageStore(conn)
+    """The lineage store on the DuckDB resource: short connections from ``get_connection``."""
+    db = Path(duckdb.database)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    yield LineageStore(duckdb.get_connection, db.with_name(db.name + ".lock"))
 
 
 def progress_logger(context: AssetExecutionContext, what: str, every: int = 10):

@@ -1,21 +1,32 @@
-"""DuckDB lineage store: schema, idempotent upserts, one transaction per step.
+"""DuckDB lineage store: schema, idempotent upserts, one transaction per write.
 
-The store wraps a ``duckdb`` connection (opened by the caller, e.g. through
-Dagster's ``DuckDBResource``). Rows are upserted by primary key, so
-re-running a step with the same inputs never duplicates rows.
+DuckDB lets one process at a time open a database file for writing, so the
+store never holds a connection for long: every ``transaction()`` and every
+``query()`` opens a connection, does its work and closes it, under an
+inter-process file lock (``<db>.lock``). Two runs against the same file thus
+interleave their writes instead of locking each other out. Rows are upserted
+by primary key, so re-running a step with the same inputs never duplicates.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import fcntl
+import time
 from importlib import resources
-from typing import Any, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import duckdb
 
 TABLES = ("runs", "sources", "quarantine", "duplicates", "latents", "factors", "embeddings",
           "indexes", "recipes", "candidates", "verdicts", "candidate_verdicts", "ics", "releases")
+
+Connect = Callable[[], ContextManager[duckdb.DuckDBPyConnection]]
+
+#: How long a writer waits for another process's transaction before giving up.
+LOCK_TIMEOUT_S = 600.0
 
 
 def schema_sql() -> str:
@@ -26,23 +37,35 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
 
 
-class LineageStore:
-    """Typed writes and reads of PersonC's lineage tables."""
+class StoreLockTimeout(TimeoutError):
+    """Another process held the database longer than ``LOCK_TIMEOUT_S``."""
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive inter-process lock on ``path`` (created if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise StoreLockTimeout(f"{path} stayed locked for {timeout:.0f} s by another PersonC run")
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Writer:
+    """Writes inside one open transaction (see ``LineageStore.transaction``)."""
 
     def __init__(self, conn: duckdb.DuckDBPyConnection) -> None:
         self.conn = conn
-        self.conn.execute(schema_sql())
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator["LineageStore"]:
-        """All writes inside happen atomically (commit on success, rollback on error)."""
-        self.conn.execute("BEGIN TRANSACTION")
-        try:
-            yield self
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
 
     def upsert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> int:
         """Insert or replace ``rows`` (dicts with the same keys) into ``table``."""
@@ -61,6 +84,9 @@ class LineageStore:
         if params:
             self.conn.executemany(sql, [list(p) for p in params])
 
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        return self.conn.execute(sql, list(params)).fetchall()
+
     def supersede_changed_paths(self, current: Mapping[str, str], run_id: str) -> list[str]:
         """Mark sources whose file now holds other pixels (or is gone) as superseded.
 
@@ -68,18 +94,71 @@ class LineageStore:
         rows are kept, flagged, and point at the hash that replaced them.
         Returns the superseded content hashes.
         """
-        rows = self.conn.execute(
-            "SELECT content_hash, path FROM sources WHERE NOT superseded").fetchall()
+        rows = self.query("SELECT content_hash, path FROM sources WHERE NOT superseded")
         changed = [(h, p) for h, p in rows if current.get(p) != h]
-        for content_hash, path in changed:
-            self.conn.execute(
-                "UPDATE sources SET superseded = TRUE, superseded_by = ?, last_run_id = ?, updated_at = ? "
-                "WHERE content_hash = ?", [current.get(path), run_id, now(), content_hash])
+        self.update_many(
+            "UPDATE sources SET superseded = TRUE, superseded_by = ?, last_run_id = ?, updated_at = ? "
+            "WHERE content_hash = ?", [[current.get(p), run_id, now(), h] for h, p in changed])
         return [h for h, _ in changed]
+
+
+class LineageStore:
+    """PersonC's lineage tables in one DuckDB file."""
+
+    def __init__(self, connect: Connect, lock_path: Path) -> None:
+        self._connect = connect
+        self._lock_path = Path(lock_path)
+        with self._open() as conn:
+            conn.execute(schema_sql())
+
+    @classmethod
+    def open(cls, db_path: str | Path) -> "LineageStore":
+        """A store on ``db_path`` that connects with ``duckdb.connect``."""
+        db_path = Path(db_path)
+        db_path.parent.mkdir(parents=True, exist_ok=True)
+
+        @contextlib.contextmanager
+        def connect() -> Iterator[duckdb.DuckDBPyConnection]:
+            conn = duckdb.connect(str(db_path))
+            try:
+                yield conn
+            finally:
+                conn.close()
+
+        return cls(connect, db_path.with_name(db_path.name + ".lock"))
+
+    @contextlib.contextmanager
+    def _open(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        with file_lock(self._lock_path), self._connect() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Writer]:
+        """All writes inside happen atomically (commit on success, rollback on error)."""
+        with self._open() as conn:
+            conn.execute("BEGIN TRANSACTION")
+            try:
+                yield Writer(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._open() as conn:
+            return conn.execute(sql, list(params)).fetchall()
+
+    def embeddings(self, encoder_version: str, hashes: Sequence[str]) -> dict[str, list[float]]:
+        """Cached embeddings ``{content_hash: vector}`` of ``hashes`` for one encoder version."""
+        return dict(self.query(
+            "SELECT content_hash, vector FROM embeddings WHERE encoder_version = ? AND content_hash IN "
+            "(SELECT unnest(?::VARCHAR[]))", [encoder_version, list(hashes)]))
 
     def fetch_df(self, sql: str, params: Sequence[Any] = ()):
         """Run a query and return a pandas DataFrame."""
-        return self.conn.execute(sql, list(params)).df()
+        with self._open() as conn:
+            return conn.execute(sql, list(params)).df()
 
     def counts(self) -> dict[str, int]:
-        return {t: self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+        with self._open() as conn:
+            return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}

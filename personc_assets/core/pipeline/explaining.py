@@ -47,8 +47,8 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
                 rows.append({"release_id": rel["release_id"], "encoder": r["encoder"], "donor": r["donor"],
                              "factor": r["factor"], "method": method, "score": score, "share": share,
                              "run_id": run_id})
-        with store.transaction():
-            store.upsert("ics", rows)
+        with store.transaction() as tx:
+            tx.upsert("ics", rows)
         seconds = time.perf_counter() - t0
         out.append({"release_id": rel["release_id"], "file": rel["file"], "ics": ics.summary(),
                     "sentences": [ics.sentence(e, source_ids[d]) for e in ics.encoder_names

@@ -87,11 +87,11 @@ class CandidateFactory:
             out.append({"candidate_id": c.candidate_id, "slot": slot, "attempt": c.attempt,
                         "recipe_id": c.recipe.recipe_id, "image_path": str(path),
                         "donors": list(c.recipe.donors())})
-        with store.transaction():
-            store.upsert("recipes", [{"recipe_id": c.recipe.recipe_id, "seed": c.recipe.seed,
+        with store.transaction() as tx:
+            tx.upsert("recipes", [{"recipe_id": c.recipe.recipe_id, "seed": c.recipe.seed,
                                       "mean_pull": c.recipe.mean_pull, "context_donor": c.recipe.context_donor,
                                       "recipe_json": recipe_json(c.recipe), "run_id": run_id} for _, c in made])
-            store.upsert("candidates", [{"candidate_id": c.candidate_id, "recipe_id": c.recipe.recipe_id,
+            tx.upsert("candidates", [{"candidate_id": c.candidate_id, "recipe_id": c.recipe.recipe_id,
                                          "generation_id": self.gen_id, "attempt": c.attempt,
                                          "backbone_state": self.ref.state_hash, "image_path": o["image_path"],
                                          "image_hash": pixel_hash(c.image), "run_id": run_id,

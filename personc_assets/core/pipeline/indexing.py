@@ -37,9 +37,7 @@ def embed_sources(encoder: Encoder, faces: Sequence[SourceFace], store: LineageS
                   progress: Callable[[int, int, str], None] | None = None) -> np.ndarray:
     """``[N, D]`` embeddings of ``faces`` (aligned crops), from the cache where possible."""
     hashes = [f.content_hash for f in faces]
-    cached = dict(store.conn.execute(
-        "SELECT content_hash, vector FROM embeddings WHERE encoder_version = ? AND content_hash IN "
-        f"(SELECT unnest(?::VARCHAR[]))", [encoder.version, hashes]).fetchall())
+    cached = store.embeddings(encoder.version, hashes)
     todo = [f for f in faces if f.content_hash not in cached]
     for start in range(0, len(todo), BATCH):
         batch = todo[start:start + BATCH]
@@ -50,8 +48,8 @@ def embed_sources(encoder: Encoder, faces: Sequence[SourceFace], store: LineageS
             raise RuntimeError(f"encoder {encoder.name} returned invalid embeddings {vecs.shape}")
         rows = [{"content_hash": f.content_hash, "encoder": encoder.name, "encoder_version": encoder.version,
                  "vector": v.tolist(), "run_id": run_id} for f, v in zip(batch, vecs)]
-        with store.transaction():
-            store.upsert("embeddings", rows)
+        with store.transaction() as tx:
+            tx.upsert("embeddings", rows)
         cached.update({f.content_hash: v for f, v in zip(batch, vecs)})
     return np.stack([np.asarray(cached[h], dtype=np.float32) for h in hashes])
 
@@ -77,8 +75,8 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
             vectors = embed_sources(enc, faces, store, run_id, progress)
             index = EmbeddingIndex.build(enc.name, enc.version, [f.content_hash for f in faces], vectors)
             index.save(path)
-        with store.transaction():
-            store.upsert("indexes", [{"encoder": enc.name, "encoder_version": enc.version,
+        with store.transaction() as tx:
+            tx.upsert("indexes", [{"encoder": enc.name, "encoder_version": enc.version,
                                       "source_set_hash": sources.source_set_hash, "kind": "flat_ip",
                                       "count": len(faces), "index_path": str(path), "run_id": run_id}])
         out.append({"encoder": enc.name, "encoder_version": enc.version, "index_path": str(path),
@@ -100,9 +98,7 @@ def persons_by_embedding(store: LineageStore, sources: SourceSet, index_summary:
 
     first = index_summary["indexes"][0]
     hashes = sources.hashes()
-    found = dict(store.conn.execute(
-        "SELECT content_hash, vector FROM embeddings WHERE encoder_version = ? AND content_hash IN "
-        "(SELECT unnest(?::VARCHAR[]))", [first["encoder_version"], hashes]).fetchall())
+    found = store.embeddings(first["encoder_version"], hashes)
     missing = [h for h in hashes if h not in found]
     if missing:
         raise RuntimeError(f"{len(missing)} source embeddings for {first['encoder']} are missing from the store; "

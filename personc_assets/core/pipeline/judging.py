@@ -95,10 +95,10 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
                 retry.append((slot, cand.attempt + 1))
             else:
                 log.warning("slot %d: all %d attempts rejected", slot, cfg.max_attempts)
-        with store.transaction():
-            store.upsert("verdicts", round_rows)
-            store.upsert("candidate_verdicts", cand_rows)
-            store.upsert("releases", release_rows)
+        with store.transaction() as tx:
+            tx.upsert("verdicts", round_rows)
+            tx.upsert("candidate_verdicts", cand_rows)
+            tx.upsert("releases", release_rows)
         if progress:
             progress(len(released), cfg.num_samples, f"{len(attempts)} candidates judged")
         pending = factory.make(retry) if retry else []

@@ -70,11 +70,11 @@ def fit_and_project(cfg: RunConfig, ws: Workspace, store: LineageStore, sources:
         rows.append({"content_hash": face.content_hash, "backbone": cfg.backbone, "backbone_state": state_hash,
                      "latent_path": str(path), "reconstruction_error": float(proj.reconstruction_error),
                      "extras_json": json.dumps(proj.extras), "run_id": run_id, "code_version": code_version()})
-    with store.transaction():
-        store.upsert("latents", rows)
-    errors = store.conn.execute(
+    with store.transaction() as tx:
+        tx.upsert("latents", rows)
+    errors = store.query(
         "SELECT avg(reconstruction_error), max(reconstruction_error) FROM latents WHERE backbone_state = ?",
-        [state_hash]).fetchone()
+        [state_hash])[0]
     return {"backbone": ref.__dict__, "latents": latents, "projected_now": len(rows),
             "mean_reconstruction_error": errors[0], "max_reconstruction_error": errors[1]}
 
@@ -98,7 +98,7 @@ def decompose_all(ws: Workspace, store: LineageStore, latents_summary: dict[str,
                          "run_id": run_id})
     mean_path = ws.latents / ref.state_hash[:16] / "population_mean.factors.npz"
     atomic_save_npz(mean_path, **backbone.population_mean())
-    with store.transaction():
-        store.upsert("factors", rows)
+    with store.transaction() as tx:
+        tx.upsert("factors", rows)
     return {"backbone": latents_summary["backbone"], "factors": factors_paths, "mean": str(mean_path),
             "factor_names": list(backbone.factor_names)}

@@ -95,23 +95,23 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
                         "path": face.path, "aligned_path": str(npz), "source_id": face.source_id})
     sset = SourceSet(source_set_hash([e["content_hash"] for e in entries]), tuple(entries), demo)
     t = now()
-    with store.transaction():
-        store.supersede_changed_paths({e["path"]: e["content_hash"] for e in entries}, run_id)
-        known = {h for (h,) in store.conn.execute("SELECT content_hash FROM sources").fetchall()}
-        store.upsert("sources", [
+    with store.transaction() as tx:
+        tx.supersede_changed_paths({e["path"]: e["content_hash"] for e in entries}, run_id)
+        known = {h for (h,) in tx.query("SELECT content_hash FROM sources")}
+        tx.upsert("sources", [
             {"content_hash": e["content_hash"], "source_id": e["source_id"], "grp": e["group"],
              "label": e["label"], "path": e["path"], "aligned_path": e["aligned_path"], "superseded": False,
              "superseded_by": None, "first_run_id": run_id, "last_run_id": run_id,
              "code_version": code_version(), "updated_at": t}
             for e in entries if e["content_hash"] not in known])
-        store.update_many(
+        tx.update_many(
             "UPDATE sources SET last_run_id = ?, superseded = FALSE, superseded_by = NULL, path = ?, "
             "updated_at = ? WHERE content_hash = ?",
             [[run_id, e["path"], t, e["content_hash"]] for e in entries if e["content_hash"] in known])
-        store.upsert("quarantine", [
+        tx.upsert("quarantine", [
             {"path": q.path, "grp": q.group, "code": q.code, "reason": q.reason,
              "file_sha256": "" if q.code == "outside_source_dir" else file_sha256(q.path), "run_id": run_id, "seen_at": t} for q in result.quarantined])
-        store.upsert("duplicates", [
+        tx.upsert("duplicates", [
             {"path": d.path, "content_hash": d.content_hash, "kept_path": d.kept_path, "run_id": run_id}
             for d in result.duplicates])
     return sset, result
