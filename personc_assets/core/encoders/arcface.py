@@ -60,6 +60,9 @@ DETECT_SIZE = 320
 #: this fraction of the dlib box side of the dlib-derived five points.
 MAX_POINT_DISAGREEMENT = 0.25
 
+#: Crops per inference call.
+BATCH_SIZE = 64
+
 AlignmentSource = Literal["scrfd", "dlib68"]
 OnnxRole = Literal["recognition", "detection", "other"]
 
@@ -314,9 +317,9 @@ class ArcFaceEncoder:
         """``[N, dim]`` unit vectors for ``faces``, in order."""
         if not faces:
             return np.zeros((0, self.dim), np.float32)
-        crops = [self.crop(f)[0] for f in faces]
-        bgr = [np.ascontiguousarray(c[..., ::-1]) for c in crops]  # get_feat swaps back to RGB
-        out = np.asarray(self._model.get_feat(bgr), dtype=np.float32)
+        bgr = [np.ascontiguousarray(self.crop(f)[0][..., ::-1]) for f in faces]  # get_feat swaps to RGB
+        out = np.concatenate([np.asarray(self._model.get_feat(bgr[i:i + BATCH_SIZE]), dtype=np.float32)
+                              for i in range(0, len(bgr), BATCH_SIZE)])
         if out.shape != (len(faces), self.dim):
             raise RuntimeError(f"arcface returned {out.shape}, expected {(len(faces), self.dim)}")
         return l2_normalise(out)
