@@ -9,6 +9,7 @@ from dagster_duckdb import DuckDBResource
 
 from .defs import assets, checks
 from .defs.jobs import daily_regeneration, main_job
+from .defs.progress import progress_logger
 from .defs.resources import JsonIOManager, PersonCConfig, default_db_path, default_out_dir
 
 
@@ -21,6 +22,7 @@ def build_definitions(out_dir: str | None = None, db_path: str | None = None, **
         asset_checks=[checks.released_faces_below_tau, checks.released_faces_mix_both_groups],
         jobs=[main_job],
         schedules=[daily_regeneration],
+        loggers={"progress": progress_logger},
         resources={
             "personc": PersonCConfig(out_dir=out_dir, **config),
             "duckdb": DuckDBResource(database=db_path),

@@ -103,7 +103,7 @@ def run_pipeline(request: DemoRequest) -> DemoResult:
     with DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(
             instance=instance, raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "INFO"}}}})
+            run_config={"loggers": {"progress": {"config": {"total_steps": len(job.nodes)}}}})
         durations = _step_durations(instance, result.run_id, DagsterEventType)
     total = time.perf_counter() - start
     state = out_dir / "state"

@@ -7,6 +7,7 @@ version): an unchanged source is never embedded twice across runs.
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -26,11 +27,21 @@ BATCH = 16
 
 
 def build_encoders(cfg: RunConfig) -> tuple[list[Encoder], list[dict[str, str]]]:
-    """The encoders of this run and the ones skipped (with the reason)."""
+    """The encoders of this run and the ones skipped (with the reason).
+
+    Loaded once per process and configuration: every step of a run shares the
+    same models (and a skipped encoder is logged once, not once per step).
+    """
+    encoders, skipped = _load_encoders(cfg.encoders, str(Path(cfg.weights_dir).resolve()))
+    return list(encoders), [dict(s) for s in skipped]
+
+
+@lru_cache(maxsize=4)
+def _load_encoders(names: tuple[str, ...] | None, weights_dir: str):
     from ..encoders.availability import resolve_encoders
 
-    encoders, skipped = resolve_encoders(cfg.encoders, Path(cfg.weights_dir))
-    return encoders, [{"encoder": s.name, "reason": s.reason} for s in skipped]
+    encoders, skipped = resolve_encoders(names, Path(weights_dir))
+    return tuple(encoders), tuple({"encoder": s.name, "reason": s.reason}.items() for s in skipped)
 
 
 def embed_sources(encoder: Encoder, faces: Sequence[SourceFace], store: LineageStore, run_id: str,
