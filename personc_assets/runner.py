@@ -29,6 +29,7 @@ class DemoRequest:
     seed: int = 0
     taus: Mapping[str, float] = field(default_factory=dict)
     bare_tau: float | None = None
+    target_fmr: float | None = None
     backbone: str = "morphable"
     backbone_options: Mapping[str, Any] = field(default_factory=dict)
     sources_a: Path | None = None
@@ -97,7 +98,7 @@ def run_pipeline(request: DemoRequest) -> DemoResult:
         backbone=request.backbone, backbone_options_json=json.dumps(dict(request.backbone_options)),
         encoders=list(request.encoders) if request.encoders else None, weights_dir=str(request.weights_dir),
         taus=dict(request.taus), num_samples=request.num_samples, max_attempts=request.max_attempts,
-        seed=request.seed, bare_tau=request.bare_tau)
+        seed=request.seed, bare_tau=request.bare_tau, target_fmr=request.target_fmr)
     job = defs.resolve_job_def("personc_main")
     start = time.perf_counter()
     with DagsterInstance.ephemeral() as instance:

@@ -37,6 +37,10 @@ def register(subparsers) -> None:
     p.add_argument("--tau", action="append", metavar="[ENCODER=]VALUE",
                    help="threshold per encoder, e.g. --tau dlib=0.90; a bare number is an ArcFace cosine and "
                         "applies to ArcFace only (repeatable)")
+    p.add_argument("--target-fmr", type=float, metavar="RATE",
+                   help="set each encoder's tau from its stored calibration (personc calibrate --db) for "
+                        "this false-match rate per released face over all sources; never above the "
+                        "calibrated same-person minimum")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sources-a", type=Path, help="folder of group A photos (default: demo photos)")
     p.add_argument("--sources-b", type=Path, help="folder of group B photos")
@@ -74,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
         options["weights"] = str(args.weights.resolve())
     request = DemoRequest(
         out_dir=args.out, db_path=args.db, num_samples=args.num_samples, max_attempts=args.max_attempts,
-        seed=args.seed, taus=taus, bare_tau=bare, backbone=args.backbone, backbone_options=options,
+        seed=args.seed, taus=taus, bare_tau=bare, target_fmr=args.target_fmr, backbone=args.backbone,
+        backbone_options=options,
         sources_a=args.sources_a, sources_b=args.sources_b, weights_dir=args.weights_dir,
         encoders=tuple(e.strip() for e in args.encoders.split(",")) if args.encoders else None)
     result = run_pipeline(request)

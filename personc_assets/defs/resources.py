@@ -46,6 +46,8 @@ class PersonCConfig(ConfigurableResource):
     taus: dict[str, float] = Field(default_factory=dict, description="per-encoder tau, e.g. {'dlib': 0.9}")
     bare_tau: float | None = Field(default=None, description="a tau without encoder name: ArcFace cosine "
                                    "scale, applied to ArcFace only")
+    target_fmr: float | None = Field(default=None, description="choose each encoder's tau from its stored "
+                                     "calibration (personc calibrate --db) for this false-match rate per face")
     num_samples: int = Field(default=5, description="faces to release")
     max_attempts: int = Field(default=8, description="candidates tried per released face")
     seed: int = Field(default=0, description="recipe sampling seed")
@@ -55,7 +57,8 @@ class PersonCConfig(ConfigurableResource):
         return RunConfig(out_dir=self.out_dir, sources_a=self.sources_a, sources_b=self.sources_b,
                          backbone=self.backbone, backbone_options=json.loads(self.backbone_options_json),
                          encoders=tuple(self.encoders) if self.encoders else None, weights_dir=self.weights_dir,
-                         taus=dict(self.taus), bare_tau=self.bare_tau, num_samples=self.num_samples, max_attempts=self.max_attempts,
+                         taus=dict(self.taus), bare_tau=self.bare_tau, target_fmr=self.target_fmr,
+                         num_samples=self.num_samples, max_attempts=self.max_attempts,
                          seed=self.seed, min_face_px=self.min_face_px)
 
     def workspace(self) -> Workspace:

@@ -26,6 +26,7 @@ class RunConfig:
     weights_dir: str = "weights"
     taus: Mapping[str, float] = field(default_factory=dict)  # per encoder name
     bare_tau: float | None = None         # ``--tau 0.4``: ArcFace scale
+    target_fmr: float | None = None       # tau from the stored calibration for this FMR per face
     num_samples: int = 5
     max_attempts: int = 8                 # candidates tried per released slot
     seed: int = 0
@@ -37,6 +38,8 @@ class RunConfig:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.target_fmr is not None and not 0.0 < self.target_fmr < 1.0:
+            raise ValueError(f"target_fmr must be in (0, 1), got {self.target_fmr}")
         for name, tau in self.taus.items():
             if not (-1.0 < tau <= 1.0) or math.isnan(tau):
                 raise ValueError(f"tau for {name} must be a cosine in (-1, 1], got {tau}")
@@ -56,12 +59,13 @@ class TauChoice:
     why: str
 
 
-def resolve_taus(encoders: list[Encoder], taus: Mapping[str, float],
-                 bare_tau: float | None) -> dict[str, TauChoice]:
+def resolve_taus(encoders: list[Encoder], taus: Mapping[str, float], bare_tau: float | None,
+                 calibrated: Mapping[str, TauChoice] | None = None) -> dict[str, TauChoice]:
     """Pick each encoder's tau on its own scale and say why.
 
     An explicit ``name=value`` wins; a bare value applies only to ArcFace
-    (whose cosine scale it is given on); otherwise the encoder's default.
+    (whose cosine scale it is given on); then a calibrated tau for a target
+    false-match rate (see ``thresholds.py``); otherwise the encoder's default.
     """
     unknown = set(taus) - {e.name for e in encoders}
     if unknown:
@@ -73,6 +77,8 @@ def resolve_taus(encoders: list[Encoder], taus: Mapping[str, float],
             out[enc.name] = TauChoice(enc.name, float(taus[enc.name]), "set explicitly")
         elif bare_tau is not None and enc.name == BARE_TAU_ENCODER:
             out[enc.name] = TauChoice(enc.name, float(bare_tau), "--tau (ArcFace cosine scale)")
+        elif calibrated and enc.name in calibrated:
+            out[enc.name] = calibrated[enc.name]
         else:
             why = f"default: {enc.tau_rationale}"
             if bare_tau is not None:

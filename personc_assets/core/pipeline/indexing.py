@@ -20,6 +20,7 @@ from ..lineage.store import LineageStore
 from ..types import SourceFace
 from .config import RunConfig, TauChoice, Workspace, resolve_taus
 from .sources import SourceSet
+from .thresholds import calibrated_taus
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,15 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
                   progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Per encoder: embeddings of every source in an exact FAISS index on disk."""
     encoders, skipped = build_encoders(cfg)
-    taus = resolve_taus(encoders, cfg.taus, cfg.bare_tau)
     faces = sources.load_faces()
+    calibrated = {}
+    if cfg.target_fmr is not None:
+        calibrated = calibrated_taus(store, {e.name: e.version for e in encoders}, cfg.target_fmr, len(faces))
+        for enc in encoders:
+            if enc.name not in calibrated:
+                log.warning("no calibration stored for %s (%s); it keeps its default tau. Run "
+                            "`personc calibrate --folder DIR --db %s` first", enc.name, enc.version, "<this db>")
+    taus = resolve_taus(encoders, cfg.taus, cfg.bare_tau, calibrated)
     out = []
     for enc in encoders:
         path = index_path(ws, enc, sources.source_set_hash)
