@@ -94,7 +94,7 @@ def test_single_factor_face_puts_all_likeness_on_that_factor():
         share = ics.share[0, ics.donor_ids.index("A-07")]
         assert share[i] > 0.99, (factor, share)
         assert ics.top_factor("toy", "A-07")[0] == factor
-        assert ics.sentence("toy", "A-07").endswith(f"comes through {factor}")
+        assert f"% of the likeness to A-07 (toy) comes through {factor} (+" in ics.sentence("toy", "A-07")
 
 
 def test_every_coalition_rendered_and_scored_once():
@@ -129,6 +129,17 @@ def test_shapley_axioms_on_rendered_faces():
     np.testing.assert_allclose(ics.phi.sum(-1), ics.v_full - ics.v_empty, atol=1e-5)
     np.testing.assert_allclose(np.abs(ics.share).sum(-1), 1.0, atol=1e-5)
     assert ics.phi.shape == ics.share.shape == ics.drop.shape == (1, 2, len(FACTORS))
+
+
+def test_sentence_admits_when_no_factor_adds_likeness():
+    """A donor the face resembles less than the mean face does gets no 'N% through X' claim."""
+    bb = BandBackbone()
+    mean = bb.population_mean()
+    donor = {f: np.array([0.5, 0.5, 0.9], np.float32) for f in FACTORS}  # close to the mean
+    face = {f: np.array([0.1, 0.9, 0.2], np.float32) for f in FACTORS}   # moved away from it
+    ics = identity_contribution_scores(bb, face, toy_similarity({"A": donor}))
+    assert ics.v_full[0, 0] < ics.v_empty[0, 0]
+    assert ics.sentence("toy", "A").startswith("no factor adds likeness to A (toy)")
 
 
 def test_drop_score_read_from_same_table():

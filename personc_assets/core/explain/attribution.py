@@ -335,10 +335,9 @@ def smooth_map(heat: np.ndarray, sigma: float) -> np.ndarray:
         return np.where(valid > 0, num / np.maximum(den, 1e-6), np.nan).astype(np.float32)
 
 
-def overlay_png_bytes(image: np.ndarray, heat: np.ndarray, *, title: str = "",
-                      label: str = "similarity drop when occluded", max_alpha: float = 0.75,
-                      size_inches: float = 3.2, dpi: int = 100) -> bytes:
-    """PNG of ``heat`` ``[H, W]`` (NaN = not evaluated) over ``image`` ``[H, W, 3]``, with a colour bar.
+def draw_overlay(ax, cax, image: np.ndarray, heat: np.ndarray, *, label: str = "cosine drop when occluded",
+                 max_alpha: float = 0.75) -> None:
+    """Draw ``heat`` ``[H, W]`` (NaN = not evaluated) over ``image`` on matplotlib axes, colour bar in ``cax``.
 
     Diverging colours centred on zero, opacity growing with ``|value|`` so that
     regions that do not matter leave the face visible: red regions make the
@@ -347,7 +346,6 @@ def overlay_png_bytes(image: np.ndarray, heat: np.ndarray, *, title: str = "",
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
-    from matplotlib.figure import Figure
 
     check_image(image, "image")
     heat = np.asarray(heat, dtype=np.float32)
@@ -358,22 +356,32 @@ def overlay_png_bytes(image: np.ndarray, heat: np.ndarray, *, title: str = "",
     lim = lim if lim > 0 else 1e-6
     norm = Normalize(vmin=-lim, vmax=lim)
     cmap = colormaps["RdBu_r"]
-    rgba = cmap(norm(np.nan_to_num(heat)))
-    rgba[..., 3] = np.where(np.isfinite(heat), max_alpha * np.clip(np.abs(np.nan_to_num(heat)) / lim, 0, 1) ** 0.7, 0)
-    fig = Figure(figsize=(size_inches * 1.35, size_inches), dpi=dpi)
-    top = 0.88 if title else 0.98
-    ax = fig.add_axes((0.02, 0.02, 0.70, top - 0.02))
+    values = np.nan_to_num(heat)
+    rgba = cmap(norm(values))
+    rgba[..., 3] = np.where(np.isfinite(heat), max_alpha * np.clip(np.abs(values) / lim, 0, 1), 0)
     ax.imshow(image)
     ax.imshow(rgba)
     ax.set_axis_off()
-    if title:
-        fig.text(0.37, 0.94, title, ha="center", va="center", fontsize=8)
-    cax = fig.add_axes((0.75, 0.1, 0.035, top - 0.2))
-    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
+    bar = ax.figure.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax)
     bar.ax.tick_params(labelsize=6)
     bar.formatter.set_powerlimits((-2, 2))
     bar.ax.yaxis.get_offset_text().set_fontsize(6)
     bar.set_label(label, fontsize=7)
+
+
+def overlay_png_bytes(image: np.ndarray, heat: np.ndarray, *, title: str = "",
+                      label: str = "cosine drop when occluded", max_alpha: float = 0.75,
+                      size_inches: float = 3.2, dpi: int = 100) -> bytes:
+    """PNG of ``heat`` over ``image`` with a colour bar (see ``draw_overlay``)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size_inches * 1.35, size_inches), dpi=dpi)
+    top = 0.88 if title else 0.98
+    ax = fig.add_axes((0.02, 0.02, 0.70, top - 0.02))
+    cax = fig.add_axes((0.75, 0.1, 0.035, top - 0.2))
+    draw_overlay(ax, cax, image, heat, label=label, max_alpha=max_alpha)
+    if title:
+        fig.text(0.37, 0.94, title, ha="center", va="center", fontsize=8)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()

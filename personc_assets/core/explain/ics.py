@@ -404,9 +404,19 @@ class ICSResult:
         return self.factor_names[i], float(s[i])
 
     def sentence(self, encoder: str, donor: str) -> str:
-        """E.g. ``38% of the likeness to A-07 (dlib) comes through geometry``."""
+        """E.g. ``38% of the likeness to A-07 (dlib) comes through geometry (+0.012 cos over the mean face)``.
+
+        When the face is no more like the donor than the population-mean face
+        is, no factor carries likeness and the sentence says so.
+        """
+        e, d = self._idx(encoder, donor)
+        gain = float(self.v_full[e, d] - self.v_empty[e, d])
         factor, share = self.top_factor(encoder, donor)
-        return f"{share * 100:.0f}% of the likeness to {donor} ({encoder}) comes through {factor}"
+        if gain <= 0 or share <= 0:
+            return (f"no factor adds likeness to {donor} ({encoder}): the face scores "
+                    f"{self.v_full[e, d]:.3f}, the population-mean face {self.v_empty[e, d]:.3f}")
+        return (f"{share * 100:.0f}% of the likeness to {donor} ({encoder}) comes through {factor} "
+                f"({gain:+.3f} cos over the mean face)")
 
     def rows(self) -> list[dict[str, object]]:
         """Long-format records (one per encoder, donor, factor) for tables and DuckDB."""
