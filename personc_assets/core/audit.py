@@ -1,0 +1,271 @@
+"""Audit arbitrary images against a source set with the guard.
+
+``personc audit`` and the red-team report use this module; both judge with
+the same ``Guard`` the asset graph uses (``core/guard.py``): sources are
+ingested with ``faces/ingest.py``, embedded with the cached
+``pipeline/indexing.embed_sources``, indexed with ``EmbeddingIndex`` and every
+candidate image goes through ``Guard.check`` (face detection, every encoder,
+fail-closed rules).
+
+Each candidate ends with a status:
+
+``clear``       every gating encoder stays below its tau;
+``leak``        some gating encoder's max similarity to a source reaches tau;
+``unverified``  the guard could not check it (unreadable file, no face, several
+                faces, an encoder or index error): rejected, fail closed.
+
+Audit-only encoders (``gating=False``) are measured and reported but never
+decide; their would-be leaks are counted in ``AuditReport.audit_only_leaks``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from .encoders.base import Encoder
+from .faces.ingest import IngestResult, MIN_FACE_PX, Quarantined, ingest_folders, list_source_files
+from .faces.loading import ImageRejected, decode_image
+from .guard import PASS, REJECT, EncoderVerdict, Guard, GuardMember, Verdict
+from .index import EmbeddingIndex
+from .lineage.store import LineageStore
+from .pipeline.config import TauChoice
+from .types import SourceFace
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+CLEAR, LEAK, UNVERIFIED = "clear", "leak", "unverified"
+#: Candidates judged per ``Guard.check`` call (bounds the images held in memory).
+BATCH = 16
+
+
+@dataclass(frozen=True)
+class GuardedEncoder:
+    """What the audit's guard used for one encoder (for reports and JSON)."""
+
+    name: str
+    version: str
+    tau: float
+    tau_why: str
+    gating: bool
+    index_kind: str
+    sources: int
+
+
+def check_audit_only(encoders: Sequence[Encoder], audit_only: Sequence[str]) -> None:
+    """Raise unless every audit-only name is in use and at least one encoder still gates."""
+    names = [e.name for e in encoders]
+    unknown = set(audit_only) - set(names)
+    if unknown:
+        raise ValueError(f"audit-only encoder(s) {', '.join(sorted(unknown))} are not in use; "
+                         f"encoders in use: {', '.join(names)}")
+    if set(names) <= set(audit_only):
+        raise ValueError(f"every encoder in use ({', '.join(names)}) is audit-only: at least one must gate")
+
+
+def guard_for_sources(encoders: Sequence[Encoder], taus: Mapping[str, TauChoice], faces: Sequence[SourceFace],
+                      store: LineageStore, run_id: str, audit_only: Sequence[str] = (),
+                      progress: Progress | None = None) -> tuple[Guard, list[GuardedEncoder]]:
+    """A ``Guard`` over ``faces``: every encoder embeds them (cached in ``store``) into an index.
+
+    ``taus`` maps every encoder name to its ``TauChoice`` (``resolve_taus``);
+    encoders named in ``audit_only`` are recorded but do not gate.
+    """
+    from .pipeline.indexing import embed_sources
+
+    check_audit_only(encoders, audit_only)
+    if not faces:
+        raise ValueError("no usable source face: nothing to audit against")
+    members, used = [], []
+    hashes = [f.content_hash for f in faces]
+    for enc in encoders:
+        vectors = embed_sources(enc, faces, store, run_id, progress)
+        index = EmbeddingIndex.build(enc.name, enc.version, hashes, vectors)
+        gating = enc.name not in audit_only
+        members.append(GuardMember(enc, index, taus[enc.name].tau, gating=gating))
+        used.append(GuardedEncoder(enc.name, enc.version, taus[enc.name].tau, taus[enc.name].why, gating,
+                                   index.manifest.kind, index.manifest.count))
+    return Guard(members), used
+
+
+@dataclass(frozen=True)
+class EncoderResult:
+    """One encoder's measurement of one candidate."""
+
+    encoder: str
+    max_similarity: float | None   # None when not measured
+    nearest_source: str | None     # label/file of the nearest source
+    tau: float
+    verdict: str
+    gating: bool
+    reason: str
+
+    @property
+    def leaks(self) -> bool:
+        return self.max_similarity is not None and self.max_similarity >= self.tau
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    candidate: str
+    status: str   # clear, leak or unverified
+    verdict: str  # the guard's PASS or REJECT
+    reason: str
+    encoders: tuple[EncoderResult, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"candidate": self.candidate, "status": self.status, "verdict": self.verdict,
+                "reason": self.reason,
+                "encoders": {e.encoder: {"max_similarity": e.max_similarity, "nearest_source": e.nearest_source,
+                                         "tau": e.tau, "verdict": e.verdict, "gating": e.gating,
+                                         "reason": e.reason} for e in self.encoders}}
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    rows: tuple[AuditRow, ...]
+    encoders: tuple[GuardedEncoder, ...]
+    sources: int
+    source_problems: tuple[Quarantined, ...]
+    skipped_encoders: tuple[dict[str, str], ...] = field(default=())
+
+    @property
+    def leaks(self) -> int:
+        return sum(r.status == LEAK for r in self.rows)
+
+    @property
+    def unverified(self) -> int:
+        return sum(r.status == UNVERIFIED for r in self.rows)
+
+    @property
+    def audit_only_leaks(self) -> dict[str, int]:
+        """Per audit-only encoder: candidates it would have rejected by similarity."""
+        return {e.name: sum(any(x.encoder == e.name and x.leaks for x in r.encoders) for r in self.rows)
+                for e in self.encoders if not e.gating}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"candidates": len(self.rows), "leaks": self.leaks, "unverified": self.unverified,
+                "sources": self.sources,
+                "source_problems": [{"path": q.path, "code": q.code, "reason": q.reason}
+                                    for q in self.source_problems],
+                "encoders": [vars(e) for e in self.encoders], "skipped_encoders": list(self.skipped_encoders),
+                "audit_only_leaks": self.audit_only_leaks, "rows": [r.as_dict() for r in self.rows]}
+
+
+def ingest_source_dirs(dirs: Sequence[Path], min_face_px: int = MIN_FACE_PX,
+                       progress: Progress | None = None) -> IngestResult:
+    """Every face photo under ``dirs`` (same rules as the pipeline), deduplicated across folders."""
+    merged = IngestResult()
+    seen: dict[str, SourceFace] = {}
+    for folder in dirs:
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"source folder does not exist or is not a folder: {folder}")
+        part = ingest_folders({"A": Path(folder)}, min_face_px, progress)
+        merged.quarantined += part.quarantined
+        merged.duplicates += part.duplicates
+        for face in part.faces:
+            if face.content_hash not in seen:
+                seen[face.content_hash] = face
+                merged.faces.append(face)
+    return merged
+
+
+def list_candidates(folder: Path) -> list[Path]:
+    """Files under ``folder`` (recursive, sorted, hidden files skipped)."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"candidate folder does not exist or is not a folder: {folder}")
+    return [p for p, problem in list_source_files(Path(folder)) if problem is None]
+
+
+def _number(x: float) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def row_from_verdict(candidate: str, v: Verdict, source_names: Mapping[str, str]) -> AuditRow:
+    """An ``AuditRow`` from the guard's verdict (status derived from the per-encoder results)."""
+    results = tuple(EncoderResult(ev.encoder, _number(ev.max_similarity),
+                                  source_names.get(ev.nearest_source or "", ev.nearest_source),
+                                  ev.tau, ev.verdict, ev.gating, ev.reason) for ev in v.per_encoder)
+    if v.verdict == PASS:
+        status = CLEAR
+    elif any(r.gating and r.leaks for r in results):
+        status = LEAK
+    else:
+        status = UNVERIFIED
+    return AuditRow(candidate, status, v.verdict, v.reason, results)
+
+
+def audit_images(guard: Guard, candidates: Sequence[Path], source_names: Mapping[str, str],
+                 progress: Progress | None = None) -> list[AuditRow]:
+    """Judge every candidate file with ``guard``; unreadable files are ``unverified``."""
+    rows: list[AuditRow] = []
+    for start in range(0, len(candidates), BATCH):
+        batch: list[tuple[str, np.ndarray]] = []
+        for path in candidates[start:start + BATCH]:
+            try:
+                batch.append((str(path), decode_image(path).pixels))
+            except ImageRejected as exc:
+                rows.append(AuditRow(str(path), UNVERIFIED, REJECT, f"{exc.code}: {exc.reason}", ()))
+        for (name, _), verdict in zip(batch, guard.check(batch)):
+            rows.append(row_from_verdict(name, verdict, source_names))
+        if progress:
+            progress(min(start + BATCH, len(candidates)), len(candidates), "candidates judged")
+    order = {str(p): i for i, p in enumerate(candidates)}
+    return sorted(rows, key=lambda r: order[r.candidate])
+
+
+def source_display_names(faces: Sequence[SourceFace]) -> dict[str, str]:
+    """``content_hash -> "label/file"`` for tables."""
+    return {f.content_hash: f"{f.label}/{Path(f.path).name}" if f.label != Path(f.path).stem
+            else Path(f.path).name for f in faces}
+
+
+def run_audit(source_dirs: Sequence[Path], candidate_dir: Path, encoders: Sequence[Encoder],
+              taus: Mapping[str, TauChoice], store: LineageStore, run_id: str, audit_only: Sequence[str] = (),
+              min_face_px: int = MIN_FACE_PX, skipped: Sequence[dict[str, str]] = (),
+              progress: Progress | None = None) -> AuditReport:
+    """Ingest ``source_dirs``, build the guard over them and judge every file of ``candidate_dir``."""
+    check_audit_only(encoders, audit_only)
+    candidates = list_candidates(candidate_dir)
+    ingested = ingest_source_dirs(source_dirs, min_face_px, progress)
+    guard, used = guard_for_sources(encoders, taus, ingested.faces, store, run_id, audit_only, progress)
+    rows = audit_images(guard, candidates, source_display_names(ingested.faces), progress)
+    return AuditReport(tuple(rows), tuple(used), len(ingested.faces), tuple(ingested.quarantined), tuple(skipped))
+
+
+def render_table(report: AuditReport) -> str:
+    """A fixed-width text table: one line per candidate, max similarity and nearest source per encoder."""
+    names = [e.name for e in report.encoders]
+    head = ["candidate", "status"] + [f"{n}{'' if e.gating else ' (audit-only)'} sim / nearest"
+                                      for n, e in zip(names, report.encoders)] + ["reason"]
+    lines = []
+    for r in report.rows:
+        by = {e.encoder: e for e in r.encoders}
+        cells = [Path(r.candidate).name, r.status.upper()]
+        for n in names:
+            e = by.get(n)
+            cells.append("-" if e is None or e.max_similarity is None
+                         else f"{e.max_similarity:.3f} / {e.nearest_source}")
+        cells.append("" if r.status == CLEAR else r.reason)
+        lines.append(cells)
+    widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*c) for c in lines]
+    taus = ", ".join(f"{e.name} tau {e.tau:.3f} ({'gating' if e.gating else 'audit-only'}, {e.index_kind}, "
+                     f"{e.sources} sources)" for e in report.encoders)
+    out += ["", f"{len(report.rows)} candidates: {report.leaks} leak(s), {report.unverified} unverified, "
+                f"{len(report.rows) - report.leaks - report.unverified} clear. {taus}."]
+    for name, n in report.audit_only_leaks.items():
+        out.append(f"audit-only {name} would have rejected {n} of {len(report.rows)} candidates by similarity")
+    for q in report.source_problems:
+        out.append(f"source not indexed: {q.path}: {q.code}: {q.reason}")
+    for s in report.skipped_encoders:
+        out.append(f"encoder skipped: {s.get('encoder')}: {s.get('reason')}")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,86 @@
+"""``personc audit`` on small folders built from ../shared/faces.
+
+Sources: one photo each of id01, id02, id05, id03. A new photo of id01 must be
+reported as a leak (exit 1); photos of id04 and id07, who are not among the
+sources, must come out clear (exit 0).
+"""
+
+import argparse
+import json
+import shutil
+
+import pytest
+
+from personc_assets.cli import audit as audit_cli
+
+SOURCES = ["id01/id01_04.jpg", "id02/id02_02.jpg", "id05/id05_01.jpg", "id03/id03_06.jpg"]
+LEAK = "id01/id01_07.jpg"          # a second photo of a source person
+STRANGERS = ["id04/id04_02.jpg", "id07/id07_02.jpg"]
+
+
+def _cli(argv: list[str]) -> int:
+    """Run ``personc audit`` through its own parser (the lead registers it in ``personc``)."""
+    parser = argparse.ArgumentParser(prog="personc")
+    audit_cli.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["audit", *argv])
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def folders(shared_faces, tmp_path_factory):
+    root = tmp_path_factory.mktemp("audit")
+    made = {}
+    for name, files in {"sources": SOURCES, "leak": [LEAK, *STRANGERS], "strangers": STRANGERS}.items():
+        (root / name).mkdir()
+        for rel in files:  # copies: a symlink out of the folder would be refused as a source
+            shutil.copy(shared_faces / rel, root / name / rel.split("/")[1])
+        made[name] = root / name
+    made["db"] = root / "cache.duckdb"  # shared embedding cache: sources are embedded once
+    return made
+
+
+def test_second_photo_of_a_source_person_leaks(folders, capsys):
+    # why: the audit exists to stop a data set that contains a source person from being published
+    code = _cli(["--sources", str(folders["sources"]), "--candidates", str(folders["leak"]),
+                 "--db", str(folders["db"])])
+    out = capsys.readouterr().out
+    assert code == audit_cli.EXIT_LEAK, out
+    line = next(l for l in out.splitlines() if l.startswith("id01_07.jpg"))
+    assert "LEAK" in line and "id01_04.jpg" in line  # nearest source named
+    assert "1 leak(s), 0 unverified, 2 clear" in out
+
+
+def test_strangers_are_clear(folders, capsys):
+    # why: an audit that flags everyone is useless; people absent from the sources pass
+    code = _cli(["--sources", str(folders["sources"]), "--candidates", str(folders["strangers"]),
+                 "--db", str(folders["db"])])
+    out = capsys.readouterr().out
+    assert code == audit_cli.EXIT_CLEAR, out
+    assert out.count("CLEAR") == 2
+
+
+def test_json_report_parses_and_unverifiable_files_fail_closed(folders, tmp_path, capsys):
+    # why: scripts read --json; a file the guard cannot check must not count as clear
+    cand = tmp_path / "cand"
+    shutil.copytree(folders["strangers"], cand)
+    (cand / "notes.txt").write_text("not a photo")
+    code = _cli(["--sources", str(folders["sources"]), "--candidates", str(cand), "--db", str(folders["db"]),
+                 "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == audit_cli.EXIT_UNVERIFIED
+    assert doc["candidates"] == 3 and doc["leaks"] == 0 and doc["unverified"] == 1 and doc["sources"] == 4
+    status = {r["candidate"].rsplit("/", 1)[1]: r for r in doc["rows"]}
+    assert status["notes.txt"]["status"] == "unverified" and "not_an_image" in status["notes.txt"]["reason"]
+    dlib = status["id04_02.jpg"]["encoders"]["dlib"]
+    assert status["id04_02.jpg"]["status"] == "clear" and dlib["max_similarity"] < dlib["tau"]
+    assert doc["encoders"][0]["name"] == "dlib" and doc["encoders"][0]["index_kind"] == "flat_ip"
+
+
+def test_usage_errors_name_the_problem(folders, tmp_path, capsys):
+    # why: an absent encoder or an all-audit-only guard must stop the audit, saying what to fix
+    args = ["--sources", str(folders["sources"]), "--candidates", str(folders["strangers"])]
+    assert _cli([*args, "--encoders", "arcface", "--weights", str(tmp_path)]) == audit_cli.EXIT_USAGE
+    assert "w600k_r50.onnx" in capsys.readouterr().err
+    assert _cli([*args, "--encoders", "dlib", "--audit-only", "dlib"]) == audit_cli.EXIT_USAGE
+    assert "at least one must gate" in capsys.readouterr().err
+    assert _cli(["--sources", str(tmp_path / "nope"), "--candidates", str(tmp_path)]) == audit_cli.EXIT_USAGE
