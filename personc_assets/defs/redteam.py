@@ -1,0 +1,41 @@
+"""The red-team report asset: disguised copies of the run's sources, judged by the guard."""
+
+from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
+from dagster_duckdb import DuckDBResource
+
+from ..core.atomic import atomic_write_text
+from ..core.pipeline import indexing, sources
+from ..core.redteam import redteam_sources, render_markdown
+from .assets import lineage
+from .resources import PersonCConfig
+
+GROUP = "personc_audit"
+
+
+@asset(group_name=GROUP, kinds={"python"})
+def redteam_report(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+                   source_images: dict, embedding_indexes: dict) -> MaterializeResult:
+    """Disguises of source faces (second photo held out of the index, mirror, crops, rotations, JPEG q20,
+    64 px, brightness/contrast/colour, blur, sunglasses, 70/30 morph) judged by the run's guard:
+    rejection rate per variant and encoder, and why (similarity or fail-closed)."""
+    cfg = personc.run_config()
+    encoders, _ = indexing.build_encoders(cfg)
+    taus = indexing.tau_choices(embedding_indexes)
+    encoders = [e for e in encoders if e.name in taus]  # only encoders the run indexed
+    audit_only = tuple(getattr(cfg, "audit_encoders", ()) or ())  # RunConfig field proposed to the lead
+    faces = sources.SourceSet.from_dict(source_images).load_faces()
+    with lineage(duckdb) as store:
+        report = redteam_sources(faces, encoders, taus, store, context.run_id, audit_only)
+    table = render_markdown(report)
+    path = personc.workspace().reports / "redteam.md"
+    atomic_write_text(path, "# Red-team report\n\n" + table)
+    for t in report.missed():
+        context.log.warning(f"red team: {t.variant} of {t.label} passed the guard: {t.verdict.reason}")
+    return MaterializeResult(value=report.as_dict(), metadata={
+        "variants": MetadataValue.md(table),
+        "all_rejected": report.all_rejected,
+        "trials": len(report.trials),
+        "missed": len(report.missed()),
+        "encoders": MetadataValue.json(list(report.encoders)),
+        "report": MetadataValue.path(str(path)),
+    })
