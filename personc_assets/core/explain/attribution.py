@@ -237,7 +237,7 @@ def gradient_map(model: "torch.nn.Module", preprocess: Callable[["torch.Tensor"]
         emb = model(preprocess(raw.permute(0, 2, 3, 1)))
         return torch.nn.functional.normalize(emb, dim=1) @ t.T
 
-    inp = x.permute(0, 3, 1, 2).float()
+    inp = x.permute(0, 3, 1, 2).float().requires_grad_()
     with torch.no_grad():
         base = forward(inp)[0].cpu().numpy()
     maps = []
