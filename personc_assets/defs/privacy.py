@@ -1,0 +1,127 @@
+"""Dagster wiring of the privacy modes (group ``personc_privacy``): thin calls into
+``core.privacy.steps`` on top of the main pipeline's source, factor and index assets."""
+
+
+import os
+
+from dagster import (AssetExecutionContext, AssetSelection, Config, MaterializeResult, MetadataValue, asset,
+                     define_asset_job, in_process_executor)
+from dagster_duckdb import DuckDBResource
+from pydantic import Field
+
+from ..core.privacy import steps
+from .assets import lineage, md_table
+from .resources import PersonCConfig
+
+GROUP = "personc_privacy"
+
+
+def _ctx(personc: PersonCConfig, store, source_images: dict, factor_decompositions: dict,
+         embedding_indexes: dict) -> steps.PrivacyContext:
+    return steps.context_from_summaries(personc.run_config(), personc.workspace(), store, source_images,
+                                        factor_decompositions, embedding_indexes)
+
+
+class RankingConfig(Config):
+    n_probes: int = Field(default=4, description="probe faces (distinct persons)")
+    donors_per_probe: int = Field(default=2, description="donor swaps per probe and factor")
+
+
+@asset(group_name=GROUP, kinds={"python", "duckdb"})
+def factor_identity_ranking(context: AssetExecutionContext, config: RankingConfig, personc: PersonCConfig,
+                            duckdb: DuckDBResource, source_images: dict, factor_decompositions: dict,
+                            embedding_indexes: dict) -> MaterializeResult:
+    """How much identity each factor carries: identity change (1 - cosine) per population unit of change,
+    measured with every encoder by swapping one factor for another person's."""
+    with lineage(duckdb) as store:
+        ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
+        out = steps.run_ranking(ctx, store, context.run_id, config.n_probes, config.donors_per_probe)
+    return MaterializeResult(value=out, metadata={"order": MetadataValue.json(out["order"]),
+                                                  "table": md_table(out["rows"])})
+
+
+class AnonymizeConfig(Config):
+    strength: float = Field(default=1.0, description="share of identity replaced, 0..1")
+    attempts: int = Field(default=4, description="donor draws tried per face")
+    limit: int = Field(default=3, description="source faces to anonymize")
+
+
+@asset(group_name=GROUP, kinds={"python", "duckdb"})
+def anonymized_faces(context: AssetExecutionContext, config: AnonymizeConfig, personc: PersonCConfig,
+                     duckdb: DuckDBResource, source_images: dict, factor_decompositions: dict,
+                     embedding_indexes: dict, factor_identity_ranking: dict) -> MaterializeResult:
+    """Faces with their identity factors replaced from the population (context kept), released only when
+    the guard passes them against every source and the original."""
+    with lineage(duckdb) as store:
+        ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
+        out = steps.run_anonymize(ctx, store, context.run_id, factor_identity_ranking, config.strength,
+                                  config.attempts, config.limit)
+    return MaterializeResult(value=out, metadata={"passed": out["passed"], "faces": out["faces"],
+                                                  "outputs": md_table([{k: o[k] for k in ("input_hash", "passed",
+                                                                       "reason")} for o in out["outputs"]])})
+
+
+class CancelableConfig(Config):
+    key_env: str = Field(default="PERSONC_CANCELABLE_KEY",
+                         description="environment variable holding the secret key (never put the key in config)")
+    context: str = Field(default="own", description="'own' (photo's hair/background) or 'key'")
+    limit: int = Field(default=3, description="source faces to enrol")
+
+
+@asset(group_name=GROUP, kinds={"python", "duckdb"})
+def cancelable_templates(context: AssetExecutionContext, config: CancelableConfig, personc: PersonCConfig,
+                         duckdb: DuckDBResource, source_images: dict, factor_decompositions: dict,
+                         embedding_indexes: dict) -> MaterializeResult:
+    """Keyed synthetic templates (key never stored, only its id), guard-checked, revocable."""
+    key = os.environ.get(config.key_env)
+    if not key:
+        raise ValueError(f"environment variable {config.key_env} is not set: export the secret key there "
+                         "(at least 12 characters) before materializing cancelable_templates")
+    with lineage(duckdb) as store:
+        ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
+        out = steps.run_cancelable(ctx, store, context.run_id, key, config.context, config.limit)
+    return MaterializeResult(value=out, metadata={"key_id": out["key_id"], "passed": out["passed"],
+                                                  "faces": out["faces"]})
+
+
+class DPConfig(Config):
+    attributes: list[str] = Field(default_factory=lambda: ["gender"], description="'gender' and/or 'age'")
+    epsilon: float = Field(default=1.0, description="epsilon per attribute and face")
+    mechanism: str = Field(default="laplace", description="'laplace' or 'gaussian'")
+    delta: float = Field(default=0.0, description="delta (Gaussian only)")
+    width: float = Field(default=2.0, description="clip range: +-width coordinate sd around the boundary")
+    epsilon_per_face: float = Field(default=4.0, description="budget per face over all runs")
+    delta_per_face: float = Field(default=1e-5, description="delta budget per face")
+    limit: int = Field(default=3, description="source faces to release")
+
+
+@asset(group_name=GROUP, kinds={"python", "duckdb"})
+def dp_attribute_releases(context: AssetExecutionContext, config: DPConfig, personc: PersonCConfig,
+                          duckdb: DuckDBResource, source_images: dict, factor_decompositions: dict,
+                          embedding_indexes: dict) -> MaterializeResult:
+    """Faces whose position along learned age/gender directions is released with OpenDP noise after
+    clipping (real sensitivity); every charge is in the DuckDB privacy ledger, which refuses once spent."""
+    with lineage(duckdb) as store:
+        ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
+        out = steps.run_dp(ctx, store, context.run_id, config.attributes, config.epsilon, config.mechanism,
+                           config.delta, config.width, config.epsilon_per_face, config.delta_per_face,
+                           limit=config.limit)
+    return MaterializeResult(value=out, metadata={"released": len(out["releases"]), "refused": len(out["refused"]),
+                                                  "run_epsilon_spent": out["run_epsilon_spent"],
+                                                  "releases": md_table(out["releases"])})
+
+
+def _job(name: str, keys: list[str], description: str):
+    return define_asset_job(name, selection=AssetSelection.assets(*keys).upstream(),
+                            executor_def=in_process_executor, description=description)
+
+
+anonymize_job = _job("personc_anonymize", ["anonymized_faces"],
+                     "Sources, backbone, indexes, factor ranking and guard-checked anonymized faces.")
+cancelable_job = _job("personc_cancelable", ["cancelable_templates"],
+                      "Sources, backbone, indexes and keyed cancelable templates (key from the environment).")
+dp_job = _job("personc_dp", ["dp_attribute_releases"],
+              "Sources, backbone, attribute directions and differentially private attribute releases.")
+
+PRIVACY_ASSETS = [factor_identity_ranking, anonymized_faces, cancelable_templates, dp_attribute_releases]
+PRIVACY_JOBS = [anonymize_job, cancelable_job, dp_job]
