@@ -2,16 +2,26 @@
 
 Every file in a source folder ends as exactly one of: an accepted
 ``SourceFace``, a duplicate of an accepted face (recorded), or a quarantined
-file with a reason. One bad file never stops the others.
+file with a reason code. One bad file never stops the others.
+
+``iter_ingest`` streams the outcomes in file order while a pool of worker
+processes (one dlib detector each) decodes and aligns the next files, so peak
+memory is bounded by the pool's window, not by the number of photos, and both
+cores of a small machine are busy. ``ingest_folders`` collects the stream into
+an ``IngestResult`` (convenient for small sets and tests).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
+import multiprocessing
 import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 from ..types import GROUPS, Group, SourceFace
 from .align import ALIGNED_SIZE, align_face
@@ -23,6 +33,23 @@ log = logging.getLogger(__name__)
 #: Faces whose detector box is narrower than this (in source pixels) are too
 #: small to describe reliably.
 MIN_FACE_PX = 64
+#: Below this many files a pool costs more (worker start-up: ~1 s) than it saves.
+MIN_FILES_FOR_POOL = 12
+#: Files in flight per worker: enough to keep workers busy, small enough that
+#: finished-but-unconsumed faces (~200 KB each) stay few.
+WINDOW_PER_WORKER = 4
+
+Progress = Callable[[int, int, str], None]
+
+#: Codes ingestion adds to ``loading.REJECTION_CODES``.
+INGEST_CODES: dict[str, str] = {
+    "outside_source_dir": "a symlink that leads outside the source folder (not followed)",
+    "no_face": "no face was detected",
+    "multiple_faces": "more than one face; crop the photo to one person",
+    "face_too_small": f"the face is narrower than the minimum (default {MIN_FACE_PX} px)",
+    "worker_crashed": "decoding or detection crashed the worker process",
+    "error": "an unexpected error (the message says which)",
+}
 
 
 @dataclass(frozen=True)
@@ -46,12 +73,36 @@ class Duplicate:
     kept_path: str
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """A file that became a source face; ``notes`` say what was done to it (e.g. EXIF rotation)."""
+
+    face: SourceFace
+    notes: tuple[str, ...] = ()
+
+
+Outcome = Accepted | Quarantined | Duplicate
+
+
 @dataclass
 class IngestResult:
     faces: list[SourceFace] = field(default_factory=list)
     quarantined: list[Quarantined] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)  # path -> e.g. "EXIF rotation applied"
+    accepted: int = 0  # faces accepted (``faces`` may be left empty by streaming callers)
+
+    def add(self, outcome: Outcome, keep_faces: bool = True) -> None:
+        if isinstance(outcome, Accepted):
+            self.accepted += 1
+            if keep_faces:
+                self.faces.append(outcome.face)
+            if outcome.notes:
+                self.notes[outcome.face.path] = "; ".join(outcome.notes)
+        elif isinstance(outcome, Quarantined):
+            self.quarantined.append(outcome)
+        else:
+            self.duplicates.append(outcome)
 
     def reason_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -63,8 +114,9 @@ class IngestResult:
 def list_source_files(folder: Path) -> Iterable[tuple[Path, str | None]]:
     """Files under ``folder`` (recursive, sorted), each with a problem or None.
 
-    Hidden files are skipped. A symlink that resolves outside ``folder`` is
-    reported, not followed.
+    Hidden files (including ``.tmp`` leftovers of interrupted atomic writes)
+    are skipped. A symlink that resolves outside ``folder`` is reported, not
+    followed.
     """
     root = folder.resolve()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
@@ -92,56 +144,224 @@ def label_for(path: Path, folder: Path) -> str:
 def ingest_file(path: Path, group: Group, label: str,
                 min_face_px: int = MIN_FACE_PX, size: int = ALIGNED_SIZE) -> SourceFace:
     """One photo → an aligned ``SourceFace``, or raise ``ImageRejected``."""
+    return _ingest_file(path, group, label, min_face_px, size).face
+
+
+def _ingest_file(path: Path, group: Group, label: str, min_face_px: int, size: int) -> Accepted:
     decoded = decode_image(path)
     faces = detect_faces(decoded.pixels)
     if not faces:
+        # HOG sees faces of 80 px and up; one upsampled pass (4x the cost, paid only
+        # for photos without a face) tells "face too small" apart from "no face"
+        faces = detect_faces(decoded.pixels, upsample=1)
+    if not faces:
         raise ImageRejected("no_face", "no face was detected")
     if len(faces) > 1:
-        raise ImageRejected("multiple_faces", f"{len(faces)} faces detected; exactly one is required")
+        raise ImageRejected("multiple_faces", f"{len(faces)} faces detected; exactly one is required — "
+                            "crop the photo to one person")
     face = faces[0]
     width = face.box[2] - face.box[0]
     if width < min_face_px:
-        raise ImageRejected("face_too_small", f"face is {width} px wide; at least {min_face_px} px needed")
+        raise ImageRejected("face_too_small", f"face is {width} px wide; at least {min_face_px} px needed — "
+                            "use a larger photo or a closer crop")
     aligned, landmarks, _ = align_face(decoded.pixels, face.landmarks, size)
-    return SourceFace(decoded.content_hash, group, label, str(path), aligned, landmarks)
+    notes = ("EXIF rotation applied",) if decoded.exif_rotated else ()
+    return Accepted(SourceFace(decoded.content_hash, group, label, str(path), aligned, landmarks), notes)
 
 
-def ingest_folders(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX,
-                   progress: Callable[[int, int, str], None] | None = None) -> IngestResult:
-    """Ingest every file of each group's folder; see the module docstring."""
+@dataclass(frozen=True)
+class IngestJob:
+    """One file to ingest (picklable: it crosses to a worker process)."""
+
+    path: str
+    group: Group
+    label: str
+    problem: str | None
+    min_face_px: int
+
+
+def process_job(job: IngestJob) -> Accepted | Quarantined:
+    """Run one job; every failure becomes a ``Quarantined`` (never raises)."""
+    if job.problem:
+        return Quarantined(job.path, job.group, "outside_source_dir", job.problem)
+    try:
+        return _ingest_file(Path(job.path), job.group, job.label, job.min_face_px, ALIGNED_SIZE)
+    except ImageRejected as exc:
+        log.info("quarantined %s: %s", job.path, exc)
+        return Quarantined(job.path, job.group, exc.code, exc.reason)
+    except Exception as exc:  # never lose the run to one file
+        log.warning("unexpected error on %s: %s", job.path, exc)
+        return Quarantined(job.path, job.group, "error", f"{type(exc).__name__}: {exc}")
+
+
+def plan_jobs(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX) -> list[IngestJob]:
+    """Every file of each group's folder as a job, in a stable order."""
     for group in folders:
         if group not in GROUPS:
             raise ValueError(f"unknown group {group!r}; groups are {GROUPS}")
-    jobs: list[tuple[Path, Group, Path, str | None]] = []
+    jobs: list[IngestJob] = []
     for group, folder in folders.items():
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"source folder for group {group} does not exist: {folder}")
-        jobs += [(p, group, folder, problem) for p, problem in list_source_files(folder)]
-    result = IngestResult()
-    by_hash: dict[str, SourceFace] = {}
-    for done, (path, group, folder, problem) in enumerate(jobs, 1):
-        if progress:
-            progress(done, len(jobs), str(path))
-        if problem:
-            result.quarantined.append(Quarantined(str(path), group, "outside_source_dir", problem))
-            continue
+        jobs += [IngestJob(str(p), group, label_for(p, folder), problem, min_face_px)
+                 for p, problem in list_source_files(folder)]
+    return jobs
+
+
+#: Environment variable that sets the number of ingestion workers (default: one per CPU).
+WORKERS_ENV = "PERSONC_INGEST_WORKERS"
+
+
+def default_workers() -> int:
+    """Worker processes for ingestion: ``$PERSONC_INGEST_WORKERS``, else the CPUs this process may use."""
+    configured = os.environ.get(WORKERS_ENV, "").strip()
+    if configured:
         try:
-            face = ingest_file(path, group, label_for(path, folder), min_face_px)
-        except ImageRejected as exc:
-            log.info("quarantined %s: %s", path, exc)
-            result.quarantined.append(Quarantined(str(path), group, exc.code, exc.reason))
-            continue
-        except Exception as exc:  # never lose the run to one file
-            log.warning("unexpected error on %s: %s", path, exc)
-            result.quarantined.append(Quarantined(str(path), group, "error", f"{type(exc).__name__}: {exc}"))
-            continue
-        if face.content_hash in by_hash:
-            kept = by_hash[face.content_hash]
-            result.duplicates.append(Duplicate(str(path), group, face.content_hash, kept.path))
-            continue
-        by_hash[face.content_hash] = face
-        result.faces.append(face)
-    log.info("ingested %d faces, %d quarantined, %d duplicates",
-             len(result.faces), len(result.quarantined), len(result.duplicates))
+            return max(1, int(configured))
+        except ValueError:
+            raise ValueError(f"{WORKERS_ENV} must be a whole number of worker processes, "
+                             f"got {configured!r}") from None
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def iter_ingest(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX, workers: int | None = None,
+                progress: Progress | None = None) -> Iterator[Outcome]:
+    """Stream one outcome per file (file order), de-duplicating by content hash.
+
+    ``workers`` processes decode and align in parallel (default: one per CPU;
+    1 or a handful of files: in this process). At most
+    ``WINDOW_PER_WORKER * workers`` files are in flight, so memory stays flat.
+    """
+    jobs = plan_jobs(folders, min_face_px)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or len(jobs) < MIN_FILES_FOR_POOL:
+        results: Iterator[Accepted | Quarantined] = map(process_job, jobs)
+    else:
+        results = _pooled(jobs, workers)
+    kept: dict[str, str] = {}  # content hash -> path of the accepted face
+    counts = collections.Counter()
+    for done, (job, outcome) in enumerate(zip(jobs, results), 1):
+        if isinstance(outcome, Accepted):
+            first = kept.setdefault(outcome.face.content_hash, outcome.face.path)
+            if first != outcome.face.path:
+                outcome = Duplicate(job.path, job.group, outcome.face.content_hash, first)
+        counts[type(outcome).__name__] += 1
+        if progress:
+            progress(done, len(jobs), job.path)
+        yield outcome
+    log.info("ingested %d files: %d accepted, %d quarantined, %d duplicates", len(jobs), counts["Accepted"],
+             counts["Quarantined"], counts["Duplicate"])
+
+
+def ingest_folders(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX,
+                   progress: Progress | None = None, workers: int | None = None) -> IngestResult:
+    """Ingest every file of each group's folder into memory; see the module docstring."""
+    result = IngestResult()
+    for outcome in iter_ingest(folders, min_face_px, workers, progress):
+        result.add(outcome)
     return result
+
+
+def _worker_init() -> None:
+    """One thread per worker: the workers themselves are the parallelism."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover - cv2 is a dependency; threads are only a tuning
+        pass
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn: forking a process that already runs threads (Dagster, torch) can deadlock
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_worker_init)
+
+
+def _pooled(jobs: Sequence[IngestJob], workers: int) -> Iterator[Accepted | Quarantined]:
+    """Results of ``jobs`` in order, computed by a bounded window of worker processes.
+
+    A worker that dies (a decoder crashing on a hostile file) breaks the pool:
+    the unfinished files are then retried one at a time in a fresh worker, the
+    one that crashes again is quarantined as ``worker_crashed``, and the rest
+    continue in a new pool.
+    """
+    window = WINDOW_PER_WORKER * workers
+    pending = collections.deque(jobs)
+    inflight: collections.deque[tuple[IngestJob, Future]] = collections.deque()
+    pool = _new_pool(workers)
+    try:
+        while pending or inflight:
+            while pending and len(inflight) < window:
+                job = pending.popleft()
+                inflight.append((job, pool.submit(process_job, job)))
+            job, future = inflight.popleft()
+            try:
+                result = future.result()
+            except BrokenProcessPool:
+                pool.shutdown(wait=False, cancel_futures=True)
+                retry = [job, *(j for j, _ in inflight)]
+                inflight.clear()
+                if not _workers_start():
+                    log.warning("ingestion worker processes cannot start; ingesting %d files in this process",
+                                len(retry) + len(pending))
+                    yield from map(process_job, [*retry, *pending])
+                    return
+                for j in retry:
+                    yield _isolated(j)
+                pool = _new_pool(workers)
+                continue
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _workers_start() -> bool:
+    """Whether a fresh worker process can run at all (else a broken pool says nothing about a file)."""
+    try:
+        with _new_pool(1) as probe:
+            probe.submit(os.getpid).result()
+        return True
+    except BrokenProcessPool:
+        return False
+
+
+def _isolated(job: IngestJob) -> Accepted | Quarantined:
+    """Run one job in its own worker so that a crash can be pinned on its file."""
+    with _new_pool(1) as solo:
+        try:
+            return solo.submit(process_job, job).result()
+        except BrokenProcessPool:
+            log.error("ingesting %s crashed a worker process; quarantined", job.path)
+            return Quarantined(job.path, job.group, "worker_crashed",
+                               "decoding or face detection crashed the worker process (a malformed or hostile file)")
+
+
+def snapshot_folders(folders: Mapping[Group, Path]) -> dict[str, str]:
+    """``{path: "size:mtime_ns"}`` of every file ingestion would look at (cheap: no decoding).
+
+    A missing folder contributes nothing (ingestion itself reports it).
+    """
+    snap: dict[str, str] = {}
+    for folder in folders.values():
+        if not Path(folder).is_dir():
+            continue
+        for path, _ in list_source_files(Path(folder)):
+            try:
+                st = path.stat()  # follows symlinks: a changed target counts as a change
+                snap[str(path)] = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                snap[str(path)] = "unreadable"
+    return snap
+
+
+def diff_snapshots(old: Mapping[str, str], new: Mapping[str, str]) -> dict[str, list[str]]:
+    """Files ``added``, ``changed`` and ``removed`` between two ``snapshot_folders`` results."""
+    return {"added": sorted(set(new) - set(old)),
+            "changed": sorted(p for p in set(new) & set(old) if new[p] != old[p]),
+            "removed": sorted(set(old) - set(new))}

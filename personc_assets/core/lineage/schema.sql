@@ -11,7 +11,9 @@ CREATE TABLE IF NOT EXISTS runs (
     config_hash     VARCHAR,
     config_json     VARCHAR,
     backbone        VARCHAR,
-    status          VARCHAR
+    status          VARCHAR,               -- running / success / failure (killed runs stay running)
+    updated_at      TIMESTAMP,
+    source_set_hash VARCHAR
 );
 
 CREATE TABLE IF NOT EXISTS sources (
@@ -157,5 +159,43 @@ CREATE TABLE IF NOT EXISTS releases (
     run_id          VARCHAR,
     code_version    VARCHAR,
     backbone_state  VARCHAR,
-    released_at     TIMESTAMP
+    released_at     TIMESTAMP,
+    revoked_at      TIMESTAMP,
+    revoked_by_run  VARCHAR,
+    last_audit_key  VARCHAR,               -- the audit (sources + encoders + taus) it last passed
+    last_audited_at TIMESTAMP
+);
+
+-- Databases made before these columns existed get them here.
+ALTER TABLE releases ADD COLUMN IF NOT EXISTS revoked_at TIMESTAMP;
+ALTER TABLE releases ADD COLUMN IF NOT EXISTS revoked_by_run VARCHAR;
+ALTER TABLE releases ADD COLUMN IF NOT EXISTS last_audit_key VARCHAR;
+ALTER TABLE releases ADD COLUMN IF NOT EXISTS last_audited_at TIMESTAMP;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS updated_at TIMESTAMP;
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS source_set_hash VARCHAR;
+
+-- A revocation is permanent: a later run that judges the same candidate again
+-- cannot turn it back into a release (``Writer.upsert`` re-applies this table
+-- to ``releases``). The face still looks like the person who caused it.
+CREATE TABLE IF NOT EXISTS revocations (
+    release_id      VARCHAR PRIMARY KEY,
+    reason          VARCHAR,
+    audit_key       VARCHAR,
+    source_set_hash VARCHAR,
+    run_id          VARCHAR,
+    revoked_at      TIMESTAMP
+);
+
+-- Every re-check of a released face against a (new) source set.
+CREATE TABLE IF NOT EXISTS release_audits (
+    release_id      VARCHAR,
+    audit_key       VARCHAR,               -- hash of source set, encoder versions and taus
+    source_set_hash VARCHAR,
+    verdict         VARCHAR,               -- PASS (kept) / REJECT (revoked)
+    reason          VARCHAR,
+    similarity_json VARCHAR,               -- encoder -> max cosine to the new sources
+    nearest_json    VARCHAR,               -- encoder -> nearest source content hash
+    run_id          VARCHAR,
+    audited_at      TIMESTAMP,
+    PRIMARY KEY (release_id, audit_key)
 );

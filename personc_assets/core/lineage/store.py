@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,14 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 import duckdb
 
 TABLES = ("runs", "sources", "quarantine", "duplicates", "latents", "factors", "embeddings",
-          "indexes", "recipes", "candidates", "verdicts", "candidate_verdicts", "ics", "releases")
+          "indexes", "recipes", "candidates", "verdicts", "candidate_verdicts", "ics", "releases",
+          "revocations", "release_audits")
+
+#: Re-applied after every write to ``releases``: a revoked face stays revoked.
+_STICKY_REVOCATIONS = (
+    "UPDATE releases SET status = 'revoked', revoked_reason = v.reason, revoked_at = v.revoked_at, "
+    "revoked_by_run = v.run_id FROM revocations v WHERE releases.release_id = v.release_id "
+    "AND releases.status IS DISTINCT FROM 'revoked'")
 
 Connect = Callable[[], ContextManager[duckdb.DuckDBPyConnection]]
 
@@ -77,6 +85,8 @@ class Writer:
         sql = (f"INSERT OR REPLACE INTO {table} ({', '.join(cols)}) "
                f"VALUES ({', '.join('?' for _ in cols)})")
         self.conn.executemany(sql, [[row[c] for c in cols] for row in rows])
+        if table in ("releases", "revocations"):
+            self.conn.execute(_STICKY_REVOCATIONS)
         return len(rows)
 
     def update_many(self, sql: str, params: Sequence[Sequence[Any]]) -> None:
@@ -87,19 +97,34 @@ class Writer:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         return self.conn.execute(sql, list(params)).fetchall()
 
-    def supersede_changed_paths(self, current: Mapping[str, str], run_id: str) -> list[str]:
+    def supersede_changed_paths(self, current: Mapping[str, str], run_id: str,
+                                roots: Sequence[str] | None = None) -> list[str]:
         """Mark sources whose file now holds other pixels (or is gone) as superseded.
 
-        ``current`` maps every path seen in this run to its content hash. Old
-        rows are kept, flagged, and point at the hash that replaced them.
+        ``current`` maps every path accepted in this run to its content hash.
+        Old rows are kept, flagged, and point at the hash that replaced them
+        (None when the file vanished or no longer yields a face). Only rows
+        under ``roots`` (this run's source folders) are considered, so runs
+        over other folders sharing the database leave each other alone.
         Returns the superseded content hashes.
         """
         rows = self.query("SELECT content_hash, path FROM sources WHERE NOT superseded")
+        if roots is not None:
+            prefixes = tuple(str(Path(r)).rstrip("/") + "/" for r in roots)
+            rows = [(h, p) for h, p in rows if p and p.startswith(prefixes)]
         changed = [(h, p) for h, p in rows if current.get(p) != h]
         self.update_many(
             "UPDATE sources SET superseded = TRUE, superseded_by = ?, last_run_id = ?, updated_at = ? "
             "WHERE content_hash = ?", [[current.get(p), run_id, now(), h] for h, p in changed])
         return [h for h, _ in changed]
+
+
+    def revoke(self, release_id: str, reason: str, run_id: str, audit_key: str | None = None,
+               source_set_hash: str | None = None) -> None:
+        """Revoke a release for good (see the ``revocations`` table)."""
+        self.upsert("revocations", [{"release_id": release_id, "reason": reason, "audit_key": audit_key,
+                                     "source_set_hash": source_set_hash, "run_id": run_id,
+                                     "revoked_at": now()}])
 
 
 class LineageStore:
@@ -147,6 +172,28 @@ class LineageStore:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         with self._open() as conn:
             return conn.execute(sql, list(params)).fetchall()
+
+    def begin_run(self, run_id: str, config: Mapping[str, Any], backbone: str | None = None,
+                  source_set_hash: str | None = None) -> None:
+        """Record that ``run_id`` is running (its start time is kept when called again)."""
+        from ..versioning import code_version, config_hash
+
+        t = now()
+        with self.transaction() as tx:
+            started = tx.query("SELECT started_at FROM runs WHERE run_id = ?", [run_id])
+            tx.upsert("runs", [{"run_id": run_id, "started_at": started[0][0] if started else t,
+                                "finished_at": None, "code_version": code_version(),
+                                "config_hash": config_hash(dict(config)),
+                                "config_json": json.dumps(dict(config), sort_keys=True, default=str),
+                                "backbone": backbone, "status": "running", "updated_at": t,
+                                "source_set_hash": source_set_hash}])
+
+    def finish_run(self, run_id: str, status: str) -> None:
+        """Record a run's outcome (``success`` / ``failure`` / ``canceled``)."""
+        t = now()
+        with self.transaction() as tx:
+            tx.update_many("UPDATE runs SET status = ?, finished_at = ?, updated_at = ? WHERE run_id = ?",
+                           [[status, t, t, run_id]])
 
     def embeddings(self, encoder_version: str, hashes: Sequence[str]) -> dict[str, list[float]]:
         """Cached embeddings ``{content_hash: vector}`` of ``hashes`` for one encoder version."""

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..atomic import atomic_save_npz, atomic_save_png, load_npz
 from ..faces.demo import prepare_demo_sources
-from ..faces.ingest import IngestResult, ingest_folders
+from ..faces.ingest import Accepted, IngestResult, iter_ingest
 from ..index import source_set_hash
 from ..lineage.store import LineageStore, now
 from ..types import SourceFace
@@ -42,12 +43,19 @@ class SourceSet:
 
     def load_faces(self) -> list[SourceFace]:
         """Aligned faces back from their ``.npz`` files (no pickle)."""
-        faces = []
-        for e in self.entries:
-            arr = load_npz(Path(e["aligned_path"]))
-            faces.append(SourceFace(e["content_hash"], e["group"], e["label"], e["path"],
-                                    arr["image"], arr["landmarks"]))
-        return faces
+        return [face for batch in self.iter_faces() for face in batch]
+
+    def iter_faces(self, batch_size: int = 64) -> Iterator[list[SourceFace]]:
+        """The aligned faces in batches of ``batch_size``: memory bounded by one batch."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        for start in range(0, len(self.entries), batch_size):
+            batch = []
+            for e in self.entries[start:start + batch_size]:
+                arr = load_npz(Path(e["aligned_path"]))
+                batch.append(SourceFace(e["content_hash"], e["group"], e["label"], e["path"],
+                                        arr["image"], arr["landmarks"]))
+            yield batch
 
 
 def source_folders(cfg: RunConfig, ws: Workspace) -> tuple[dict[str, Path], bool]:
@@ -75,28 +83,68 @@ def file_sha256(path: str) -> str:
     return h.hexdigest()
 
 
+#: Temporary files of interrupted atomic writes older than this are removed at
+#: the start of a run (younger ones may belong to a run still writing them).
+STALE_TMP_S = 3600.0
+
+
+def remove_stale_temp_files(root: Path, older_than_s: float = STALE_TMP_S) -> int:
+    """Delete ``.*.tmp`` leftovers of killed writers under ``root``; returns how many.
+
+    ``atomic`` writes go to ``.<name>.<random>.tmp`` and are renamed when
+    complete, so such a file is never read by anything; it only takes space.
+    """
+    if not Path(root).is_dir():
+        return 0
+    cutoff = time.time() - older_than_s
+    removed = 0
+    for tmp in Path(root).rglob(".*.tmp"):
+        try:
+            if tmp.is_file() and tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+        except OSError:  # another process removed or renamed it first
+            continue
+    if removed:
+        log.info("removed %d stale temporary files under %s", removed, root)
+    return removed
+
+
 def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: str,
-                   progress: Callable[[int, int, str], None] | None = None) -> tuple[SourceSet, IngestResult]:
-    """Ingest, save aligned faces and record sources/quarantine/duplicates in one transaction."""
+                   progress: Callable[[int, int, str], None] | None = None,
+                   workers: int | None = None) -> tuple[SourceSet, IngestResult]:
+    """Ingest, save aligned faces and record sources/quarantine/duplicates in one transaction.
+
+    Faces are streamed from a pool of workers and written to disk as they
+    arrive, so memory does not grow with the number of photos; the returned
+    ``IngestResult`` holds the quarantined files, duplicates and notes (its
+    ``faces`` stays empty: the accepted faces are the ``SourceSet``).
+    """
+    remove_stale_temp_files(ws.root)
     folders, demo = source_folders(cfg, ws)
-    result = ingest_folders(folders, cfg.min_face_px, progress)
-    groups = {f.group for f in result.faces}
-    if groups != {"A", "B"}:
-        missing = sorted({"A", "B"} - groups)
-        raise ValueError(f"no usable face in group(s) {', '.join(missing)}; see the quarantine table "
-                         f"({result.reason_counts()})")
+    result = IngestResult()
     entries = []
-    for face in result.faces:
+    for outcome in iter_ingest(folders, cfg.min_face_px, workers, progress):
+        result.add(outcome, keep_faces=False)
+        if not isinstance(outcome, Accepted):
+            continue
+        face = outcome.face
         npz = ws.aligned / f"{face.content_hash}.npz"
         if not npz.exists():
             atomic_save_npz(npz, image=face.aligned, landmarks=face.landmarks)
             atomic_save_png(ws.aligned / f"{face.content_hash}.png", face.aligned)
         entries.append({"content_hash": face.content_hash, "group": face.group, "label": face.label,
                         "path": face.path, "aligned_path": str(npz), "source_id": face.source_id})
+    groups = {e["group"] for e in entries}
+    if groups != {"A", "B"}:
+        missing = sorted({"A", "B"} - groups)
+        raise ValueError(f"no usable face in group(s) {', '.join(missing)}; see the quarantine table "
+                         f"({result.reason_counts()})")
     sset = SourceSet(source_set_hash([e["content_hash"] for e in entries]), tuple(entries), demo)
     t = now()
     with store.transaction() as tx:
-        tx.supersede_changed_paths({e["path"]: e["content_hash"] for e in entries}, run_id)
+        tx.supersede_changed_paths({e["path"]: e["content_hash"] for e in entries}, run_id,
+                                   roots=[str(f) for f in folders.values()])
         known = {h for (h,) in tx.query("SELECT content_hash FROM sources")}
         tx.upsert("sources", [
             {"content_hash": e["content_hash"], "source_id": e["source_id"], "grp": e["group"],
@@ -110,8 +158,22 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
             [[run_id, e["path"], t, e["content_hash"]] for e in entries if e["content_hash"] in known])
         tx.upsert("quarantine", [
             {"path": q.path, "grp": q.group, "code": q.code, "reason": q.reason,
-             "file_sha256": "" if q.code == "outside_source_dir" else file_sha256(q.path), "run_id": run_id, "seen_at": t} for q in result.quarantined])
+             "file_sha256": "" if q.code == "outside_source_dir" else file_sha256(q.path), "run_id": run_id,
+             "seen_at": t} for q in result.quarantined])
         tx.upsert("duplicates", [
             {"path": d.path, "content_hash": d.content_hash, "kept_path": d.kept_path, "run_id": run_id}
             for d in result.duplicates])
+    store.begin_run(run_id, cfg.as_dict(), cfg.backbone, sset.source_set_hash)
     return sset, result
+
+
+def outcome_table(sset: SourceSet, result: IngestResult) -> list[dict[str, str]]:
+    """One row per file seen: accepted (with notes), duplicate or quarantined (with its code)."""
+    rows = [{"file": e["path"], "group": e["group"], "outcome": "accepted",
+             "code": "exif_rotated" if "EXIF" in result.notes.get(e["path"], "") else "ok",
+             "reason": result.notes.get(e["path"], "")} for e in sset.entries]
+    rows += [{"file": d.path, "group": d.group, "outcome": "duplicate", "code": "duplicate",
+              "reason": f"same pixels as {d.kept_path}"} for d in result.duplicates]
+    rows += [{"file": q.path, "group": q.group, "outcome": "quarantined", "code": q.code, "reason": q.reason}
+             for q in result.quarantined]
+    return sorted(rows, key=lambda r: r["file"])
