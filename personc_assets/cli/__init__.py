@@ -17,6 +17,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "demo",
     "ui",
     "calibrate",
+    "verify",
 )
 
 

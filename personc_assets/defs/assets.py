@@ -42,7 +42,7 @@ def source_images(context: AssetExecutionContext, personc: PersonCConfig,
     the canonical frame and content-hashed; bad files are quarantined with a reason."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
-        sset, result = sources.ingest_sources(cfg, personc.workspace(), store, context.run_id,
+        sset, result = sources.ingest_sources(cfg, personc.workspace(), store, context.run.run_id,
                                               progress_logger(context, "ingest"))
     quarantine = [{"file": q.path, "group": q.group, "code": q.code, "reason": q.reason}
                   for q in result.quarantined]
@@ -66,7 +66,7 @@ def projected_latents(context: AssetExecutionContext, personc: PersonCConfig, du
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         out = modeling.fit_and_project(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
-                                       context.run_id, progress_logger(context, "project", every=5))
+                                       context.run.run_id, progress_logger(context, "project", every=5))
     return MaterializeResult(value=out, metadata={
         "backbone": cfg.backbone, "backbone_state": out["backbone"]["state_hash"][:16],
         "latents": len(out["latents"]), "projected_now": out["projected_now"],
@@ -78,7 +78,7 @@ def factor_decompositions(context: AssetExecutionContext, personc: PersonCConfig
                           projected_latents: dict) -> MaterializeResult:
     """Each latent split into named factors: geometry, symmetry, texture and local features."""
     with lineage(duckdb) as store:
-        out = modeling.decompose_all(personc.workspace(), store, projected_latents, context.run_id)
+        out = modeling.decompose_all(personc.workspace(), store, projected_latents, context.run.run_id)
     return MaterializeResult(value=out, metadata={"factors": MetadataValue.json(out["factor_names"]),
                                                   "sources": len(out["factors"])})
 
@@ -90,7 +90,7 @@ def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, du
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         out = indexing.build_indexes(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
-                                     context.run_id, progress_logger(context, "embed"))
+                                     context.run.run_id, progress_logger(context, "embed"))
     for skipped in out["skipped"]:
         context.log.info(f"encoder {skipped['encoder']} skipped: {skipped['reason']}")
     return MaterializeResult(value=out, metadata={
@@ -109,7 +109,7 @@ def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig,
     with lineage(duckdb) as store:
         out = generation.generate_first_attempts(cfg, personc.workspace(), store,
                                                  sources.SourceSet.from_dict(source_images),
-                                                 factor_decompositions, embedding_indexes, context.run_id)
+                                                 factor_decompositions, embedding_indexes, context.run.run_id)
     return MaterializeResult(value=out, metadata={"generation_id": out["generation_id"],
                                                   "candidates": len(out["candidates"])})
 
@@ -124,7 +124,7 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
     with lineage(duckdb) as store:
         out = judging.judge_and_release(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
                                         factor_decompositions, embedding_indexes, generated_candidates,
-                                        context.run_id, progress_logger(context, "released", every=1))
+                                        context.run.run_id, progress_logger(context, "released", every=1))
     return MaterializeResult(value=out, metadata={
         "released": len(out["released"]), "requested": cfg.num_samples, "candidates_judged": len(out["attempts"]),
         "pass_rate": float(out["pass_rate"]),
@@ -143,6 +143,11 @@ def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, duckdb: 
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         out = explaining.explain_releases(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
-                                          factor_decompositions, embedding_indexes, guard_verdicts, context.run_id,
+                                          factor_decompositions, embedding_indexes, guard_verdicts, context.run.run_id,
                                           progress_logger(context, "explain", every=1))
-    return MaterializeResult(value=out, metadata=explaining.dagster_metadata(out))
+    meta = explaining.dagster_metadata(out)
+    for key in ("gallery", "ics"):
+        meta[key] = MetadataValue.md(meta[key])
+    for key in ("manifest", "run_report"):
+        meta[key] = MetadataValue.path(meta[key])
+    return MaterializeResult(value=out, metadata=meta)

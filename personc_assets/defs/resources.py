@@ -52,6 +52,9 @@ class PersonCConfig(ConfigurableResource):
     max_attempts: int = Field(default=8, description="candidates tried per released face")
     seed: int = Field(default=0, description="recipe sampling seed")
     min_face_px: int = Field(default=64, description="smallest accepted face width in source pixels")
+    attribution_maps: bool = Field(default=True, description="occlusion maps in the per-face reports")
+    report_sources: str = Field(default="thumbnails", description="'thumbnails' or 'withheld': whether "
+                                "reports show the donors' aligned faces")
 
     def run_config(self) -> RunConfig:
         return RunConfig(out_dir=self.out_dir, sources_a=self.sources_a, sources_b=self.sources_b,
@@ -59,7 +62,8 @@ class PersonCConfig(ConfigurableResource):
                          encoders=tuple(self.encoders) if self.encoders else None, weights_dir=self.weights_dir,
                          taus=dict(self.taus), bare_tau=self.bare_tau, target_fmr=self.target_fmr,
                          num_samples=self.num_samples, max_attempts=self.max_attempts,
-                         seed=self.seed, min_face_px=self.min_face_px)
+                         seed=self.seed, min_face_px=self.min_face_px,
+                         attribution_maps=self.attribution_maps, report_sources=self.report_sources)
 
     def workspace(self) -> Workspace:
         return Workspace(self.out_dir)

@@ -49,7 +49,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Mapping
 
@@ -206,10 +206,25 @@ def write_released_png(path: Path, image: np.ndarray, release_id: str,
                        generator: str = "PersonC") -> ReleasedFile:
     """Watermark ``image`` ``[H, W, 3]`` with ``release_id`` and write it as PNG atomically.
 
-    The watermark is read back from the pixels before writing; a release whose
-    watermark does not decode is refused (``WatermarkError``), so every file
-    this writes can be verified. ``metadata`` values are written as
-    ``PersonC-<key>`` text chunks.
+    ``embed_watermark`` followed by ``write_marked_png``; see there.
+    """
+    marked = embed_watermark(image, release_id)
+    written = write_marked_png(path, marked, release_id, metadata, manifest_sha256=manifest_sha256,
+                               generator=generator)
+    return replace(written, psnr_db=_psnr(image, marked))
+
+
+def write_marked_png(path: Path, marked: np.ndarray, release_id: str,
+                     metadata: Mapping[str, object] | None = None, *,
+                     manifest_sha256: str | None = None,
+                     generator: str = "PersonC") -> ReleasedFile:
+    """Write an image already watermarked with ``release_id`` as a PersonC release PNG.
+
+    The pipeline watermarks a candidate *before* the guard judges it, so the
+    pixels judged are exactly the pixels released. The watermark is read back
+    before writing; a release whose watermark does not decode is refused
+    (``WatermarkError``), so every file this writes can be verified.
+    ``metadata`` values are written as ``PersonC-<key>`` text chunks.
     """
     from PIL import Image
     from PIL.PngImagePlugin import PngInfo
@@ -217,7 +232,6 @@ def write_released_png(path: Path, image: np.ndarray, release_id: str,
     from ..atomic import atomic_write_bytes
     from ..faces.loading import pixel_hash
 
-    marked = embed_watermark(image, release_id)
     expected = payload_bits(release_id)
     acc = bit_accuracy(read_watermark_bits(marked), expected)
     if acc < MATCH_ACCURACY:
@@ -241,7 +255,7 @@ def write_released_png(path: Path, image: np.ndarray, release_id: str,
     data = buf.getvalue()
     atomic_write_bytes(Path(path), data)
     return ReleasedFile(Path(path), release_id, pixel_hash(marked), hashlib.sha256(data).hexdigest(),
-                        bits_hex(expected), _psnr(image, marked))
+                        bits_hex(expected), float("nan"))
 
 
 # --------------------------------------------------------------------------- verify

@@ -32,12 +32,16 @@ class RunConfig:
     seed: int = 0
     min_face_px: int = 64
     recipe_options: Mapping[str, Any] = field(default_factory=dict)
+    attribution_maps: bool = True         # occlusion maps in the reports (a few seconds per face)
+    report_sources: str = "thumbnails"    # or "withheld": reports never show source faces
 
     def __post_init__(self) -> None:
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.report_sources not in ("thumbnails", "withheld"):
+            raise ValueError(f"report_sources must be 'thumbnails' or 'withheld', got {self.report_sources!r}")
         if self.target_fmr is not None and not 0.0 < self.target_fmr < 1.0:
             raise ValueError(f"target_fmr must be in (0, 1), got {self.target_fmr}")
         for name, tau in self.taus.items():

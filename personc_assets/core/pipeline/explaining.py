@@ -1,20 +1,35 @@
-"""Step 7: identity contribution scores, attribution maps, reports and the manifest."""
+"""Step 7: identity contribution scores, attribution maps, reports and the manifest.
+
+For every released face: exact Shapley ICS towards each donor and each
+nearest source (per encoder), an occlusion map towards its nearest source
+and its primary donors (first gating encoder), a self-contained HTML report
+with a PNG summary card. For the run: a report with the pass rate, the
+similarity histogram against tau and a gallery, and the release manifest
+(JSON beside the released files, and the ``release_manifest`` view in DuckDB).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ..explain.ics import EncoderSimilarity, identity_contribution_scores
+from ..explain import (AttributionPanel, DonorPanel, DonorRecord, EncoderRecord, EncoderSimilarity,
+                       EncoderVerdictRecord, FaceReport, ReleaseManifest, ReleaseRecord, RunFigures, RunReport,
+                       SimilarityBar, face_occlusion_map, gallery_markdown, ics_digest, ics_markdown,
+                       identity_contribution_scores, save_overlay_png, write_face_report, write_manifest,
+                       write_run_report)
+from ..faces.detect import detect_faces
 from ..lineage.store import LineageStore
 from ..recipes import mix_factors
+from ..versioning import config_hash
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory
-from .indexing import build_encoders, persons_by_embedding, embed_sources
+from .indexing import build_encoders, embed_sources, persons_by_embedding, tau_choices
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
@@ -25,43 +40,149 @@ Progress = Callable[[int, int, str], None]
 def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
                      factors_summary: dict[str, Any], index_summary: dict[str, Any],
                      verdicts: dict[str, Any], run_id: str, progress: Progress | None = None) -> dict[str, Any]:
-    """ICS of every released face towards each of its donors and its nearest sources."""
+    """ICS, maps and reports of every released face; the run report and the manifest."""
+    from PIL import Image
+
     encoders, _ = build_encoders(cfg)
-    factory = CandidateFactory(cfg, ws, sources, factors_summary,
-                               persons_by_embedding(store, sources, index_summary))
+    factory = CandidateFactory(cfg, ws, sources, factors_summary, persons_by_embedding(store, sources, index_summary))
     faces = {f.content_hash: f for f in sources.load_faces()}
-    source_ids = {e["content_hash"]: e["source_id"] for e in sources.entries}
-    out = []
+    entries = {e["content_hash"]: e for e in sources.entries}
+    taus = tau_choices(index_summary)
+    explained, records, gallery = [], [], []
     for done, rel in enumerate(verdicts["released"], 1):
         t0 = time.perf_counter()
+        image = np.asarray(Image.open(rel["file"]).convert("RGB"))
         recipe = factory.recipe(rel["slot"], rel["attempt"])
         mixed = mix_factors(recipe, factory.factors, factory.mean)
         targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel["nearest"].values() if h]]))
-        donor_emb = {enc.name: embed_sources(enc, [faces[h] for h in targets], store, run_id)
-                     for enc in encoders}
-        similarity = EncoderSimilarity(encoders, donor_emb, [source_ids[h] for h in targets])
-        ics = identity_contribution_scores(factory.backbone, mixed, similarity)
-        rows = []
-        for r in ics.rows():
-            for method, score, share in (("shapley", r["phi"], r["share"]), ("drop", r["drop"], None)):
-                rows.append({"release_id": rel["release_id"], "encoder": r["encoder"], "donor": r["donor"],
-                             "factor": r["factor"], "method": method, "score": score, "share": share,
-                             "run_id": run_id})
-        with store.transaction() as tx:
-            tx.upsert("ics", rows)
-        seconds = time.perf_counter() - t0
-        out.append({"release_id": rel["release_id"], "file": rel["file"], "ics": ics.summary(),
-                    "sentences": [ics.sentence(e, source_ids[d]) for e in ics.encoder_names
-                                  for d in recipe.donors() if d in source_ids],
-                    "seconds": seconds})
+        target_ids = [entries[h]["source_id"] for h in targets]
+        donor_emb = {enc.name: embed_sources(enc, [faces[h] for h in targets], store, run_id) for enc in encoders}
+        ics = identity_contribution_scores(factory.backbone, mixed, EncoderSimilarity(encoders, donor_emb, target_ids),
+                                           released_image=image)
+        t_ics = time.perf_counter() - t0
+        _store_ics(store, rel["release_id"], ics, run_id)
+        panels, t_maps = _attribution_panels(cfg, ws, rel, image, encoders[0], donor_emb[encoders[0].name],
+                                            targets, target_ids, recipe)
+        donors = _donor_panels(recipe, entries, faces)
+        bars = tuple(SimilarityBar(enc, rel["similarity"][enc] if rel["similarity"][enc] is not None else np.nan,
+                                   rel["tau"][enc], entries.get(rel["nearest"][enc] or "", {}).get("source_id"))
+                     for enc in rel["similarity"])
+        report = FaceReport(rel["release_id"], image, donors, bars, ics, tuple(panels), run_id,
+                            facts={"recipe": recipe.recipe_id, "mean pull": f"{recipe.mean_pull:.2f}",
+                                   "file": Path(rel["file"]).name, "backbone": cfg.backbone},
+                            timings={"ics_s": t_ics, "maps_s": t_maps})
+        files = write_face_report(ws.reports, report, show_sources=cfg.report_sources)
+        records.append(_release_record(ws, rel, recipe, entries, ics))
+        gallery.append((rel["release_id"], image, files.html.name))
+        explained.append({"release_id": rel["release_id"], "file": rel["file"], "report": str(files.html),
+                          "card": str(files.png) if files.png else None, "ics": ics.summary(),
+                          "sentences": [ics.sentence(e, entries[d]["source_id"]) for e in ics.encoder_names
+                                        for d in recipe.donors()],
+                          "ics_markdown": ics_markdown(ics, chart=False), "ics_seconds": t_ics, "maps_seconds": t_maps})
         if progress:
-            progress(done, len(verdicts["released"]), rel["release_id"])
-    return {"explained": out}
+            progress(done, len(verdicts["released"]), f"{rel['release_id']} ICS {t_ics:.1f}s maps {t_maps:.1f}s")
+    run_report = _run_report(run_id, verdicts, taus, gallery)
+    report_path = write_run_report(ws.reports / "index.html", run_report)
+    manifest = ReleaseManifest(
+        run_id=run_id, backbone=cfg.backbone, backbone_state_hash=factors_summary["backbone"]["state_hash"],
+        encoders=tuple(EncoderRecord(e.name, e.version, taus[e.name].tau,
+                                     "explicit" if "explicit" in taus[e.name].why else "default",
+                                     taus[e.name].why) for e in encoders),
+        releases=tuple(records),
+        figures=RunFigures(run_report.candidates, run_report.released, run_report.candidates - run_report.released,
+                           dict(run_report.rejection_reasons)),
+        config_hash=config_hash(cfg.as_dict()),
+        sources=dict(Counter(e["group"] for e in sources.entries)))
+    manifest_sha = write_manifest(ws.manifest, manifest)
+    return {"explained": explained, "manifest": str(ws.manifest), "manifest_sha256": manifest_sha,
+            "run_report": str(report_path), "pass_rate": run_report.pass_rate,
+            "gallery_markdown": gallery_markdown([(rid, img) for rid, img, _ in gallery])}
+
+
+def _store_ics(store: LineageStore, release_id: str, ics, run_id: str) -> None:
+    rows = []
+    for r in ics.rows():
+        for method, score, share in (("shapley", r["phi"], r["share"]), ("drop", r["drop"], None)):
+            rows.append({"release_id": release_id, "encoder": r["encoder"], "donor": r["donor"],
+                         "factor": r["factor"], "method": method, "score": score, "share": share, "run_id": run_id})
+    with store.transaction() as tx:
+        tx.upsert("ics", rows)
+
+
+def _attribution_panels(cfg: RunConfig, ws: Workspace, rel: dict[str, Any], image: np.ndarray, encoder,
+                        target_emb: np.ndarray, targets: list[str], target_ids: list[str], recipe):
+    """Occlusion maps towards the nearest source and the primary donors (one encoder, black box)."""
+    if not cfg.attribution_maps:
+        return [], 0.0
+    found = detect_faces(image)
+    if len(found) != 1:
+        log.warning("%s: %d faces found when mapping attributions; maps skipped", rel["release_id"], len(found))
+        return [], 0.0
+    nearest = rel["nearest"].get(encoder.name)
+    wanted = list(dict.fromkeys([h for h in [nearest, *recipe.primary.values()] if h]))
+    rows = [targets.index(h) for h in wanted]
+    amap = face_occlusion_map(image, found[0], encoder, target_emb[rows], [target_ids[i] for i in rows])
+    panels = []
+    for h, i in zip(wanted, rows):
+        caption = "nearest source" if h == nearest else "primary donor of " + ", ".join(
+            f for f, d in recipe.primary.items() if d == h)
+        save_overlay_png(ws.reports / "maps" / f"{rel['release_id']}-{target_ids[i]}.png", image, amap, target_ids[i])
+        panels.append(AttributionPanel(amap, target_ids[i], caption))
+    return panels, amap.seconds
+
+
+def _donor_panels(recipe, entries: dict[str, dict], faces: dict) -> tuple[DonorPanel, ...]:
+    panels = []
+    for h in recipe.donors():
+        weights = {f: w for f, parts in recipe.components.items() for d, w in parts if d == h}
+        primary = tuple(f for f, d in recipe.primary.items() if d == h)
+        panels.append(DonorPanel(entries[h]["source_id"], entries[h]["group"], primary, weights, faces[h].aligned))
+    return tuple(panels)
+
+
+def _release_record(ws: Workspace, rel: dict[str, Any], recipe, entries: dict[str, dict], ics) -> ReleaseRecord:
+    from ..explain.watermark import payload_bits, bits_hex
+    from ..atomic import file_sha256
+
+    donors = tuple(DonorRecord(h, entries[h]["source_id"], entries[h]["group"],
+                               tuple(f for f, d in recipe.primary.items() if d == h),
+                               {f: round(w, 4) for f, parts in recipe.components.items() for d, w in parts if d == h})
+                   for h in recipe.donors())
+    verdicts = tuple(EncoderVerdictRecord(enc, sim if sim is not None else float("nan"),
+                                          entries.get(rel["nearest"][enc] or "", {}).get("source_id"), rel["tau"][enc])
+                     for enc, sim in rel["similarity"].items())
+    return ReleaseRecord(rel["release_id"], str(Path(rel["file"]).relative_to(ws.root)), rel["content_hash"],
+                         file_sha256(Path(rel["file"])), rel["candidate_id"], rel["recipe_id"], donors, verdicts,
+                         bits_hex(payload_bits(rel["release_id"])), ics_digest(ics))
+
+
+def _run_report(run_id: str, verdicts: dict[str, Any], taus: dict, gallery) -> RunReport:
+    attempts = verdicts["attempts"]
+    sims = {}
+    for enc in taus:
+        rel = np.array([a["similarity"].get(enc) for a in attempts if a["verdict"] == "PASS"], dtype=float)
+        rej = np.array([a["similarity"].get(enc) for a in attempts if a["verdict"] != "PASS"], dtype=float)
+        sims[enc] = (rel, rej)
+    reasons = Counter(_reason_kind(a["reason"]) for a in attempts if a["verdict"] != "PASS")
+    return RunReport(run_id, len(attempts), sum(a["verdict"] == "PASS" for a in attempts), sims,
+                     {k: v.tau for k, v in taus.items()}, tuple(gallery), dict(reasons))
+
+
+def _reason_kind(reason: str) -> str:
+    """Group rejection reasons: 'dlib: max similarity 0.93 to ...' → 'dlib: reaches tau'."""
+    parts = []
+    for part in reason.split("; "):
+        enc, _, rest = part.partition(": ")
+        kind = ("reaches tau" if "reaches tau" in rest and "released" not in rest else
+                "too close to a released face" if "released" in rest else rest.split(":")[0][:40])
+        parts.append(f"{enc}: {kind}" if rest else part[:40])
+    return "; ".join(parts)
 
 
 def dagster_metadata(out: dict[str, Any]) -> dict[str, Any]:
-    """Plain values/markdown for the asset's metadata (wrapped by the Dagster layer)."""
-    lines = ["| release | strongest factor per donor |", "|---|---|"]
-    for e in out["explained"]:
-        lines.append(f"| {e['release_id']} | " + "<br>".join(e["sentences"][:6]) + " |")
-    return {"released": len(out["explained"]), "ics": "\n".join(lines)}
+    """Plain values and markdown for the asset's metadata (the Dagster layer wraps them)."""
+    ics_md = "\n\n".join(f"### {e['release_id']}\n\n{e['ics_markdown']}" for e in out["explained"])
+    return {"released": len(out["explained"]), "pass_rate": float(out["pass_rate"]),
+            "gallery": out["gallery_markdown"], "ics": ics_md or "_no released faces_",
+            "manifest": out["manifest"], "run_report": out["run_report"],
+            "ics_seconds_per_face": float(np.mean([e["ics_seconds"] for e in out["explained"]]) if out["explained"] else 0.0)}

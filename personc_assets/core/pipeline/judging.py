@@ -17,7 +17,8 @@ from ..atomic import load_npz
 from ..guard import Guard, GuardMember, Verdict
 from ..index import EmbeddingIndex, IndexManifest
 from ..lineage.store import LineageStore, now
-from ..release import release_id_for, write_release_png
+from ..explain.watermark import embed_watermark, write_marked_png
+from ..release import release_id_for
 from ..types import Candidate
 from ..versioning import code_version
 from .config import RunConfig, Workspace
@@ -78,7 +79,9 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
     attempts: list[dict[str, Any]] = []
     released: list[dict[str, Any]] = []
     while pending:
-        verdicts = guard.check([(c.candidate_id, c.image) for _, c in pending])
+        # the guard judges the watermarked pixels: exactly what a release will contain
+        marked = {c.candidate_id: embed_watermark(c.image, release_id_for(c.candidate_id)) for _, c in pending}
+        verdicts = guard.check([(c.candidate_id, marked[c.candidate_id]) for _, c in pending])
         retry = []
         round_rows, cand_rows, release_rows = [], [], []
         for (slot, cand), verdict in zip(pending, verdicts):
@@ -88,7 +91,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
                               "reason": verdict.reason, "run_id": run_id})
             attempts.append(_attempt_summary(slot, cand, verdict))
             if verdict.passed:
-                rel = _release(ws, slot, cand, verdict, run_id)
+                rel = _release(ws, slot, cand, marked[cand.candidate_id], verdict, run_id)
                 release_rows.append(rel["row"])
                 released.append(rel["summary"])
             elif cand.attempt + 1 < cfg.max_attempts:
@@ -117,11 +120,13 @@ def _attempt_summary(slot: int, cand: Candidate, v: Verdict) -> dict[str, Any]:
             "tau": {ev.encoder: ev.tau for ev in v.per_encoder}}
 
 
-def _release(ws: Workspace, slot: int, cand: Candidate, v: Verdict, run_id: str) -> dict[str, Any]:
+def _release(ws: Workspace, slot: int, cand: Candidate, marked: np.ndarray, v: Verdict,
+             run_id: str) -> dict[str, Any]:
     rid = release_id_for(cand.candidate_id)
     path = ws.released / f"{rid}.png"
-    content_hash = write_release_png(path, cand.image, rid, {"candidate_id": cand.candidate_id,
-                                                              "run_id": run_id, "code_version": code_version()})
+    written = write_marked_png(path, marked, rid, {"candidate_id": cand.candidate_id, "run_id": run_id,
+                                                    "code_version": code_version()})
+    content_hash = written.pixel_sha256
     row = {"release_id": rid, "candidate_id": cand.candidate_id, "file": str(path), "content_hash": content_hash,
            "status": "released", "revoked_reason": None, "run_id": run_id, "code_version": code_version(),
            "backbone_state": None, "released_at": now()}
