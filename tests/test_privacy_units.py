@@ -1,0 +1,135 @@
+"""Privacy modes without photos: keys, strength mapping, DP calibration and the privacy ledger."""
+
+from __future__ import annotations
+
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from personc_assets.core.lineage.store import LineageStore
+from personc_assets.core.privacy.attributes import AttributeDirection
+from personc_assets.core.privacy.cancelable import (CancelableKeyError, CancelableKnobs, derive_seed, key_id)
+from personc_assets.core.privacy.disentangle import FactorRanking, FactorSensitivity
+from personc_assets.core.privacy.anonymize import AnonymizeKnobs, strength_alphas
+from personc_assets.core.privacy.dp import (BudgetExceededError, DPSpec, PrivacyBudget, PrivacyLedger,
+                                            make_measurement, privatize_coordinate)
+
+PKG = Path(__file__).resolve().parents[1] / "personc_assets" / "core" / "privacy"
+
+
+def _direction(sd: float = 1.5) -> AttributeDirection:
+    return AttributeDirection("gender", ("texture",), np.array([0.6, 0.8]), 0.0, "male", "female", math.nan,
+                              sd, 10, 1.0, 1.0, "test")
+
+
+def _ranking() -> FactorRanking:
+    rows = tuple(FactorSensitivity(f, "dlib", pu, 0.01, 0.0, 1.0, 4, 0)
+                 for f, pu in (("geometry", 0.04), ("texture", 0.03), ("eyes", 0.02), ("mouth", 0.01)))
+    return FactorRanking(rows, "state", ("p",), 1)
+
+
+def test_core_privacy_never_imports_dagster():
+    # why: the core library is framework-free; Dagster wiring lives in defs/privacy.py only
+    for path in PKG.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        names += [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        assert not any(n.split(".")[0] == "dagster" for n in names), path.name
+
+
+def test_key_id_is_a_hash_of_a_hash_and_never_the_key():
+    # why: only the key id may be stored; it must be stable, and differ between keys
+    import hashlib
+
+    key = "correct horse battery staple"
+    assert key_id(key) == hashlib.sha256(hashlib.sha256(key.encode()).digest()).hexdigest()[:24]
+    assert key_id(key) != key_id(key + "!") and key not in key_id(key)
+
+
+def test_seed_is_keyed_and_bound_to_the_backbone_state():
+    # why: the same key must give the same code on one model, another key or model another code
+    k = "correct horse battery staple"
+    assert derive_seed(k, "s1") == derive_seed(k, "s1")
+    assert derive_seed(k, "s1") != derive_seed(k, "s2")
+    assert derive_seed(k, "s1") != derive_seed("another long passphrase", "s1")
+
+
+def test_short_keys_are_refused_with_the_reason():
+    # why: the key id is a fast hash, so a short key could be guessed from it
+    with pytest.raises(CancelableKeyError, match="at least 12"):
+        key_id("hunter2")
+
+
+def test_cancelable_knobs_are_validated():
+    # why: a decreasing ladder or an unknown context mode would silently change what is enforced
+    with pytest.raises(ValueError, match="increasing"):
+        CancelableKnobs(beta_ladder=(1.0, 0.9))
+    with pytest.raises(ValueError, match="context"):
+        CancelableKnobs(context="mirror")  # type: ignore[arg-type]
+
+
+def test_strength_replaces_factors_in_ranking_order():
+    # why: the ranking decides what is swapped first; 0 keeps the face, 1 replaces every factor
+    r = _ranking()
+    assert all(a == 0.0 for a in strength_alphas(r, 0.0).values())
+    assert all(a == 1.0 for a in strength_alphas(r, 1.0).values())
+    half = strength_alphas(r, 0.5)
+    assert half["geometry"] == 1.0 and half["mouth"] == 0.0 and 0.0 < half["texture"] < 1.0
+    alphas = [strength_alphas(r, s) for s in np.linspace(0, 1, 11)]
+    for f in r.order():
+        assert all(b[f] >= a[f] for a, b in zip(alphas, alphas[1:])), f
+    with pytest.raises(ValueError, match="strength"):
+        AnonymizeKnobs(strength=1.5)
+
+
+def test_dp_sensitivity_is_the_clip_range_and_opendp_scale_matches():
+    # why: the guarantee rests on a real sensitivity; Laplace needs scale = sensitivity / epsilon
+    spec = DPSpec(_direction(sd=1.5), "laplace", epsilon=2.0, width=2.0)
+    assert spec.clip == (-3.0, 3.0) and spec.sensitivity == 6.0
+    meas, scale = make_measurement(spec)
+    assert scale == pytest.approx(3.0, rel=1e-6)
+    assert meas.map(d_in=6.0) <= 2.0 + 1e-9
+    clipped, noisy, released = privatize_coordinate(50.0, spec)
+    assert clipped == 3.0 and -3.0 <= released <= 3.0
+
+
+def test_gaussian_needs_delta_and_laplace_refuses_one():
+    # why: a mechanism with the wrong accounting would understate what was spent
+    with pytest.raises(ValueError, match="delta"):
+        DPSpec(_direction(), "gaussian", 1.0, 0.0)
+    with pytest.raises(ValueError, match="pure"):
+        DPSpec(_direction(), "laplace", 1.0, 1e-5)
+    meas, _ = make_measurement(DPSpec(_direction(), "gaussian", 1.0, 1e-5))
+    eps, delta = meas.map(d_in=DPSpec(_direction(), "gaussian", 1.0, 1e-5).sensitivity)
+    assert eps <= 1.0 + 1e-9 and delta == 1e-5
+
+
+def test_ledger_refuses_once_the_face_budget_is_spent(tmp_path):
+    # why: a budget that does not stop releases is no budget; refusals must be recorded, spend must not grow
+    store = LineageStore.open(tmp_path / "p.duckdb")
+    ledger = PrivacyLedger(store, PrivacyBudget(epsilon_per_face=2.5, delta_per_face=0.0))
+    spec = DPSpec(_direction(), "laplace", 1.0)
+    ledger.charge("face1", "run1", "r1", [spec])
+    ledger.charge("face1", "run1", "r2", [spec])
+    assert ledger.spent("face1") == (2.0, 0.0)
+    with pytest.raises(BudgetExceededError, match="spent epsilon 2 of its budget 2.5"):
+        ledger.charge("face1", "run2", "r3", [spec])
+    assert ledger.spent("face1") == (2.0, 0.0)
+    ledger.charge("face2", "run2", "r4", [spec])  # another face has its own budget
+    assert store.query("SELECT count(*) FROM privacy_dp_ledger WHERE status = 'refused'")[0][0] == 1
+    assert ledger.spent_in_run("run1") == (2.0, 0.0)
+
+
+def test_ledger_run_budget_and_delta_budget(tmp_path):
+    # why: per-run and delta budgets are separate limits and each must refuse on its own
+    store = LineageStore.open(tmp_path / "p.duckdb")
+    ledger = PrivacyLedger(store, PrivacyBudget(epsilon_per_face=10, delta_per_face=1.5e-5, epsilon_per_run=1.5))
+    g = DPSpec(_direction(), "gaussian", 1.0, 1e-5)
+    ledger.charge("a", "run", "r1", [g])
+    with pytest.raises(BudgetExceededError, match="run run"):
+        ledger.charge("b", "run", "r2", [g])
+    with pytest.raises(BudgetExceededError, match="delta"):
+        ledger.charge("a", "other", "r3", [g])
