@@ -84,3 +84,31 @@ def test_usage_errors_name_the_problem(folders, tmp_path, capsys):
     assert _cli([*args, "--encoders", "dlib", "--audit-only", "dlib"]) == audit_cli.EXIT_USAGE
     assert "at least one must gate" in capsys.readouterr().err
     assert _cli(["--sources", str(tmp_path / "nope"), "--candidates", str(tmp_path)]) == audit_cli.EXIT_USAGE
+
+
+def test_status_counts_only_gating_encoders_and_reports_audit_only_leaks():
+    # why: an audit-only encoder must never decide a verdict, but its would-be rejections are the honest
+    # estimate of what the gating encoders missed, so they are counted
+    from personc_assets.core.audit import LEAK, UNVERIFIED, AuditReport, GuardedEncoder, row_from_verdict
+    from personc_assets.core.guard import PASS, REJECT, EncoderVerdict, Verdict
+
+    def ev(name, sim, tau, gating):
+        verdict = REJECT if gating and sim >= tau else PASS
+        return EncoderVerdict(name, "v", tau, sim, "h1", verdict, "", gating)
+
+    names = {"h1": "id01/a.jpg"}
+    clear = row_from_verdict("c1", Verdict("c1", PASS, "", (ev("dlib", 0.8, 0.9, True),
+                                                            ev("magface", 0.7, 0.5, False))), names)
+    leak = row_from_verdict("c2", Verdict("c2", REJECT, "dlib: ...", (ev("dlib", 0.95, 0.9, True),
+                                                                      ev("magface", 0.2, 0.5, False))), names)
+    no_face = row_from_verdict("c3", Verdict("c3", REJECT, "no face found in the candidate", (
+        EncoderVerdict("dlib", "v", 0.9, float("nan"), None, REJECT, "no face", True),
+        EncoderVerdict("magface", "v", 0.5, float("nan"), None, REJECT, "no face", False))), names)
+    assert (clear.status, leak.status, no_face.status) == ("clear", LEAK, UNVERIFIED)
+    assert leak.encoders[0].nearest_source == "id01/a.jpg" and no_face.encoders[0].max_similarity is None
+    report = AuditReport((clear, leak, no_face), (GuardedEncoder("dlib", "v", 0.9, "", True, "flat_ip", 1),
+                                                  GuardedEncoder("magface", "v", 0.5, "", False, "flat_ip", 1)),
+                         1, ())
+    assert report.leaks == 1 and report.unverified == 1
+    assert report.audit_only_leaks == {"magface": 1}
+    assert json.loads(json.dumps(report.as_dict()))["audit_only_leaks"] == {"magface": 1}

@@ -31,7 +31,7 @@ import numpy as np
 from .encoders.base import Encoder
 from .faces.ingest import IngestResult, MIN_FACE_PX, Quarantined, ingest_folders, list_source_files
 from .faces.loading import ImageRejected, decode_image
-from .guard import PASS, REJECT, EncoderVerdict, Guard, GuardMember, Verdict
+from .guard import PASS, REJECT, Guard, GuardMember, Verdict
 from .index import EmbeddingIndex
 from .lineage.store import LineageStore
 from .pipeline.config import TauChoice

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 import numpy as np
 
 from .faces.align import align_face
-from .guard import PASS, REJECT, Guard, Verdict
+from .guard import PASS, Guard, Verdict
 from .types import check_image, check_landmarks
 
 if TYPE_CHECKING:
