@@ -162,6 +162,25 @@ def _torch_encoder():
     return make_dlib_encoder("torch", model_path=_weights_path(), device="cpu")
 
 
+def test_cpu_parallelism_modes_agree_and_are_validated():
+    # why: data-parallel workers split the batch; the split must not change any descriptor
+    from personc_assets.core.encoders.dlib_torch import TorchDlibEncoder
+
+    chips = np.random.default_rng(1).integers(0, 256, (5, 150, 150, 3), dtype=np.uint8)
+    data = TorchDlibEncoder(_weights_path(), device="cpu", batch_size=2, workers=2)
+    intra = TorchDlibEncoder(_weights_path(), device="cpu", cpu_parallelism="intra-op")
+    try:
+        np.testing.assert_allclose(data.describe_chips(chips), intra.describe_chips(chips), atol=1e-5)
+        np.testing.assert_allclose(data.describe_chips(chips[:1]), intra.describe_chips(chips[:1]),
+                                   atol=1e-5)
+    finally:
+        data.close()
+    with pytest.raises(ValueError, match="cpu_parallelism must be one of"):
+        TorchDlibEncoder(_weights_path(), cpu_parallelism="threads")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        TorchDlibEncoder(_weights_path(), workers=0)
+
+
 def test_factory_picks_engine_and_lists_known_ones():
     # why: the registered "dlib" encoder switches engines through this factory
     from personc_assets.core.encoders.dlib_encoder import DlibEncoder
