@@ -9,7 +9,7 @@ from typing import Any
 from dagster import Definitions, JobDefinition, load_assets_from_modules
 from dagster_duckdb import DuckDBResource
 
-from .defs import assets, checks, sensors
+from .defs import assets, checks, redteam, sensors
 from .defs.jobs import daily_regeneration, main_job
 from .defs.progress import progress_logger
 from .defs.resources import JsonIOManager, PersonCConfig, default_db_path, default_out_dir

@@ -36,6 +36,7 @@ class DemoRequest:
     sources_b: Path | None = None
     weights_dir: Path = Path("weights")
     encoders: tuple[str, ...] | None = None
+    audit_encoders: tuple[str, ...] = ()
 
 
 @dataclass
@@ -96,7 +97,8 @@ def run_pipeline(request: DemoRequest) -> DemoResult:
         sources_a=str(request.sources_a.resolve()) if request.sources_a else None,
         sources_b=str(request.sources_b.resolve()) if request.sources_b else None,
         backbone=request.backbone, backbone_options_json=json.dumps(dict(request.backbone_options)),
-        encoders=list(request.encoders) if request.encoders else None, weights_dir=str(request.weights_dir),
+        encoders=list(request.encoders) if request.encoders else None,
+        audit_encoders=list(request.audit_encoders), weights_dir=str(request.weights_dir),
         taus=dict(request.taus), num_samples=request.num_samples, max_attempts=request.max_attempts,
         seed=request.seed, bare_tau=request.bare_tau, target_fmr=request.target_fmr)
     job = defs.resolve_job_def("personc_main")

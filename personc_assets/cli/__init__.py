@@ -18,6 +18,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "ui",
     "calibrate",
     "verify",
+    "audit",
 )
 
 

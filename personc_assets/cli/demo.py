@@ -51,6 +51,8 @@ def register(subparsers) -> None:
     p.add_argument("--weights", type=Path, help="backbone weights file (stylegan2)")
     p.add_argument("--weights-dir", type=Path, default=Path("weights"), help="folder of encoder weights")
     p.add_argument("--encoders", help="comma-separated encoders (default: every encoder whose weights exist)")
+    p.add_argument("--audit-encoders", help="comma-separated encoders that are measured and reported but never "
+                   "gate a release (their leakage rate is the honest estimate of what the guard missed)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed, taus=taus, bare_tau=bare, target_fmr=args.target_fmr, backbone=args.backbone,
         backbone_options=options,
         sources_a=args.sources_a, sources_b=args.sources_b, weights_dir=args.weights_dir,
-        encoders=tuple(e.strip() for e in args.encoders.split(",")) if args.encoders else None)
+        encoders=tuple(e.strip() for e in args.encoders.split(",")) if args.encoders else None,
+        audit_encoders=tuple(e.strip() for e in args.audit_encoders.split(",")) if args.audit_encoders else ())
     result = run_pipeline(request)
     if args.json:
         print(json.dumps(result.as_dict(), indent=1))

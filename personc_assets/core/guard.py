@@ -179,7 +179,7 @@ class Guard:
         bad = ~np.all(np.isfinite(vectors), axis=1)
         norms = np.linalg.norm(vectors, axis=1)
         try:
-            sims, nearest = member.index.search_max(np.where(bad[:, None], 0.0, vectors))
+            sims, nearest = member.index.search_max(np.where(bad[:, None], 0.0, vectors), tau=member.tau)
         except Exception as exc:
             return reject_all(f"index search error: {exc}")
         for i in range(len(faces)):

@@ -86,7 +86,8 @@ def factor_decompositions(context: AssetExecutionContext, personc: PersonCConfig
 @asset(group_name=GROUP, kinds={"python", "faiss"})
 def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                       source_images: dict) -> MaterializeResult:
-    """Per encoder, the embeddings of every source face in an exact FAISS inner-product index."""
+    """Per encoder, the embeddings of every source face in a FAISS inner-product index (exact, or
+    certified IVF for very large source sets: re-checked exactly wherever it could matter)."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         out = indexing.build_indexes(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
@@ -128,6 +129,7 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
     return MaterializeResult(value=out, metadata={
         "released": len(out["released"]), "requested": cfg.num_samples, "candidates_judged": len(out["attempts"]),
         "pass_rate": float(out["pass_rate"]),
+        "audit_leakage_rate": MetadataValue.json(out["audit_leakage_rate"]),
         "attempts": md_table([{"slot": a["slot"], "attempt": a["attempt"], "verdict": a["verdict"],
                                **{f"sim_{k}": round(v, 3) if v is not None else None
                                   for k, v in a["similarity"].items()}, "reason": a["reason"][:80]}

@@ -23,6 +23,7 @@ class RunConfig:
     backbone: str = "morphable"
     backbone_options: Mapping[str, Any] = field(default_factory=dict)
     encoders: tuple[str, ...] | None = None  # None: every encoder whose weights are present
+    audit_encoders: tuple[str, ...] = ()  # measured and reported, never gating
     weights_dir: str = "weights"
     taus: Mapping[str, float] = field(default_factory=dict)  # per encoder name
     bare_tau: float | None = None         # ``--tau 0.4``: ArcFace scale

@@ -88,7 +88,7 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
         path = index_path(ws, enc, sources.source_set_hash)
         expect = IndexManifest(enc.name, enc.version, sources.source_set_hash, len(faces), enc.dim)
         try:
-            EmbeddingIndex.load(path, expect)
+            index = EmbeddingIndex.load(path, expect)
             log.info("index for %s is up to date: %s", enc.name, path)
         except Exception:
             vectors = embed_sources(enc, faces, store, run_id, progress)
@@ -96,9 +96,10 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
             index.save(path)
         with store.transaction() as tx:
             tx.upsert("indexes", [{"encoder": enc.name, "encoder_version": enc.version,
-                                      "source_set_hash": sources.source_set_hash, "kind": "flat_ip",
+                                      "source_set_hash": sources.source_set_hash, "kind": index.manifest.kind,
                                       "count": len(faces), "index_path": str(path), "run_id": run_id}])
         out.append({"encoder": enc.name, "encoder_version": enc.version, "index_path": str(path),
+                    "kind": index.manifest.kind, "gating": enc.name not in cfg.audit_encoders,
                     "count": len(faces), "dim": enc.dim, "tau": taus[enc.name].tau, "tau_why": taus[enc.name].why})
     return {"indexes": out, "skipped": skipped, "source_set_hash": sources.source_set_hash}
 

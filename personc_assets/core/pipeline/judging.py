@@ -35,19 +35,24 @@ def build_guard(cfg: RunConfig, index_summary: dict[str, Any]) -> Guard:
     """The ensemble: each encoder with its index (a missing or stale index → every check rejects)."""
     encoders, _ = build_encoders(cfg)
     by_name = {i["encoder"]: i for i in index_summary["indexes"]}
+    unknown = set(cfg.audit_encoders) - {e.name for e in encoders}
+    if unknown:
+        raise ValueError(f"audit-only encoder(s) {', '.join(sorted(unknown))} are not in use; "
+                         f"encoders in use: {', '.join(e.name for e in encoders)}")
     members = []
     for enc in encoders:
+        gating = enc.name not in cfg.audit_encoders
         info = by_name.get(enc.name)
         if info is None:
-            members.append(GuardMember(enc, None, enc.default_tau, index_error=f"no index built for {enc.name}"))
+            members.append(GuardMember(enc, None, enc.default_tau, gating, f"no index built for {enc.name}"))
             continue
         expect = IndexManifest(enc.name, enc.version, index_summary["source_set_hash"], info["count"], enc.dim)
         try:
             index = EmbeddingIndex.load(Path(info["index_path"]), expect)
-            members.append(GuardMember(enc, index, info["tau"]))
+            members.append(GuardMember(enc, index, info["tau"], gating))
         except Exception as exc:
             log.error("index for %s unusable, every candidate will be rejected: %s", enc.name, exc)
-            members.append(GuardMember(enc, None, info["tau"], index_error=str(exc)))
+            members.append(GuardMember(enc, None, info["tau"], gating, str(exc)))
     return Guard(members)
 
 
@@ -107,7 +112,10 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         pending = factory.make(retry) if retry else []
         if pending:
             factory.save(store, pending, run_id)
+    leakage = {enc: sum((r["similarity"][enc] or 0.0) >= r["tau"][enc] for r in released) / max(1, len(released))
+               for enc in cfg.audit_encoders}
     return {"generation_id": factory.gen_id, "released": released, "attempts": attempts,
+            "audit_leakage_rate": leakage,
             "num_samples": cfg.num_samples, "max_attempts": cfg.max_attempts,
             "pass_rate": sum(a["verdict"] == "PASS" for a in attempts) / max(1, len(attempts))}
 
