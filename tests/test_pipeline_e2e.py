@@ -35,8 +35,9 @@ def table_counts(db: Path) -> dict[str, int]:
 def test_definitions_load():
     # why: `dagster dev` and `dg` load this module; a broken graph fails every user at once
     Definitions.validate_loadable(defs)
-    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} == set(ASSETS)
-    assert defs.resolve_job_def("personc_main") is not None
+    assert {k.to_user_string() for k in defs.resolve_all_asset_keys()} >= set(ASSETS)
+    main = defs.resolve_job_def("personc_main")
+    assert {n.name for n in main.nodes} >= set(ASSETS)
 
 
 @pytest.fixture(scope="module")
