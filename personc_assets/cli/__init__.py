@@ -19,6 +19,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "calibrate",
     "verify",
     "audit",
+    "privacy",
 )
 
 
