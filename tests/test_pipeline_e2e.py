@@ -96,3 +96,19 @@ def test_demo_sources_run_without_configuration(tmp_path):
     assert len(guard["released"]) == 1
     image = np.asarray(Image.open(guard["released"][0]["file"]))
     assert image.shape == (256, 256, 3)
+
+
+METADATA_QUERY = """{ assetNodes(assetKeys: [{path: ["ics_reports"]}]) { assetMaterializations(limit: 1) {
+  metadataEntries { label ... on MarkdownMetadataEntry { mdStr } ... on PathMetadataEntry { path } } } } }"""
+
+
+def test_ui_shows_gallery_and_scores(shared_run):
+    # why: a user materializing ics_reports in `dagster dev` must see the faces and scores without leaving the UI
+    from test_webserver import graphql, webserver
+
+    with webserver(shared_run["root"] / "home", shared_run["out"]) as port:
+        data = graphql(port, METADATA_QUERY)["data"]["assetNodes"][0]["assetMaterializations"][0]
+    entries = {e["label"]: e for e in data["metadataEntries"]}
+    assert entries["gallery"]["mdStr"].count("data:image/png;base64,") == 2
+    assert "likeness" in entries["ics"]["mdStr"] and "geometry" in entries["ics"]["mdStr"]
+    assert Path(entries["manifest"]["path"]).is_file()

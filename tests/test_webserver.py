@@ -1,5 +1,6 @@
 """The Dagster webserver serves the asset graph (what `dagster dev` shows a user)."""
 
+import contextlib
 import json
 import os
 import socket
@@ -30,35 +31,44 @@ def graphql(port: int, query: str) -> dict:
         return json.loads(resp.read())
 
 
-def test_webserver_lists_the_asset_graph(tmp_path):
-    # why: users materialize from the UI; the graph must load in the webserver's code server
+@contextlib.contextmanager
+def webserver(dagster_home: Path, out_dir: Path):
+    """A Dagster webserver on 127.0.0.1 over ``dagster_home``; yields its port once the graph is served."""
     port = free_port()
-    env = dict(os.environ, DAGSTER_HOME=str(tmp_path), PERSONC_OUT_DIR=str(tmp_path / "out"))
-    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = dict(os.environ, DAGSTER_HOME=str(dagster_home), PERSONC_OUT_DIR=str(out_dir))
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        (dagster_home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     proc = subprocess.Popen([sys.executable, "-m", "dagster_webserver", "-w", str(ROOT / "workspace.yaml"),
                              "-h", "127.0.0.1", "-p", str(port)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        nodes = None
         while time.time() < deadline:
             try:
-                data = graphql(port, "{ assetNodes { assetKey { path } dependencyKeys { path } description } }")
-                nodes = data.get("data", {}).get("assetNodes")
-                if nodes:
+                if graphql(port, "{ assetNodes { id } }").get("data", {}).get("assetNodes"):
                     break
             except OSError:
                 pass
             time.sleep(1)
-        assert nodes, "webserver did not serve the asset graph within 120 s"
-        keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
-        assert keys == {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-        deps = {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes}
-        assert deps["guard_verdicts"] >= {"generated_candidates", "embedding_indexes"}
-        assert all(n["description"] for n in nodes), "each asset's docstring is its description in the UI"
+        else:
+            raise AssertionError("webserver did not serve the asset graph within 120 s")
+        yield port
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def test_webserver_lists_the_asset_graph(tmp_path):
+    # why: users materialize from the UI; the graph must load in the webserver's code server
+    with webserver(tmp_path / "home", tmp_path / "out") as port:
+        nodes = graphql(port, "{ assetNodes { assetKey { path } dependencyKeys { path } description } }")[
+            "data"]["assetNodes"]
+        keys = {"/".join(n["assetKey"]["path"]) for n in nodes}
+        assert keys == {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+        deps = {"/".join(n["assetKey"]["path"]): {"/".join(d["path"]) for d in n["dependencyKeys"]} for n in nodes}
+        assert deps["guard_verdicts"] >= {"generated_candidates", "embedding_indexes"}
+        assert all(n["description"] for n in nodes), "each asset's docstring is its description in the UI"
