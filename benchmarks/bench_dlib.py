@@ -148,9 +148,9 @@ def bench_descriptor(chips: np.ndarray, dlib_net, engines: dict[str, TorchDlibEn
         rows += [Row("descriptor", f"{label}, batch {n}", "ms/face", best * 1e3, "ms"),
                  Row("descriptor", f"{label}, median of rounds", "ms/face",
                      statistics.median(t_fast[label]) * 1e3, "ms"),
-                 Row("descriptor", f"{label}: speed-up over dlib", "ratio", min(t_dlib) / best, "x"),
+                 Row("descriptor", f"{label}: vs dlib", "speed-up", min(t_dlib) / best, "x"),
                  Row("model", f"{label}: achieved", "GFLOP/s", flops / best / 1e9, "GFLOP/s"),
-                 Row("model", f"{label}: fraction of FLOP bound", "ratio", bound / best, "x")]
+                 Row("model", f"{label}: of FLOP bound", "fraction", bound / best, "x")]
     one = engines[first]
     t_one = statistics.median(_best_of(lambda c=c: one.describe_chips(c[None]), 3) for c in chips[:8])
     rows += [Row("descriptor", f"{first}, one face per call", "ms/face", t_one * 1e3, "ms"),
@@ -265,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
 
     dlib_net = dlib.face_recognition_model_v1(str(dlib_model_path(DESCRIPTOR_FILE)))
     flops = anet_flops(load_anet(dlib_model_path(DESCRIPTOR_FILE)))
-    engines = {"torch data-parallel (default)": fast,
-               "torch intra-op threads": TorchDlibEncoder(cpu_parallelism="intra-op")}
+    engines = {"torch data-parallel": fast,  # the encoder's default
+               "torch intra-op": TorchDlibEncoder(cpu_parallelism="intra-op")}
     t_dlib, t_fast = bench_descriptor(chips, dlib_net, engines, flops, rows)
 
     with tempfile.TemporaryDirectory() as tmp:
