@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 #: Faces whose detector box is narrower than this (in source pixels) are too
 #: small to describe reliably.
 MIN_FACE_PX = 64
-#: Below this many files a pool costs more (worker start-up: ~1 s) than it saves.
-MIN_FILES_FOR_POOL = 12
+#: Below this many files a pool costs more than it saves (each worker imports dlib
+#: and loads the 68-point model: 1-3 s).
+MIN_FILES_FOR_POOL = 24
 #: Files in flight per worker: enough to keep workers busy, small enough that
 #: finished-but-unconsumed faces (~200 KB each) stay few.
 WINDOW_PER_WORKER = 4
