@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(photos)} photos from {args.faces}; torch {torch.__version__} on {fast.device}, "
           f"{torch.get_num_threads()} threads, {fast.workers} data-parallel workers")
 
+    import os
+
+    rows.append(Row("machine", "load average at start (1 min)", "load", os.getloadavg()[0], ""))
     n_faces, _ = bench_detection(photos, rows)
     faces = [f for image in photos for f in detect_faces_pyramid(image)]
     start = time.perf_counter()
@@ -279,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(Row("ingest", label, f"{args.photos} photos", totals[-1], "s"))
         rows += [Row("ingest stage", label, stage, sec, "s") for stage, sec in stages.items()]
     before, after = totals[0], totals[1]
+    rows.append(Row("machine", "load average at end (1 min)", "load", os.getloadavg()[0], ""))
 
     _print_table(rows, n_faces, len(faces), t_dlib, t_fast, before, after)
     with open(args.csv, "w", newline="") as fh:
@@ -304,6 +308,8 @@ def _print_table(rows: list[Row], n_det: int, n_faces: int, t_dlib: float, t_fas
     print(f"  detection  fast vs full resolution : {det_ref / det_fast:6.1f}x faster")
     print(f"  descriptor torch vs dlib           : {t_dlib / t_fast:6.1f}x faster")
     print(f"  ingest     after vs before          : {before / after:6.1f}x faster")
+    print("  (a load average above the core count means other processes shared the CPU: the GEMM\n"
+          "   rate, and with it the FLOP bound, then varies from one moment to the next)")
     print("\ningest stages (s):")
     for r in rows:
         if r.section == "ingest stage":
