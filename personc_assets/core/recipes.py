@@ -1,0 +1,541 @@
+"""Backbone-agnostic recipe sampling and factor mixing.
+
+A *recipe* says, for every identity factor, which donors contribute and with
+what weight, how far the mix is pulled toward the population mean, and which
+donor supplies the non-identity context (hair, background). ``sample_recipes``
+draws recipes that follow PersonC's rules:
+
+* each factor's **primary** donor (largest weight) is a different person for
+  every factor when there are enough people;
+* the primaries include at least one donor of group A and one of group B;
+* no donor (and, where possible, no person) takes part in every factor;
+* beyond its primary, each factor mixes several other people (k-Same style)
+  and the mix is pulled toward the population mean, so the result is moved
+  away from every donor by construction rather than re-arranging donors.
+
+Donors are matched for compatibility (appearance cluster, head turn, mouth
+openness) around a randomly chosen *anchor*, because averaging a bearded face
+with a made-up one or an open smile with a closed mouth gives broken-looking
+faces. Everything is seeded: the same inputs and seed give the same recipes
+(and the same ``recipe_id``, a content hash).
+
+``mix_factors`` turns a recipe into factor vectors ready for
+``Backbone.compose``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .types import GROUPS, Factors, Group, Recipe, SourceFace
+
+#: Head turn estimate (see ``estimate_yaw``) above which a photo counts as "turned":
+#: it may still donate, but never the context and only when frontal donors run out.
+TURNED_YAW = 0.20
+
+
+# ------------------------------------------------------------------ donor facts
+
+def estimate_yaw(landmarks: np.ndarray) -> float:
+    """Signed head-turn estimate from dlib-68 points ``[68, 2]`` (0 = frontal).
+
+    The nose tip's offset between the two jaw ends, ``(dl - dr) / (dl + dr)``;
+    frontal photos stay within about ±0.15, a three-quarter view reaches ±0.6.
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape != (68, 2):
+        raise ValueError(f"landmarks must be [68, 2], got {lm.shape}")
+    dl = float(np.hypot(*(lm[30] - lm[0])))
+    dr = float(np.hypot(*(lm[16] - lm[30])))
+    return (dl - dr) / max(dl + dr, 1e-9)
+
+
+def mouth_openness(landmarks: np.ndarray) -> float:
+    """Inner-lip gap over the nose-bridge-to-chin length (0 = closed, ~0.15 wide open)."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.shape != (68, 2):
+        raise ValueError(f"landmarks must be [68, 2], got {lm.shape}")
+    gap = np.mean([max(0.0, lm[low, 1] - lm[up, 1]) for up, low in ((61, 67), (62, 66), (63, 65))])
+    return float(gap / max(np.hypot(*(lm[8] - lm[27])), 1e-9))
+
+
+def _region_lab(lab: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """Mean Lab ``[3]`` of ``lab [H, W, 3]`` inside ``polygon [K, 2]`` (NaN when empty)."""
+    import cv2
+
+    mask = np.zeros(lab.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(polygon).astype(np.int32)], 1)
+    inside = lab[mask > 0]
+    return inside.mean(axis=0) if len(inside) else np.full(3, np.nan)
+
+
+def skin_marks(image: np.ndarray, landmarks: np.ndarray) -> tuple[float, float]:
+    """(lip colour, beard shade) of a face ``[H, W, 3]`` RGB with dlib-68 ``landmarks``.
+
+    *Lip colour*: redness (Lab a*, 0..255 scale) of the lips minus that of the
+    cheeks — high with lipstick. *Beard shade*: how much darker the upper lip
+    and chin are than the cheeks, relative to the cheeks — high with a beard
+    or stubble. Mixing donors far apart on either gives the "lipstick on a
+    bearded face" look, so the sampler matches donors on them.
+    """
+    import cv2
+
+    lab = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2LAB).astype(np.float32)
+    lm = np.asarray(landmarks, dtype=np.float64)
+    cheek = np.nanmean([_region_lab(lab, lm[[1, 31, 48, 4]]),
+                        _region_lab(lab, lm[[15, 35, 54, 12]])], axis=0)
+    lips = _region_lab(lab, lm[48:60])
+    below = np.nanmean([_region_lab(lab, lm[[31, 35, 53, 49]]),
+                        _region_lab(lab, lm[[57, 7, 8, 9]])], axis=0)
+    lip_colour = float(lips[1] - cheek[1])
+    beard = float((cheek[0] - below[0]) / max(cheek[0], 1.0))
+    return (0.0 if not np.isfinite(lip_colour) else lip_colour,
+            0.0 if not np.isfinite(beard) else beard)
+
+
+@dataclass(frozen=True)
+class DonorInfo:
+    """What the sampler knows about one source photo.
+
+    ``person`` groups photos of the same person (the source label, or the
+    photo's own hash when unlabelled). ``appearance`` is a few appearance
+    coordinates (median distance between people 1) and ``cluster`` a coarse
+    appearance class; ``yaw`` and ``mouth_open`` come from the landmarks,
+    ``lip_colour`` and ``beard`` from ``skin_marks``.
+    """
+
+    content_hash: str
+    group: Group
+    person: str
+    yaw: float = 0.0
+    mouth_open: float = 0.0
+    lip_colour: float = 0.0
+    beard: float = 0.0
+    cluster: int = 0
+    appearance: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.group not in GROUPS:
+            raise ValueError(f"donor {self.content_hash[:10]} has group {self.group!r}; use 'A' or 'B'")
+
+    @property
+    def frontal(self) -> bool:
+        return abs(self.yaw) < TURNED_YAW
+
+
+def persons_from_embeddings(hashes: Sequence[str], embeddings: np.ndarray,
+                            tau: float) -> dict[str, str]:
+    """Group unlabelled photos into persons: cosine ≥ ``tau`` links two photos.
+
+    ``embeddings [N, D]`` are L2-normalised encoder vectors in ``hashes``
+    order. Returns ``{hash: person key}`` (the smallest hash of its group);
+    use it as ``labels`` for ``describe_donors`` when sources carry no labels.
+    """
+    emb = np.asarray(embeddings, dtype=np.float64)
+    if emb.ndim != 2 or emb.shape[0] != len(hashes):
+        raise ValueError(f"embeddings must be [{len(hashes)}, D], got {emb.shape}")
+    parent = list(range(len(hashes)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    sims = emb @ emb.T
+    for i in range(len(hashes)):
+        for j in range(i + 1, len(hashes)):
+            if sims[i, j] >= tau:
+                parent[root(i)] = root(j)
+    members: dict[int, list[str]] = {}
+    for i, h in enumerate(hashes):
+        members.setdefault(root(i), []).append(h)
+    return {h: min(group) for group in members.values() for h in group}
+
+
+def describe_donors(faces: Sequence[SourceFace],
+                    factors_by_hash: Mapping[str, Factors] | None = None,
+                    labels: Mapping[str, str] | None = None,
+                    embeddings: Mapping[str, np.ndarray] | None = None,
+                    appearance_factors: Sequence[str] = ("texture",),
+                    n_dims: int = 6, n_clusters: int = 2) -> list[DonorInfo]:
+    """``DonorInfo`` for each face (in order), for ``sample_recipes``.
+
+    * ``factors_by_hash`` (from ``Backbone.decompose``) give the appearance
+      coordinates: the main axes of the ``appearance_factors`` (every identity
+      factor when none of them is present), each person counted once.
+    * ``embeddings`` (``{hash: [D]}``, L2-normalised, from a face-recognition
+      encoder) give the appearance clusters: measured on ../shared/faces and
+      the demo photos, two clusters of dlib descriptors separate women from
+      men where texture clusters follow lighting and pose. Without them the
+      clusters come from the appearance coordinates.
+    * ``labels`` override the faces' own labels (e.g. from
+      ``persons_from_embeddings``); an unlabelled photo is its own person.
+    """
+    persons = [(labels or {}).get(f.content_hash) or f.label or f.content_hash for f in faces]
+    coords = np.zeros((len(faces), 0))
+    clusters = np.zeros(len(faces), dtype=int)
+    if factors_by_hash is not None and faces:
+        first = factors_by_hash.get(faces[0].content_hash, {})
+        names = [n for n in appearance_factors if n in first] or sorted(
+            k for k in first if not k.startswith("_"))
+        coords = _main_axes(_stack(faces, factors_by_hash, names, "factors"), persons, n_dims)
+        clusters = _person_clusters(coords, persons, n_clusters)
+    if embeddings is not None and faces:
+        emb = _main_axes(_stack(faces, {h: {"e": v} for h, v in embeddings.items()}, ["e"],
+                                "embeddings"), persons, 8)
+        clusters = _person_clusters(emb, persons, n_clusters)
+        coords = emb
+    marks = [skin_marks(f.aligned, f.landmarks) for f in faces]
+    return [DonorInfo(content_hash=f.content_hash, group=f.group, person=p,
+                      yaw=round(estimate_yaw(f.landmarks), 4),
+                      mouth_open=round(mouth_openness(f.landmarks), 4),
+                      lip_colour=round(m[0], 3), beard=round(m[1], 4),
+                      cluster=int(c), appearance=tuple(round(float(v), 4) for v in a))
+            for f, p, c, a, m in zip(faces, persons, clusters, coords, marks)]
+
+
+def _stack(faces: Sequence[SourceFace], table: Mapping[str, Mapping[str, np.ndarray]],
+           names: Sequence[str], what: str) -> np.ndarray:
+    missing = [f.content_hash[:10] for f in faces if f.content_hash not in table]
+    if missing:
+        raise KeyError(f"no {what} for donors {missing}; compute them for every source first")
+    return np.stack([np.concatenate([np.asarray(table[f.content_hash][n], np.float64).ravel()
+                                     for n in names]) for f in faces])
+
+
+def _person_weights(persons: Sequence[str]) -> np.ndarray:
+    counts: dict[str, int] = {}
+    for p in persons:
+        counts[p] = counts.get(p, 0) + 1
+    w = np.array([1.0 / counts[p] for p in persons])
+    return w / w.sum()
+
+
+def _main_axes(x: np.ndarray, persons: Sequence[str], n_dims: int) -> np.ndarray:
+    """``[N, n_dims]`` coordinates of ``x [N, D]`` on its main (person-weighted)
+    axes, scaled so that the median distance between two people is 1.
+
+    Not whitened: minor axes stay small, so distances follow what differs
+    most between faces rather than noise.
+    """
+    w = _person_weights(persons)
+    mu = np.average(x, axis=0, weights=w)
+    _, sv, vt = np.linalg.svd((x - mu) * np.sqrt(w)[:, None], full_matrices=False)
+    k = int(min(n_dims, np.sum(sv > 1e-9 * max(sv[0], 1e-30)))) if sv.size else 0
+    proj = (x - mu) @ vt[:k].T
+    keys = sorted(set(persons))
+    means = np.stack([proj[[i for i, p in enumerate(persons) if p == q]].mean(0) for q in keys])
+    dists = np.linalg.norm(means[:, None] - means[None], axis=-1)[np.triu_indices(len(keys), 1)]
+    scale = float(np.median(dists)) if dists.size else 1.0
+    return proj / max(scale, 1e-12)
+
+
+def _person_clusters(coords: np.ndarray, persons: Sequence[str], n_clusters: int) -> np.ndarray:
+    """Deterministic k-means of person-mean coordinates; photos inherit their person's cluster."""
+    keys = sorted(set(persons))
+    if n_clusters <= 1 or len(keys) < 2 * n_clusters or coords.shape[1] == 0:
+        return np.zeros(len(persons), dtype=int)
+    means = np.stack([coords[[i for i, p in enumerate(persons) if p == k]].mean(0) for k in keys])
+    # farthest-point initialisation (deterministic), then Lloyd iterations
+    centres = [means[int(np.argmax(np.linalg.norm(means - means.mean(0), axis=1)))]]
+    while len(centres) < n_clusters:
+        d = np.min([np.linalg.norm(means - c, axis=1) for c in centres], axis=0)
+        centres.append(means[int(np.argmax(d))])
+    c = np.stack(centres)
+    for _ in range(50):
+        assign = np.argmin(((means[:, None] - c[None]) ** 2).sum(-1), axis=1)
+        new = np.stack([means[assign == j].mean(0) if np.any(assign == j) else c[j]
+                        for j in range(n_clusters)])
+        if np.allclose(new, c):
+            break
+        c = new
+    by_person = dict(zip(keys, assign))
+    return np.array([by_person[p] for p in persons], dtype=int)
+
+
+# ---------------------------------------------------------------------- sampling
+
+#: Factors where incompatible donors show at once (beard, make-up, teeth),
+#: most sensitive first: their donors come from the people nearest the anchor.
+SENSITIVE_FACTORS: tuple[str, ...] = ("texture", "mouth", "eyes")
+
+
+@dataclass(frozen=True)
+class SamplerKnobs:
+    """Knobs of ``sample_recipes`` (defaults tuned with the morphable backbone
+    and the dlib guard on ../shared/faces; see the module docstring).
+
+    * ``donors_per_factor``: people mixed into each factor, primary included;
+      ``donors_for`` overrides it per factor (default: the ``texture`` mixes
+      3 people, the others 1 — see ``DEFAULT_DONORS_FOR``).
+    * ``primary_weight``: the primary's share where a factor mixes people.
+    * ``mean_pull``: pull of every mixed factor toward the population mean
+      (negative values push away from it).
+    * ``pool_size``: compatible people (nearest the anchor) a recipe draws from,
+      never fewer than there are factors when that many people exist.
+    * ``near_size``: how many of the nearest people may give sensitive factors,
+      the context and their co-donors (at least the number of sensitive factors).
+    * ``cluster_penalty`` and the ``*_tolerance`` values: how much a different
+      appearance cluster adds to the appearance distance when ranking
+      compatibility, and which difference in head turn, mouth openness, lip
+      colour and beard shade counts as one unit of it.
+    """
+
+    donors_per_factor: int = 1
+    donors_for: Mapping[str, int] | None = None
+    primary_weight: float = 0.6
+    mean_pull: float = 0.0
+    pool_size: int = 6
+    near_size: int = 3
+    cluster_penalty: float = 2.0
+    yaw_tolerance: float = 0.5
+    mouth_tolerance: float = 0.15
+    lip_tolerance: float = 10.0
+    beard_tolerance: float = 0.12
+    sensitive_factors: tuple[str, ...] = SENSITIVE_FACTORS
+
+    def __post_init__(self) -> None:
+        if self.donors_per_factor < 1:
+            raise ValueError(f"donors_per_factor must be ≥ 1, got {self.donors_per_factor}")
+        if any(int(k) < 1 for k in (self.donors_for or {}).values()):
+            raise ValueError(f"donors_for values must be ≥ 1, got {dict(self.donors_for or {})}")
+        if not 0.0 < self.primary_weight <= 1.0:
+            raise ValueError(f"primary_weight must be in (0, 1], got {self.primary_weight}")
+        if not -1.0 < self.mean_pull < 1.0:
+            raise ValueError(f"mean_pull must be in (-1, 1), got {self.mean_pull}")
+        if self.pool_size < 2 or self.near_size < 1:
+            raise ValueError(f"pool_size must be ≥ 2 and near_size ≥ 1, got "
+                             f"{self.pool_size}, {self.near_size}")
+
+    def donors(self, factor: str) -> int:
+        table = DEFAULT_DONORS_FOR if self.donors_for is None else self.donors_for
+        return int(table.get(factor, self.donors_per_factor))
+
+
+#: Default per-factor donor counts: mixing several people's texture hides
+#: whose skin it is; single donors elsewhere keep features crisp (averaging
+#: every factor drifts toward the population mean, which the dlib encoder
+#: finds similar to many people).
+DEFAULT_DONORS_FOR: Mapping[str, int] = {"texture": 3}
+
+
+def sample_recipes(donors: Sequence[DonorInfo], factor_names: Sequence[str], n: int,
+                   seed: int, **knobs: object) -> list[Recipe]:
+    """Draw ``n`` reproducible recipes mixing ``factor_names`` from ``donors``.
+
+    ``knobs`` are ``SamplerKnobs`` fields. Needs donors of both groups and at
+    least two people. Recipe ``i`` depends only on (donors, factors, knobs,
+    seed, i), so asking for more recipes later extends the same sequence.
+    """
+    unknown = sorted(set(knobs) - set(SamplerKnobs.__dataclass_fields__))
+    if unknown:
+        raise TypeError(f"unknown recipe knob(s) {unknown}; known: "
+                        f"{', '.join(SamplerKnobs.__dataclass_fields__)}")
+    cfg = SamplerKnobs(**knobs)  # type: ignore[arg-type]
+    factors = tuple(factor_names)
+    if not factors:
+        raise ValueError("factor_names is empty; pass the backbone's factor_names")
+    if len({d.content_hash for d in donors}) != len(donors):
+        raise ValueError("donors contain the same content_hash twice; de-duplicate sources first")
+    groups = {d.group for d in donors}
+    if groups != set(GROUPS):
+        raise ValueError(f"recipes need donors from both groups A and B, got only {sorted(groups)}; "
+                         "add photos to the empty source folder")
+    if len({d.person for d in donors}) < 2:
+        raise ValueError("recipes need at least two different people among the donors")
+    if n < 0:
+        raise ValueError(f"n must be ≥ 0, got {n}")
+    # reproducible regardless of the order the donors arrive in
+    ordered = sorted(donors, key=lambda d: d.content_hash)
+    seeds = np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32) if n else []
+    return [_sample_one(ordered, factors, int(s), cfg) for s in seeds]
+
+
+def _compat_distance(a: DonorInfo, b: DonorInfo, cfg: SamplerKnobs) -> float:
+    app = 0.0
+    if a.appearance and b.appearance:
+        app = float(np.linalg.norm(np.subtract(a.appearance, b.appearance)))
+    return (app + cfg.cluster_penalty * (a.cluster != b.cluster)
+            + abs(a.yaw - b.yaw) / cfg.yaw_tolerance
+            + abs(a.mouth_open - b.mouth_open) / cfg.mouth_tolerance
+            + abs(a.lip_colour - b.lip_colour) / cfg.lip_tolerance
+            + abs(a.beard - b.beard) / cfg.beard_tolerance)
+
+
+def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int,
+                cfg: SamplerKnobs) -> Recipe:
+    rng = np.random.default_rng(seed)
+    # the anchor sets the look: a frontal photo of someone whose appearance
+    # cluster has other people in it (an outlier cannot have compatible donors)
+    cluster_people: dict[int, set[str]] = {}
+    for d in donors:
+        cluster_people.setdefault(d.cluster, set()).add(d.person)
+    frontal = [d for d in donors if d.frontal] or list(donors)
+    anchors = [d for d in frontal if len(cluster_people[d.cluster]) > 1] or frontal
+    people = sorted({d.person for d in anchors})  # every person equally likely
+    person = people[int(rng.integers(len(people)))]
+    photos = [d for d in anchors if d.person == person]
+    anchor = photos[int(rng.integers(len(photos)))]
+    # one photo per person: the one most compatible with the anchor
+    best: dict[str, tuple[float, DonorInfo]] = {}
+    for d in donors:
+        dist = -1.0 if d is anchor else _compat_distance(anchor, d, cfg)
+        if d.person not in best or dist < best[d.person][0]:
+            best[d.person] = (dist, d)
+    ranked = [d for _, d in sorted(best.values(), key=lambda t: (t[0], t[1].content_hash))]
+    # the anchor's photo is the context (hair, head, light): its person gives
+    # no identity factor unless there are too few other people
+    others = ranked[1:]
+    pool = others[:max(cfg.pool_size, min(len(factors), len(others)))]
+    if len(pool) < len(factors):
+        pool = pool + [anchor]
+    for group in GROUPS:  # both groups must be in the pool
+        if not any(d.group == group for d in pool):
+            pool[-1] = next(d for d in ranked if d.group == group)
+    sensitive = [f for f in cfg.sensitive_factors if f in factors]
+    # people who may give sensitive factors: the anchor's cluster, nearest first
+    same = [d for d in pool if d.cluster == anchor.cluster and d.person != anchor.person]
+    near = (same or pool)[:max(cfg.near_size, 1)]
+    primaries = _assign_primaries(pool, near, factors, sensitive, rng)
+    components: dict[str, tuple[tuple[str, float], ...]] = {}
+    for f in factors:
+        prim = primaries[f]
+        source = near if f in sensitive else pool
+        cands = [d for d in source if d.person != prim.person]
+        k = max(1, min(cfg.donors(f), len(cands) + 1))
+        picks = [cands[i] for i in rng.permutation(len(cands))[:k - 1]]
+        components[f] = _weights(prim, picks, cfg.primary_weight, rng)
+    components = _no_universal_donor(components, primaries, factors)
+    return make_recipe(seed, components, cfg.mean_pull, anchor.content_hash)
+
+
+def _assign_primaries(pool: list[DonorInfo], near: list[DonorInfo], factors: tuple[str, ...],
+                      sensitive: list[str], rng: np.random.Generator) -> dict[str, DonorInfo]:
+    """Primary donor per factor.
+
+    Sensitive factors take distinct ``near`` people (repeating them when
+    there are fewer near people than sensitive factors: a woman's eyes on a
+    bearded face look pasted, whatever the identity gain); the other factors
+    take people not used yet (any cluster), then repeat. Never one person for
+    all factors; both groups among the primaries.
+    """
+    near_order = [near[i] for i in rng.permutation(len(near))]
+    chosen: dict[str, DonorInfo] = {}
+    for i, f in enumerate(sensitive):
+        chosen[f] = near_order[i % len(near_order)]
+    used = {d.person for d in chosen.values()}
+    fresh = [d for d in pool if d.person not in used]
+    queue = [fresh[i] for i in rng.permutation(len(fresh))]
+    queue += [d for d in near_order if d.person in used]  # reuse only when people run out
+    rest = [f for f in factors if f not in chosen]
+    for i, f in enumerate(rest):
+        chosen[f] = queue[i % len(queue)]
+    if len(factors) > 1 and len({d.person for d in chosen.values()}) == 1:
+        slot = rest[-1] if rest else factors[-1]
+        chosen[slot] = next(d for d in pool if d.person != chosen[slot].person)
+    for group in GROUPS:
+        if len(factors) > 1 and not any(d.group == group for d in chosen.values()):
+            donor = next(d for d in near_order + queue + pool if d.group == group)
+            # replace a non-sensitive primary whose person is repeated, else the last one
+            slots = [f for f in factors if f not in sensitive] or list(factors)
+            counts = {f: sum(c.person == chosen[f].person for c in chosen.values()) for f in slots}
+            chosen[max(slots, key=lambda f: (counts[f], slots.index(f)))] = donor
+    return {f: chosen[f] for f in factors}
+
+
+def _weights(primary: DonorInfo, others: list[DonorInfo], primary_weight: float,
+             rng: np.random.Generator) -> tuple[tuple[str, float], ...]:
+    if not others:
+        return ((primary.content_hash, 1.0),)
+    rest = (1.0 - primary_weight) * rng.dirichlet(np.full(len(others), 4.0))
+    if rest.max() >= primary_weight:  # the primary must stay the largest share
+        rest = np.full(len(others), (1.0 - primary_weight) / len(others))
+    if rest.max() >= primary_weight:  # primary_weight below 1/k: share equally, primary first
+        share = 1.0 / (len(others) + 1)
+        return tuple((d.content_hash, share) for d in [primary] + others)
+    return ((primary.content_hash, primary_weight),) + tuple(
+        (d.content_hash, float(w)) for d, w in zip(others, rest))
+
+
+def _no_universal_donor(components: dict[str, tuple[tuple[str, float], ...]],
+                        primaries: Mapping[str, DonorInfo],
+                        factors: tuple[str, ...]) -> dict[str, tuple[tuple[str, float], ...]]:
+    """Drop a donor that would take part in every factor from one factor where it
+    is not the primary (re-normalising that factor's weights)."""
+    if len(factors) < 2:
+        return components
+    while True:
+        sets = [{h for h, _ in components[f]} for f in factors]
+        universal = sorted(set.intersection(*sets))
+        if not universal:
+            return components
+        donor = universal[0]
+        slot = next((f for f in factors
+                     if primaries[f].content_hash != donor and len(components[f]) > 1), None)
+        if slot is None:  # only possible if one donor were every factor's primary
+            raise RuntimeError(f"donor {donor[:10]} supplies every factor; recipe sampling bug")
+        kept = [(h, w) for h, w in components[slot] if h != donor]
+        total = sum(w for _, w in kept)
+        components[slot] = tuple((h, w / total) for h, w in kept)
+
+
+def make_recipe(seed: int, components: Mapping[str, Sequence[tuple[str, float]]],
+                mean_pull: float, context_donor: str) -> Recipe:
+    """Build a ``Recipe`` with normalised, rounded weights and its content-hash id.
+
+    ``components[factor]`` lists ``(donor hash, weight)``; weights are
+    normalised to sum to 1 and the primary is the largest (first on ties).
+    """
+    comps: dict[str, tuple[tuple[str, float], ...]] = {}
+    for f, parts in components.items():
+        parts = [(str(h), float(w)) for h, w in parts]
+        if not parts or any(w < 0 or not math.isfinite(w) for _, w in parts):
+            raise ValueError(f"factor {f!r} needs donors with finite, non-negative weights, got {parts}")
+        total = sum(w for _, w in parts)
+        if total <= 0:
+            raise ValueError(f"factor {f!r} has weights summing to {total}")
+        comps[f] = tuple((h, round(w / total, 6)) for h, w in parts)
+    primary = {f: max(parts, key=lambda hw: hw[1])[0] for f, parts in comps.items()}
+    body = {"seed": int(seed), "components": {f: [list(p) for p in comps[f]] for f in sorted(comps)},
+            "mean_pull": round(float(mean_pull), 6), "context_donor": context_donor}
+    recipe_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+    return Recipe(recipe_id=recipe_id, seed=int(seed), components=comps, primary=primary,
+                  mean_pull=body["mean_pull"], context_donor=context_donor)
+
+
+# ----------------------------------------------------------------------- mixing
+
+def mix_factors(recipe: Recipe, factors_by_hash: Mapping[str, Factors],
+                mean: Factors) -> dict[str, np.ndarray]:
+    """Factor vectors of ``recipe``: for each identity factor
+    ``(1 - mean_pull) * sum(w * f_donor) + mean_pull * mean[factor]``; entries
+    whose names start with ``_`` are copied from the context donor.
+    """
+    missing = sorted({h[:10] for h in recipe.donors() if h not in factors_by_hash})
+    if missing:
+        raise KeyError(f"recipe {recipe.recipe_id[:10]} uses donors {missing} that have no factors; "
+                       "decompose those sources first")
+    out: dict[str, np.ndarray] = {}
+    for name, parts in recipe.components.items():
+        if name not in mean:
+            raise KeyError(f"no population mean for factor {name!r}; pass Backbone.population_mean()")
+        target = np.asarray(mean[name], dtype=np.float64)
+        acc = np.zeros_like(target)
+        for donor, weight in parts:
+            vec = np.asarray(factors_by_hash[donor][name], dtype=np.float64)
+            if vec.shape != target.shape:
+                raise ValueError(f"factor {name!r} of donor {donor[:10]} is shaped {vec.shape}, "
+                                 f"the mean is {target.shape}: factors come from different fits")
+            acc += weight * vec
+        out[name] = ((1.0 - recipe.mean_pull) * acc + recipe.mean_pull * target).astype(np.float32)
+    for key, value in factors_by_hash[recipe.context_donor].items():
+        if key.startswith("_"):
+            out[key] = np.asarray(value).copy()
+    return out
