@@ -67,13 +67,10 @@ def test_pyramid_detection_matches_full_resolution_on_shared_faces():
 
 
 @needs_faces
-@pytest.mark.xfail(strict=True, reason="detect.detect_faces shrinks with cv2, which moves dlib's "
-                   "boxes (up to ~5 crop px); switch it to fast_detect.detect_faces_pyramid and "
-                   "drop this marker")
 def test_default_detect_faces_meets_the_landmark_bound():
     # why: the pipeline's default detector should be the exact one
     worst, lost = _worst_error(detect_faces)
-    print(f"cv2-resize detection: worst landmark shift {worst:.3f} crop px, lost {lost}")
+    print(f"default detection: worst landmark shift {worst:.3f} crop px, lost {lost}")
     assert not lost and worst <= TOLERANCE_CROP_PX
 
 

@@ -12,7 +12,7 @@ import hashlib
 import threading
 from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 
@@ -79,5 +79,9 @@ class DlibEncoder:
 
 
 @ENCODERS.register("dlib")
-def _make_dlib(weights_dir: Path | None = None, **_: object) -> DlibEncoder:
-    return DlibEncoder()
+def _make_dlib(weights_dir: Path | None = None, engine: Literal["torch", "dlib"] = "torch",
+               **_: object):
+    """dlib's network: the PyTorch engine by default (parity-tested), dlib's own C++ as reference."""
+    from .dlib_torch import make_dlib_encoder
+
+    return make_dlib_encoder(engine)

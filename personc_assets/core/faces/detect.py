@@ -1,8 +1,9 @@
 """Face detection and 68-point landmarks with dlib (HOG detector).
 
-Detection runs on a copy whose longest side is at most ``detect_max_side``
-pixels (HOG cost grows with area and downscaling loses no face at that size);
-landmarks are then fitted at full resolution inside the scaled-up box.
+Detection runs on a copy shrunk with dlib's own image pyramid to at most
+``DETECT_MAX_SIDE`` pixels (HOG cost grows with area); the boxes map back to
+exactly what a full-resolution run reports (see ``fast_detect``) and the
+landmarks are fitted at full resolution inside them.
 """
 
 from __future__ import annotations
@@ -48,22 +49,29 @@ def _predictor():
 
 def detect_faces(image: np.ndarray, max_side: int = DETECT_MAX_SIDE,
                  upsample: int = 0) -> list[FaceObservation]:
-    """All faces in ``image`` ``[H, W, 3]``, best detector score first."""
-    import cv2
+    """All faces in ``image`` ``[H, W, 3]``, best detector score first.
+
+    Large photos are shrunk with dlib's own pyramid before detection and the
+    boxes mapped back exactly (``fast_detect``), so the result equals a
+    full-resolution run; the 68 landmarks are fitted at full resolution.
+    """
     import dlib
 
     check_image(image)
     h, w = image.shape[:2]
-    scale = min(1.0, max_side / max(h, w))
-    small = image if scale == 1.0 else cv2.resize(
-        image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
-    with _lock:  # dlib objects are not documented as thread-safe
-        rects, scores, _ = _detector().run(small, upsample, 0.0)
-    faces = []
-    for rect, score in sorted(zip(rects, scores), key=lambda rs: -rs[1]):
-        box = tuple(int(round(v / scale)) for v in (rect.left(), rect.top(), rect.right(), rect.bottom()))
-        faces.append(FaceObservation(image, landmarks_in_box(image, box), box, float(score)))
-    return faces
+    if upsample or max(h, w) <= max_side:
+        with _lock:  # dlib objects are not documented as thread-safe
+            rects, scores, _ = _detector().run(image, upsample, 0.0)
+        boxes = [((r.left(), r.top(), r.right(), r.bottom()), s) for r, s in zip(rects, scores)]
+    else:
+        from .fast_detect import full_resolution_box, pyramid_shrink
+
+        small, steps = pyramid_shrink(image, max_side)
+        with _lock:
+            rects, scores, _ = _detector().run(small, 0, 0.0)
+        boxes = [(full_resolution_box(r, steps)[0], s) for r, s in zip(rects, scores)]
+    return [FaceObservation(image, landmarks_in_box(image, box), box, float(score))
+            for box, score in sorted(boxes, key=lambda bs: -bs[1])]
 
 
 def landmarks_in_box(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -13,23 +13,20 @@ that box, so they are identical too.
 
 What this gives up: faces smaller than about ``BOX_SIDE * (6/5)**k`` source
 pixels (they only show at levels below ``k``) — the same faces a plain resize
-to ``max_side`` loses. A plain ``cv2`` resize (``detect.detect_faces``) is
-cheaper but moves the boxes, and the landmarks with them, by up to ~5 px of
-the 256 px aligned crop on ``../shared/faces``.
+to ``max_side`` loses. A plain ``cv2`` resize (what ``detect.detect_faces``
+did before) moved the boxes, and the landmarks with them, by up to ~5 px of
+the 256 px aligned crop on ``../shared/faces``; this is what it uses now.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 from functools import lru_cache
 
 import numpy as np
 
-from ..types import FaceObservation, check_image
-from .detect import DETECT_MAX_SIDE, detect_faces, landmarks_in_box
+from ..types import FaceObservation
+from .detect import DETECT_MAX_SIDE, detect_faces
 
-log = logging.getLogger(__name__)
 
 #: dlib's frontal face detector: pyramid_down(6), 80 px window, 8 px HOG cells.
 PYRAMID_RATE = 6
@@ -39,16 +36,6 @@ _CELL = 8
 #: ``_WINDOW // _CELL`` cells spans ``(cells - 1) * cell + 1`` pixels.
 BOX_SIDE = (_WINDOW // _CELL - 1) * _CELL + 1
 _MAX_LEVELS = 64
-
-_lock = threading.Lock()
-
-
-@lru_cache(maxsize=1)
-def _detector():
-    import dlib
-
-    return dlib.get_frontal_face_detector()
-
 
 @lru_cache(maxsize=1)
 def _pyramid():
@@ -103,24 +90,5 @@ def full_resolution_box(rect, steps: int) -> tuple[tuple[int, int, int, int], bo
 
 def detect_faces_pyramid(image: np.ndarray, max_side: int = DETECT_MAX_SIDE,
                          upsample: int = 0) -> list[FaceObservation]:
-    """All faces in ``image`` ``[H, W, 3]`` as a full-resolution run finds them, best first.
-
-    Detection runs on a copy shrunk by dlib's own pyramid to ``<= max_side``;
-    boxes are mapped to the full image exactly and the 68 landmarks fitted
-    there. With ``upsample > 0`` or a small image, this is ``detect_faces``
-    at full resolution.
-    """
-    check_image(image)
-    h, w = image.shape[:2]
-    if upsample or max(h, w) <= max_side:
-        return detect_faces(image, max_side=max(h, w), upsample=upsample)
-    small, steps = pyramid_shrink(image, max_side)
-    with _lock:  # dlib objects are not documented as thread-safe
-        rects, scores, _ = _detector().run(small, 0, 0.0)
-    faces = []
-    for rect, score in sorted(zip(rects, scores), key=lambda rs: -rs[1]):
-        box, exact = full_resolution_box(rect, steps)
-        if not exact:
-            log.debug("detection %s at the image border: box mapped by best size match", rect)
-        faces.append(FaceObservation(image, landmarks_in_box(image, box), box, float(score)))
-    return faces
+    """``detect.detect_faces``, which shrinks with this module's pyramid (kept as a named entry point)."""
+    return detect_faces(image, max_side=max_side, upsample=upsample)
