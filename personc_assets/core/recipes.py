@@ -163,6 +163,7 @@ def describe_donors(faces: Sequence[SourceFace],
                     factors_by_hash: Mapping[str, Factors] | None = None,
                     labels: Mapping[str, str] | None = None,
                     embeddings: Mapping[str, np.ndarray] | None = None,
+                    classes: Mapping[str, str] | None = None,
                     appearance_factors: Sequence[str] = ("texture",),
                     n_dims: int = 6, n_clusters: int = 2) -> list[DonorInfo]:
     """``DonorInfo`` for each face (in order), for ``sample_recipes``.
@@ -175,6 +176,10 @@ def describe_donors(faces: Sequence[SourceFace],
       the demo photos, two clusters of dlib descriptors separate women from
       men where texture clusters follow lighting and pose. Without them the
       clusters come from the appearance coordinates.
+    * ``classes`` (``{hash: class name}``, e.g. gender labels from
+      ``privacy.attributes.AgeGenderLabeller``) define the clusters outright
+      where given; photos without a class keep the computed cluster, offset
+      so it never equals a named class.
     * ``labels`` override the faces' own labels (e.g. from
       ``persons_from_embeddings``); an unlabelled photo is its own person.
     """
@@ -192,6 +197,10 @@ def describe_donors(faces: Sequence[SourceFace],
                                 "embeddings"), persons, 8)
         clusters = _person_clusters(emb, persons, n_clusters)
         coords = emb
+    if classes:
+        names = sorted({str(v) for v in classes.values()})
+        clusters = np.array([names.index(str(classes[f.content_hash])) if f.content_hash in classes
+                             else len(names) + int(c) for f, c in zip(faces, clusters)])
     marks = [skin_marks(f.aligned, f.landmarks) for f in faces]
     return [DonorInfo(content_hash=f.content_hash, group=f.group, person=p,
                       yaw=round(estimate_yaw(f.landmarks), 4),
@@ -262,6 +271,10 @@ def _person_clusters(coords: np.ndarray, persons: Sequence[str], n_clusters: int
 
 # ---------------------------------------------------------------------- sampling
 
+#: Factors that are pure shape: a strongly turned photo may still give them
+#: (the backbone takes the head turn out); appearance factors avoid such photos.
+SHAPE_FACTORS: tuple[str, ...] = ("geometry", "symmetry")
+
 #: Factors where incompatible donors show at once (beard, make-up, teeth),
 #: most sensitive first: their donors come from the people nearest the anchor.
 SENSITIVE_FACTORS: tuple[str, ...] = ("texture", "mouth", "eyes")
@@ -282,6 +295,8 @@ class SamplerKnobs:
       never fewer than there are factors when that many people exist.
     * ``near_size``: how many of the nearest people may give sensitive factors,
       the context and their co-donors (at least the number of sensitive factors).
+    * ``max_feature_yaw``: photos turned further than this give appearance
+      factors (all but ``SHAPE_FACTORS``) only when no other people are left.
     * ``cluster_penalty`` and the ``*_tolerance`` values: how much a different
       appearance cluster adds to the appearance distance when ranking
       compatibility, and which difference in head turn, mouth openness, lip
@@ -297,6 +312,7 @@ class SamplerKnobs:
     cluster_penalty: float = 2.0
     yaw_tolerance: float = 0.5
     mouth_tolerance: float = 0.15
+    max_feature_yaw: float = 0.45
     lip_tolerance: float = 10.0
     beard_tolerance: float = 0.12
     sensitive_factors: tuple[str, ...] = SENSITIVE_FACTORS
@@ -402,13 +418,17 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
     sensitive = [f for f in cfg.sensitive_factors if f in factors]
     # people who may give sensitive factors: the anchor's cluster, nearest first
     same = [d for d in pool if d.cluster == anchor.cluster and d.person != anchor.person]
+    # strongly turned photos make poor feature donors (foreshortened, half mirrored)
+    same = [d for d in same if abs(d.yaw) <= cfg.max_feature_yaw] or same
     near = (same or pool)[:max(cfg.near_size, 1)]
-    primaries = _assign_primaries(pool, near, factors, sensitive, rng)
+    primaries = _assign_primaries(pool, near, factors, sensitive, rng, cfg.max_feature_yaw)
     components: dict[str, tuple[tuple[str, float], ...]] = {}
     for f in factors:
         prim = primaries[f]
         source = near if f in sensitive else pool
         cands = [d for d in source if d.person != prim.person]
+        if f not in SHAPE_FACTORS:
+            cands = [d for d in cands if abs(d.yaw) <= cfg.max_feature_yaw] or cands
         k = max(1, min(cfg.donors(f), len(cands) + 1))
         picks = [cands[i] for i in rng.permutation(len(cands))[:k - 1]]
         components[f] = _weights(prim, picks, cfg.primary_weight, rng)
@@ -417,7 +437,8 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
 
 
 def _assign_primaries(pool: list[DonorInfo], near: list[DonorInfo], factors: tuple[str, ...],
-                      sensitive: list[str], rng: np.random.Generator) -> dict[str, DonorInfo]:
+                      sensitive: list[str], rng: np.random.Generator,
+                      max_feature_yaw: float = 0.45) -> dict[str, DonorInfo]:
     """Primary donor per factor.
 
     Sensitive factors take distinct ``near`` people (repeating them when
@@ -435,8 +456,13 @@ def _assign_primaries(pool: list[DonorInfo], near: list[DonorInfo], factors: tup
     queue = [fresh[i] for i in rng.permutation(len(fresh))]
     queue += [d for d in near_order if d.person in used]  # reuse only when people run out
     rest = [f for f in factors if f not in chosen]
-    for i, f in enumerate(rest):
-        chosen[f] = queue[i % len(queue)]
+    for f in rest:
+        # appearance factors avoid strongly turned photos while others remain
+        ok = [d for d in queue if f not in SHAPE_FACTORS and abs(d.yaw) <= max_feature_yaw]
+        pick = (ok or queue)[0]
+        chosen[f] = pick
+        queue.remove(pick)
+        queue.append(pick)  # used people go to the back of the queue
     if len(factors) > 1 and len({d.person for d in chosen.values()}) == 1:
         slot = rest[-1] if rest else factors[-1]
         chosen[slot] = next(d for d in pool if d.person != chosen[slot].person)

@@ -13,9 +13,11 @@ two layers so that mixing donors cannot leave colour seams:
   lighting of the others instead of being pasted in.
 
 Lighting is not identity: the broad light field of a face (its Gaussian
-low-pass at ``light_sigma``: skin tone, shading, colour cast of the photo) is
-removed before modelling and supplied at decoding time, normally from the
-photo the face is rendered into, so face and context always share one light.
+low-pass at ``light_sigma``: skin tone, shading, colour cast of the photo)
+and the contrast of everything finer (harsh or soft light, a high-contrast
+black-and-white print) are normalised away before modelling and supplied at
+decoding time, normally from the photo the face is rendered into, so face
+and context always share one light.
 
 Composition: ``T = T_tex + sum_r m_r * (D_r - D_tex) - L_mean + L`` where
 ``D`` is the band-pass detail, ``m_r`` a soft region weight map (1 in the
@@ -26,7 +28,7 @@ decoded with its own light field comes back exactly (up to float rounding).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping
 
 import numpy as np
@@ -165,6 +167,10 @@ class AppearanceModel:
     regions: Mapping[str, Region]
     sigma: float
     light_sigma: float
+    #: typical (person-weighted median) contrast of the sources
+    ref_contrast: float = 1.0
+    #: flat indices of the inner face where contrast is measured (empty: all of ``pixels``)
+    inner: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     @property
     def mean_light(self) -> np.ndarray:
@@ -193,10 +199,22 @@ class AppearanceModel:
         """Light field ``float32 [H, W, 3]`` of a shape-free image (broad low-pass)."""
         return low_pass(self.to_image(self.vector(image)), self.light_sigma)
 
+    def contrast(self, image: np.ndarray) -> float:
+        """RMS of a shape-free image's detail above its light field, over the face."""
+        img = self.to_image(self.vector(image))
+        where = self.inner if self.inner.size else self.pixels
+        det = (img - low_pass(img, self.light_sigma)).reshape(-1, 3)[where]
+        return float(np.sqrt(np.mean(det ** 2)))
+
+    def _gain(self, contrast: float) -> float:
+        return float(np.clip(contrast / max(self.ref_contrast, 1e-6), 0.5, 2.0))
+
     def unlit(self, image: np.ndarray) -> np.ndarray:
-        """The image with its own light field replaced by the mean light field."""
+        """The image with its light field replaced by the mean one and its
+        contrast brought to ``ref_contrast``."""
         img = self.to_image(self.vector(image))  # outside the support: the mean
-        return img - low_pass(img, self.light_sigma) + self.mean_light
+        det = img - low_pass(img, self.light_sigma)
+        return det / self._gain(self.contrast(img)) + self.mean_light
 
     def encode(self, image: np.ndarray) -> dict[str, np.ndarray]:
         """Coefficients ``{"texture": [Kt], region: [Kr]}`` of a shape-free image
@@ -208,9 +226,11 @@ class AppearanceModel:
             out[name] = region.pca.project(det[region.pixels].reshape(-1))
         return out
 
-    def decode(self, coeffs: Mapping[str, np.ndarray], light: np.ndarray | None = None) -> np.ndarray:
+    def decode(self, coeffs: Mapping[str, np.ndarray], light: np.ndarray | None = None,
+               contrast: float | None = None) -> np.ndarray:
         """Shape-free texture ``float32 [H, W, 3]`` from coefficients, lit by ``light``
-        (a light field from ``light()``; ``None`` keeps the mean light)."""
+        (a light field from ``light()``; ``None`` keeps the mean light) with
+        ``contrast`` (from ``contrast()``; ``None`` keeps ``ref_contrast``)."""
         base = self.to_image(self.texture.reconstruct(coeffs["texture"]).astype(np.float32))
         base_detail = self.detail(base).reshape(-1, 3)
         out = base.reshape(-1, 3).copy()
@@ -219,9 +239,8 @@ class AppearanceModel:
             w = region.weights[:, None]
             out[region.pixels] += w * (det - base_detail[region.pixels])
         out = out.reshape(self.size + (3,))
-        if light is not None:
-            out = out - self.mean_light + light
-        return out
+        gain = 1.0 if contrast is None else self._gain(contrast)
+        return (out - self.mean_light) * gain + (self.mean_light if light is None else light)
 
 
 def fit_appearance(textures: np.ndarray, weights: np.ndarray, mean_points: np.ndarray,
@@ -240,7 +259,14 @@ def fit_appearance(textures: np.ndarray, weights: np.ndarray, mean_points: np.nd
     pixels = np.flatnonzero(support.reshape(-1))
     mean_image = np.average(textures, axis=0, weights=weights).astype(np.float32)
     empty = PCA(np.zeros(0), np.zeros((0, 0)), np.zeros(0))
-    model = AppearanceModel(size, pixels, mean_image, empty, {}, float(sigma), float(light_sigma))
+    inner = np.flatnonzero(face_mask(mean_points, size, grow=-0.25).reshape(-1) > 0.0)
+    model = AppearanceModel(size, pixels, mean_image, empty, {}, float(sigma), float(light_sigma),
+                            1.0, inner)
+    contrasts = np.array([model.contrast(t) for t in textures])
+    order = np.argsort(contrasts)
+    ref = float(contrasts[order][np.searchsorted(np.cumsum(weights[order]), 0.5)])
+    model = AppearanceModel(size, pixels, mean_image, empty, {}, float(sigma), float(light_sigma),
+                            ref, inner)
     flat = np.stack([model.vector(model.unlit(t)) for t in textures])
     tex_pca = fit_pca(flat, weights, max_modes)
     details = np.stack([model.detail(model.to_image(f)).reshape(-1, 3) for f in flat])
@@ -251,4 +277,4 @@ def fit_appearance(textures: np.ndarray, weights: np.ndarray, mean_points: np.nd
         regions[name] = Region(rp, mask.reshape(-1)[rp].astype(np.float32),
                                fit_pca(data, weights, max_modes))
     return AppearanceModel(size, pixels, mean_image, tex_pca, regions, float(sigma),
-                           float(light_sigma))
+                           float(light_sigma), ref, inner)

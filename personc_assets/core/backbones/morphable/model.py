@@ -276,6 +276,7 @@ class MorphableBackbone:
             "app_size": np.array(app.size), "app_pixels": app.pixels,
             "app_mean_image": app.mean_image, "app_sigma": np.array(app.sigma),
             "app_light_sigma": np.array(app.light_sigma),
+            "app_ref_contrast": np.array(app.ref_contrast), "app_inner": app.inner,
         }
         pcas = {"sym": shape.sym, "asym": shape.asym, "texture": app.texture}
         pcas.update({f"region_{k}": r.pca for k, r in app.regions.items()})
@@ -319,7 +320,8 @@ class MorphableBackbone:
                    for k in REGION_NAMES}
         self._app = AppearanceModel(tuple(int(v) for v in a["app_size"]), a["app_pixels"],
                                     a["app_mean_image"], pca("texture"), regions,
-                                    float(a["app_sigma"]), float(a["app_light_sigma"]))
+                                    float(a["app_sigma"]), float(a["app_light_sigma"]),
+                                    float(a["app_ref_contrast"]), a["app_inner"])
         self._population = {k: a[f"population_{k}"] for k in self.factor_names}
 
     def state_hash(self) -> str:
@@ -414,7 +416,7 @@ class MorphableBackbone:
         mirrored = cv2.remap(texture, map_x, map_y, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
         # far side: where the nose is nearer the jaw end (yaw < 0: image left)
         t = np.sign(yaw) * (xs - axis) / half_width
-        ramp = np.clip((t - 0.03) / 0.25, 0.0, 1.0)
+        ramp = np.clip((t - 0.15) / 0.30, 0.0, 1.0)  # the nose keeps its own pixels
         ramp = (ramp * ramp * (3.0 - 2.0 * ramp)) * amount  # smoothstep
         w = ramp[None, :, None].astype(np.float32)
         return (1.0 - w) * texture + w * mirrored
@@ -451,9 +453,10 @@ class MorphableBackbone:
         dst = full_points(pts, s)
         ctx_pts = np.asarray(latent["context_points"], np.float64)
         ctx_img = np.asarray(latent["context"], np.float32) / 255.0
-        light = app.light(self._shape_free_float(ctx_img, ctx_pts))
+        ctx_free = self._shape_free_float(ctx_img, ctx_pts)
         texture = app.decode({"texture": latent["texture"], "eyes": eyes[:-1],
-                              "nose": latent["nose"], "mouth": mouth[:-1]}, light)
+                              "nose": latent["nose"], "mouth": mouth[:-1]},
+                             app.light(ctx_free), app.contrast(ctx_free))
         if cfg.fine_detail_gain > 0:
             texture = texture + cfg.fine_detail_gain * detail_layer(texture, cfg.fine_detail_sigma)
         face = warp_image(texture, full_points(self.mean_points(), s), dst, self._triangles)
