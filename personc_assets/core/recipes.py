@@ -277,7 +277,7 @@ SHAPE_FACTORS: tuple[str, ...] = ("geometry", "symmetry")
 
 #: Factors where incompatible donors show at once (beard, make-up, teeth),
 #: most sensitive first: their donors come from the people nearest the anchor.
-SENSITIVE_FACTORS: tuple[str, ...] = ("texture", "mouth", "eyes")
+SENSITIVE_FACTORS: tuple[str, ...] = ("texture", "eyes", "mouth")
 
 
 @dataclass(frozen=True)
@@ -421,7 +421,7 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
     # strongly turned photos make poor feature donors (foreshortened, half mirrored)
     same = [d for d in same if abs(d.yaw) <= cfg.max_feature_yaw] or same
     near = (same or pool)[:max(cfg.near_size, 1)]
-    primaries = _assign_primaries(pool, near, factors, sensitive, rng, cfg.max_feature_yaw)
+    primaries = _assign_primaries(pool, near, anchor, factors, sensitive, rng, cfg.max_feature_yaw)
     components: dict[str, tuple[tuple[str, float], ...]] = {}
     for f in factors:
         prim = primaries[f]
@@ -436,35 +436,38 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
     return make_recipe(seed, components, cfg.mean_pull, anchor.content_hash)
 
 
-def _assign_primaries(pool: list[DonorInfo], near: list[DonorInfo], factors: tuple[str, ...],
-                      sensitive: list[str], rng: np.random.Generator,
+def _assign_primaries(pool: list[DonorInfo], near: list[DonorInfo], anchor: DonorInfo,
+                      factors: tuple[str, ...], sensitive: list[str], rng: np.random.Generator,
                       max_feature_yaw: float = 0.45) -> dict[str, DonorInfo]:
-    """Primary donor per factor.
+    """Primary donor per factor: a different person for every factor while people last.
 
-    Sensitive factors take distinct ``near`` people (repeating them when
-    there are fewer near people than sensitive factors: a woman's eyes on a
-    bearded face look pasted, whatever the identity gain); the other factors
-    take people not used yet (any cluster), then repeat. Never one person for
-    all factors; both groups among the primaries.
+    Sensitive factors (in order) take the ``near`` people, then — when the
+    anchor's cluster has too few — the anchor itself (it already gives the
+    context, so it cannot clash with it), then the next most compatible
+    people. The other factors take people not used yet, appearance factors
+    avoiding strongly turned photos. Both groups end up among the primaries.
     """
     near_order = [near[i] for i in rng.permutation(len(near))]
+    ranked_rest = [d for d in pool if d not in near and d.person != anchor.person]
+    sensitive_queue = near_order + [anchor] + ranked_rest
     chosen: dict[str, DonorInfo] = {}
-    for i, f in enumerate(sensitive):
-        chosen[f] = near_order[i % len(near_order)]
-    used = {d.person for d in chosen.values()}
+    used: set[str] = set()
+    for f in sensitive:
+        pick = next((d for d in sensitive_queue if d.person not in used), sensitive_queue[0])
+        chosen[f] = pick
+        used.add(pick.person)
     fresh = [d for d in pool if d.person not in used]
     queue = [fresh[i] for i in rng.permutation(len(fresh))]
-    queue += [d for d in near_order if d.person in used]  # reuse only when people run out
-    rest = [f for f in factors if f not in chosen]
-    for f in rest:
-        # appearance factors avoid strongly turned photos while others remain
-        ok = [d for d in queue if f not in SHAPE_FACTORS and abs(d.yaw) <= max_feature_yaw]
-        pick = (ok or queue)[0]
+    queue += [d for d in near_order + [anchor] + pool if d.person in used]  # reuse last
+    # appearance factors pick before shape factors, which can take turned photos
+    for f in sorted((f for f in factors if f not in chosen), key=lambda f: f in SHAPE_FACTORS):
+        unused = [d for d in queue if d.person not in used] or queue
+        ok = [d for d in unused if f in SHAPE_FACTORS or abs(d.yaw) <= max_feature_yaw]
+        pick = (ok or unused)[0]
         chosen[f] = pick
-        queue.remove(pick)
-        queue.append(pick)  # used people go to the back of the queue
+        used.add(pick.person)
     if len(factors) > 1 and len({d.person for d in chosen.values()}) == 1:
-        slot = rest[-1] if rest else factors[-1]
+        slot = factors[-1]
         chosen[slot] = next(d for d in pool if d.person != chosen[slot].person)
     for group in GROUPS:
         if len(factors) > 1 and not any(d.group == group for d in chosen.values()):

@@ -194,6 +194,9 @@ class MorphableBackbone:
             name: np.average(np.stack([f[name] for f in factors]), axis=0,
                              weights=weights).astype(np.float32)
             for name in self.factor_names}
+        # from here on run on exactly what save_state writes (float32), so a
+        # saved and reloaded model renders bit-identical images
+        self._load_arrays(self._state_arrays(), "the fitted state")
         log.info("morphable model fitted on %d faces (%d people): shape %d+%d modes, "
                  "texture %d modes, regions %s", len(faces), len(set(map(person_key, faces))),
                  self._shape.sym.n_modes, self._shape.asym.n_modes, self._app.texture.n_modes,
@@ -299,8 +302,16 @@ class MorphableBackbone:
         """Restore a model written by ``save_state`` (config must match)."""
         with np.load(Path(path), allow_pickle=False) as data:
             a = {k: data[k] for k in data.files}
-        if int(a.get("version", -1)) != STATE_VERSION:
+        self._load_arrays(a, str(path))
+
+    def _load_arrays(self, a: Mapping[str, np.ndarray], path: str) -> None:
+        if "version" not in a or int(a["version"]) != STATE_VERSION:
             raise BackboneError(f"{path} is not a morphable state of version {STATE_VERSION}; refit")
+        expected = ["config", "shape_mean", "mean_pose", "triangles", "app_pixels", "texture_basis"]
+        expected += [f"population_{k}" for k in self.factor_names]
+        missing = [k for k in expected if k not in a]
+        if missing:
+            raise BackboneError(f"{path} lacks {missing}: it is damaged or from another backbone; refit")
         saved = [str(s) for s in a["config"]]
         mine = [f"{k}={v!r}" for k, v in sorted(asdict(self.config).items())]
         if saved != mine:

@@ -54,7 +54,8 @@ def triangle_index_map(dst: np.ndarray, triangles: np.ndarray,
     h, w = size
     index = np.full((h, w), -1, dtype=np.int32)
     d = np.asarray(dst, dtype=np.float64)[triangles]
-    area = np.abs(np.cross(d[:, 1] - d[:, 0], d[:, 2] - d[:, 0]))
+    e1, e2 = d[:, 1] - d[:, 0], d[:, 2] - d[:, 0]
+    area = np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
     shift = 4  # sub-pixel vertex precision for the rasteriser
     for t in np.argsort(-area):
         poly = np.round(d[t] * (1 << shift)).astype(np.int32)

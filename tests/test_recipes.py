@@ -1,0 +1,224 @@
+"""The backbone-agnostic recipe sampler and factor mixer."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from personc_assets.core.backbones import FACTOR_NAMES
+from personc_assets.core.recipes import (
+    DonorInfo, SamplerKnobs, describe_donors, estimate_yaw, make_recipe, mix_factors,
+    mouth_openness, persons_from_embeddings, sample_recipes)
+from personc_assets.core.types import SourceFace
+
+
+def donors(n_people: int, photos_per_person: int = 1, turned: int = 0) -> list[DonorInfo]:
+    """Alternating groups; the last ``turned`` people are photographed strongly turned."""
+    out = []
+    for p in range(n_people):
+        for k in range(photos_per_person):
+            out.append(DonorInfo(content_hash=f"h{p:02d}{k}" + "0" * 60, group="AB"[p % 2],
+                                 person=f"p{p}", yaw=0.6 if p >= n_people - turned else 0.01 * k,
+                                 cluster=p % 2, appearance=(float(p % 2), 0.1 * k)))
+    return out
+
+
+def persons(recipe, pool):
+    by_hash = {d.content_hash: d.person for d in pool}
+    return {f: {by_hash[h] for h, _ in parts} for f, parts in recipe.components.items()}
+
+
+def check_rules(recipe, pool, distinct_primaries: bool):
+    by_hash = {d.content_hash: d for d in pool}
+    for f, parts in recipe.components.items():
+        weights = [w for _, w in parts]
+        assert abs(sum(weights) - 1.0) < 1e-5, f
+        assert by_hash[recipe.primary[f]].person == by_hash[max(parts, key=lambda p: p[1])[0]].person
+        assert len({by_hash[h].person for h, _ in parts}) == len(parts), "a person twice in one factor"
+    primaries = [by_hash[recipe.primary[f]] for f in FACTOR_NAMES]
+    assert {d.group for d in primaries} == {"A", "B"}
+    everywhere = set.intersection(*({h for h, _ in parts} for parts in recipe.components.values()))
+    assert not everywhere, "a donor supplies every factor"
+    if distinct_primaries:
+        assert len({d.person for d in primaries}) == len(FACTOR_NAMES)
+
+
+def test_recipes_follow_the_rules_with_enough_people():
+    # why: the product promise: each factor from a different person, A and B both used, no single source
+    pool = donors(8)
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 25, seed=1):
+        check_rules(recipe, pool, distinct_primaries=True)
+
+
+def test_recipes_follow_the_rules_with_three_people():
+    # why: tiny source sets still give valid recipes (repeating primaries, never one donor for all)
+    pool = donors(3)
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 25, seed=2):
+        check_rules(recipe, pool, distinct_primaries=False)
+        assert len({recipe.primary[f] for f in FACTOR_NAMES}) > 1
+
+
+def test_several_photos_of_one_person_count_as_one_person():
+    # why: two photos of the same person in different factors would rebuild that person
+    pool = donors(7, photos_per_person=3)
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 20, seed=3):
+        check_rules(recipe, pool, distinct_primaries=True)
+
+
+def test_sampling_is_reproducible_and_order_independent():
+    # why: a run must be re-creatable from its seed, whatever order the sources were listed in
+    pool = donors(7)
+    a = sample_recipes(pool, FACTOR_NAMES, 5, seed=11)
+    b = sample_recipes(list(reversed(pool)), FACTOR_NAMES, 5, seed=11)
+    assert [r.recipe_id for r in a] == [r.recipe_id for r in b]
+    assert a == b
+    c = sample_recipes(pool, FACTOR_NAMES, 5, seed=12)
+    assert [r.recipe_id for r in a] != [r.recipe_id for r in c]
+    longer = sample_recipes(pool, FACTOR_NAMES, 8, seed=11)
+    assert longer[:5] == a  # asking for more extends the same sequence
+
+
+def test_recipe_id_is_a_content_hash():
+    # why: lineage rows key on recipe_id; equal recipes share it, any change gives a new one
+    parts = {"texture": [("a" * 64, 0.7), ("b" * 64, 0.3)], "eyes": [("b" * 64, 1.0)]}
+    r1 = make_recipe(5, parts, 0.0, "a" * 64)
+    assert r1.recipe_id == make_recipe(5, parts, 0.0, "a" * 64).recipe_id
+    assert r1.recipe_id != make_recipe(5, parts, 0.1, "a" * 64).recipe_id
+    assert r1.recipe_id != make_recipe(5, {**parts, "eyes": [("a" * 64, 1.0)]}, 0.0, "a" * 64).recipe_id
+    assert r1.primary == {"texture": "a" * 64, "eyes": "b" * 64}
+    assert len(r1.recipe_id) == 64
+
+
+def test_context_donor_is_frontal_and_gives_no_identity_factor():
+    # why: the face is rendered into the context photo; a turned one warps badly and its person leaks
+    pool = donors(12, turned=2)
+    by_hash = {d.content_hash: d for d in pool}
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 20, seed=4):
+        context = by_hash[recipe.context_donor]
+        assert context.frontal
+        assert all(context.person not in ps for ps in persons(recipe, pool).values())
+
+
+def test_turned_photos_give_shape_factors_only():
+    # why: foreshortened features of a three-quarter view look pasted on a frontal face
+    pool = donors(9, turned=2)
+    turned = {d.content_hash for d in pool if not d.frontal}
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 20, seed=5):
+        for f in ("texture", "eyes", "nose", "mouth"):
+            assert not {h for h, _ in recipe.components[f]} & turned, f
+
+
+def test_sensitive_factors_come_from_the_anchor_cluster():
+    # why: a bearded donor's mouth on a made-up face is the "montage" look; sensitive factors stay compatible
+    pool = donors(10)
+    by_hash = {d.content_hash: d for d in pool}
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 20, seed=6):
+        cluster = by_hash[recipe.context_donor].cluster
+        for f in ("texture", "eyes", "mouth"):
+            assert all(by_hash[h].cluster == cluster for h, _ in recipe.components[f]), f
+
+
+def test_bad_inputs_say_what_to_fix():
+    # why: a one-group source set or a typo in a knob must fail with the remedy
+    only_a = [dataclasses.replace(d, group="A") for d in donors(5)]
+    with pytest.raises(ValueError, match="both groups"):
+        sample_recipes(only_a, FACTOR_NAMES, 1, seed=0)
+    with pytest.raises(ValueError, match="de-duplicate"):
+        sample_recipes(donors(4) + donors(1), FACTOR_NAMES, 1, seed=0)
+    with pytest.raises(TypeError, match="donors_per_factor"):
+        sample_recipes(donors(4), FACTOR_NAMES, 1, seed=0, donors_per_factr=2)
+    with pytest.raises(ValueError, match="mean_pull"):
+        SamplerKnobs(mean_pull=1.0)
+    with pytest.raises(ValueError, match="group"):
+        DonorInfo("x" * 64, "C", "p")  # type: ignore[arg-type]
+
+
+def test_knobs_change_the_mix():
+    # why: donors_per_factor / primary_weight / mean_pull are the tuning handles; they must act
+    pool = donors(8)
+    r = sample_recipes(pool, FACTOR_NAMES, 1, seed=7, donors_per_factor=3, donors_for={},
+                       primary_weight=0.5, mean_pull=0.2)[0]
+    for f in FACTOR_NAMES:
+        assert len(r.components[f]) in (2, 3)  # 3, minus a donor dropped to avoid a universal donor
+        assert max(w for _, w in r.components[f]) >= 0.5 - 1e-6
+    assert r.mean_pull == 0.2
+    default = sample_recipes(pool, FACTOR_NAMES, 1, seed=7)[0]
+    assert len(default.components["texture"]) == 3 and len(default.components["eyes"]) == 1
+
+
+# ------------------------------------------------------------------------ mixing
+
+def test_mix_is_a_weighted_sum_pulled_toward_the_mean():
+    # why: this formula is what moves identity; reports and ICS recompute it from the recipe
+    a, b = "a" * 64, "b" * 64
+    factors = {a: {"texture": np.array([1.0, 0.0], np.float32), "_context": np.full((2, 2, 3), 7, np.uint8)},
+               b: {"texture": np.array([0.0, 1.0], np.float32), "_context": np.full((2, 2, 3), 9, np.uint8)}}
+    mean = {"texture": np.array([1.0, 1.0], np.float32)}
+    recipe = make_recipe(0, {"texture": [(a, 0.75), (b, 0.25)]}, 0.2, b)
+    mixed = mix_factors(recipe, factors, mean)
+    np.testing.assert_allclose(mixed["texture"], 0.8 * np.array([0.75, 0.25]) + 0.2 * np.array([1.0, 1.0]))
+    assert mixed["texture"].dtype == np.float32
+    assert np.array_equal(mixed["_context"], factors[b]["_context"])  # context is copied whole
+
+
+def test_mix_errors_name_the_problem():
+    # why: factors from another fit or a missing donor must not mix silently
+    a, b = "a" * 64, "b" * 64
+    factors = {a: {"texture": np.zeros(2, np.float32)}}
+    recipe = make_recipe(0, {"texture": [(a, 0.5), (b, 0.5)]}, 0.0, a)
+    with pytest.raises(KeyError, match="bbbbbbbbbb"):
+        mix_factors(recipe, factors, {"texture": np.zeros(2)})
+    factors[b] = {"texture": np.zeros(3, np.float32)}
+    with pytest.raises(ValueError, match="different fits"):
+        mix_factors(recipe, factors, {"texture": np.zeros(2)})
+
+
+# ------------------------------------------------------------------ donor facts
+
+def _face(yaw_shift: float = 0.0, mouth: float = 0.0, label: str = "") -> SourceFace:
+    lm = np.zeros((68, 2), np.float32)
+    lm[:17, 0] = np.linspace(60, 196, 17)
+    lm[:17, 1] = 120 + 60 * np.sin(np.linspace(0, np.pi, 17))
+    lm[27] = (128, 100)
+    lm[8] = (128, 190)
+    lm[30] = (128 + yaw_shift, 140)
+    lm[17:27] = (128, 95)
+    lm[36:48] = (128, 115)
+    lm[48:60] = (128, 165)
+    lm[[61, 62, 63], 1] = 163
+    lm[[65, 66, 67], 1] = 163 + mouth
+    lm[60:68, 0] = 128
+    img = np.full((256, 256, 3), 128, np.uint8)
+    return SourceFace(f"{label}{yaw_shift}{mouth}".ljust(64, "0"), "A", label, "x", img, lm)
+
+
+def test_yaw_and_mouth_openness_estimates():
+    # why: compatibility matching rests on these two landmark measurements
+    assert abs(estimate_yaw(_face().landmarks)) < 1e-6
+    assert estimate_yaw(_face(-30).landmarks) < -0.2  # nose toward the image-left jaw end
+    assert estimate_yaw(_face(30).landmarks) > 0.2
+    assert mouth_openness(_face().landmarks) == 0.0
+    assert mouth_openness(_face(mouth=9).landmarks) == pytest.approx(0.1)
+
+
+def test_describe_donors_uses_labels_and_classes():
+    # why: the pipeline only knows photos; labels/classes it derives must reach the sampler
+    faces = [_face(label="x"), _face(5, label="y"), _face(-5)]
+    info = describe_donors(faces, classes={faces[0].content_hash: "female",
+                                           faces[1].content_hash: "male"})
+    assert [d.person for d in info] == ["x", "y", faces[2].content_hash]
+    assert info[0].cluster != info[1].cluster
+    assert info[2].cluster not in (info[0].cluster, info[1].cluster)  # unnamed keeps its own
+    relabelled = describe_donors(faces, labels={faces[2].content_hash: "x"})
+    assert relabelled[2].person == "x"
+
+
+def test_persons_from_embeddings_links_close_photos():
+    # why: unlabelled sources are grouped into people by the encoder before sampling
+    e = np.array([[1, 0, 0], [0.99, 0.14, 0], [0, 1, 0], [0, 0, 1]], np.float64)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    groups = persons_from_embeddings(["d", "c", "b", "a"], e, tau=0.9)
+    assert groups["d"] == groups["c"] == "c"
+    assert len({groups["b"], groups["a"], groups["c"]}) == 3
