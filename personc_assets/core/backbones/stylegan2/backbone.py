@@ -53,12 +53,13 @@ OFFICIAL_FFHQ_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pret
 
 
 @lru_cache(maxsize=2)
-def _cached_snapshot(path: str, mtime_ns: int, size: int) -> Snapshot:
-    return read_snapshot(Path(path))
+def _cached_snapshot(path: str, mtime_ns: int, size: int) -> tuple[Snapshot, str]:
+    snap = read_snapshot(Path(path))
+    return snap, snap.weights_hash()
 
 
-def load_snapshot(path: Path) -> Snapshot:
-    """``read_snapshot`` with a small cache keyed by path, mtime and size."""
+def load_snapshot(path: Path) -> tuple[Snapshot, str]:
+    """``read_snapshot`` and the weights hash, cached by path, mtime and size."""
     st = Path(path).stat()
     return _cached_snapshot(str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
 
@@ -120,10 +121,10 @@ class StyleGAN2Backbone:
 
     @classmethod
     def from_weights(cls, path: Path | str, device: Device = "auto", **kwargs: Any) -> "StyleGAN2Backbone":
-        snap = load_snapshot(Path(path))
+        snap, digest = load_snapshot(Path(path))
         dev = resolve_device(device)
         log.info("StyleGAN2 %d px from %s (%s) on %s", snap.config.img_resolution, path, snap.source_format, dev)
-        return cls(snap.build(dev), weights_hash=snap.weights_hash(), device=dev,
+        return cls(snap.build(dev), weights_hash=digest, device=dev,
                    source=f"{Path(path).name} ({snap.source_format})", **kwargs)
 
     # -- lifecycle ---------------------------------------------------------

@@ -72,18 +72,20 @@ def ffhq_align(image: np.ndarray, landmarks68: np.ndarray, size: int = 1024,
                transform_size: int | None = None, enable_padding: bool = True) -> FFHQAlignment:
     """Align ``image [H, W, 3]`` (uint8 RGB) the way FFHQ was aligned.
 
-    ``transform_size`` is the supersampled size of the quad transform
-    (the recipe uses 4096 for 1024 px; default ``4 * size``).
+    ``transform_size`` is the supersampled size of the quad transform (the
+    recipe uses 4096 for 1024 px). Default: ``4 * size`` when the face is
+    larger than ``size`` in the source (the supersampling anti-aliases the
+    reduction), else ``size`` (enlarging gains nothing from it).
     """
     import scipy.ndimage
     from PIL import Image
 
     check_image(image)
     lm = check_landmarks(landmarks68)
-    transform_size = transform_size or 4 * size
     quad0 = ffhq_quad(lm)
     quad = quad0.copy()
     qsize = np.hypot(*(quad0[3] - quad0[0]))  # = 2 |x|
+    transform_size = transform_size or (4 * size if qsize > size else size)
     img = Image.fromarray(image)
 
     shrink = int(np.floor(qsize / size * 0.5))
@@ -150,7 +152,7 @@ class ProjectionSettings:
     lr_rampdown: float = 0.25        # fraction of steps to cosine-ramp it down
     pixel_weight: float = 1.0
     identity_weight: float = 0.5     # used only with an identity callable
-    layer_reg: float = 1e-3          # pull of each w toward the mean of its W+ (keeps it near W)
+    layer_reg: float = 0.01          # pull of each w toward the mean of its W+ (mean square; keeps it near W)
     loss_resolution: int = 256       # images are compared at most at this size
     batch_size: int = 8              # images optimised together
 
@@ -237,7 +239,7 @@ def project_w_plus(g: Generator, targets: np.ndarray, settings: ProjectionSettin
                 emb = F.normalize(identity_fn(synth), dim=1)
                 loss = loss + settings.identity_weight * (1 - (emb * tgt_id).sum(dim=1))
             if settings.layer_reg > 0:
-                loss = loss + settings.layer_reg * (w - w.mean(dim=1, keepdim=True)).square().sum(dim=[1, 2])
+                loss = loss + settings.layer_reg * (w - w.mean(dim=1, keepdim=True)).square().mean(dim=[1, 2])
             opt.zero_grad(set_to_none=True)
             loss.sum().backward()
             opt.step()
