@@ -9,7 +9,6 @@ the same run shows the candidates would otherwise have passed.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import duckdb
 import numpy as np

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import numpy as np
 
 from ..atomic import atomic_save_npz, atomic_save_png, load_npz
 from ..faces.demo import prepare_demo_sources
