@@ -153,3 +153,33 @@ def test_no_released_face_without_a_verdict(crashed_and_resumed):
     assert released and all(v == "PASS" for _, v in released)
     on_disk = {str(p) for p in (out / "released").glob("*.png")}
     assert on_disk == {f for f, _ in released}
+
+
+def test_stale_temporary_files_and_orphaned_releases_are_cleared(tmp_path):
+    # why: leftovers of killed runs must not pile up nor pass for released faces — but a concurrent
+    # run's fresh files must survive
+    from personc_assets.core.lineage.store import LineageStore
+    from personc_assets.core.pipeline.config import Workspace
+    from personc_assets.core.pipeline.reaudit import set_aside_orphan_release_files
+    from personc_assets.core.pipeline.sources import remove_stale_temp_files
+
+    ws = Workspace(tmp_path / "out")
+    old_tmp, new_tmp = ws.candidates / ".c1.png.abc.tmp", ws.candidates / ".c2.png.def.tmp"
+    for p in (old_tmp, new_tmp):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half")
+    os.utime(old_tmp, (time.time() - 7200, time.time() - 7200))
+    assert remove_stale_temp_files(ws.root) == 1 and not old_tmp.exists() and new_tmp.exists()
+
+    store = LineageStore.open(ws.db_path)
+    ws.released.mkdir(parents=True)
+    kept, orphan, fresh = (ws.released / f"{n}.png" for n in ("kept", "orphan", "fresh"))
+    for p in (kept, orphan, fresh):
+        Image.new("RGB", (8, 8)).save(p)
+    for p in (kept, orphan):
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    with store.transaction() as tx:
+        tx.upsert("releases", [{"release_id": "kept", "file": str(kept), "status": "released"}])
+    moved = set_aside_orphan_release_files(ws, store)
+    assert moved == [ws.path("orphaned", "orphan.png")]
+    assert sorted(p.name for p in ws.released.glob("*.png")) == ["fresh.png", "kept.png"]

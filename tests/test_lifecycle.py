@@ -179,3 +179,21 @@ def test_reaudit_revokes_a_release_when_a_photo_of_its_nearest_identity_arrives(
     with store.transaction() as tx:
         tx.upsert("releases", [{"release_id": rel["release_id"], "status": "released", "revoked_reason": None}])
     assert store.query("SELECT status FROM releases WHERE release_id = ?", [rel["release_id"]]) == [("revoked",)]
+
+
+def test_manifest_revocations_keep_the_rest_of_the_manifest(tmp_path):
+    # why: the manifest is another component's file; revoking must add to it, never rewrite it
+    from personc_assets.core.pipeline.reaudit import update_manifest_revocations
+
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"run": {"seed": 3}, "releases": {"pc-1": {"file": "a.png"},
+                                                                     "pc-2": {"file": "b.png"}}}))
+    update_manifest_revocations(manifest, [{"release_id": "pc-2", "reason": "reaches tau"}])
+    update_manifest_revocations(manifest, [{"release_id": "pc-1", "reason": "file missing"}])
+    data = json.loads(manifest.read_text())
+    assert data["run"] == {"seed": 3}
+    assert data["releases"]["pc-2"] == {"file": "b.png", "status": "revoked", "revoked_reason": "reaches tau"}
+    assert [r["release_id"] for r in data["revoked"]] == ["pc-1", "pc-2"]
+    manifest.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not an object"):
+        update_manifest_revocations(manifest, [{"release_id": "pc-3", "reason": "x"}])
