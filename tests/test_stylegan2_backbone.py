@@ -288,3 +288,27 @@ def test_registry_factory_loads_a_weights_file(tmp_path, monkeypatch):
         BACKBONES.create("stylegan2", weights_dir=tmp_path / "empty", device="cpu")
     with pytest.raises(TypeError, match="known: weights"):
         BACKBONES.create("stylegan2", weights=pkl, projection_stepz=3)
+
+
+class _MeanColourEncoder:
+    """A stand-in reporting encoder: the (centred) mean colour around the landmarks."""
+
+    name, version, dim, default_tau, tau_rationale = "meancolour", "test", 3, 0.5, "test stand-in"
+
+    def embed(self, faces):
+        out = []
+        for f in faces:
+            x0, y0, x1, y1 = f.box
+            patch = f.image[max(y0, 0):y1 + 1, max(x0, 0):x1 + 1].reshape(-1, 3).astype(np.float32)
+            v = patch.mean(axis=0) - 100.0
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out)
+
+
+def test_reporting_encoder_similarity_is_recorded():
+    """Why: projections record how well the reconstruction keeps the source's identity, using any
+    (non-differentiable) encoder with the source's landmarks mapped into the FFHQ frame."""
+    bb = make_backbone(steps=10, identity_encoder=_MeanColourEncoder())
+    (_, img), = bb.sample_prior(1, seed=2, psi=1.0)
+    proj, = bb.project([as_source(img)])
+    assert -1.0 <= proj.extras["identity_similarity_meancolour"] <= 1.0

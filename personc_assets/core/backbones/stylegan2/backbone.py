@@ -14,6 +14,7 @@ call them under the concurrency pool ``GPU_POOL`` and tags them ``GPU_TAGS``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -264,7 +265,7 @@ class StyleGAN2Backbone:
         if mirror_steps > 0:
             native = images if self.image_size == self.resolution else self._native(w)
             flipped = np.ascontiguousarray(native[:, :, ::-1])
-            settings = ProjectionSettings(**{**self.projection.__dict__, "steps": int(mirror_steps)})
+            settings = dataclasses.replace(self.projection, steps=int(mirror_steps))
             with self._lock:
                 w_mirror = project_w_plus(self.g, flipped, settings, identity_fn=self.identity_fn,
                                           impl=self.impl, w_init=w).w_plus
@@ -291,13 +292,15 @@ def create_stylegan2(weights: Path | str | None = None, device: Device = "auto",
                      precision: Precision = "fp32", output_size: int | None = None,
                      projection_batch: int = 8, loss_resolution: int = 256, projection_lr: float = 0.05,
                      identity_weight: float = 0.5, identity_fn: IdentityFn | None = None,
-                     identity_encoder: Encoder | None = None,
+                     identity_encoder: Encoder | str | None = None,
                      **unknown: Any) -> StyleGAN2Backbone:
     """Factory of the ``stylegan2`` backbone.
 
     ``weights``: a ``.pkl``/``.pt``/``.safetensors`` file; ``None`` looks for
     ``DEFAULT_WEIGHT_NAMES`` in ``weights_dir`` (or ``$PERSONC_WEIGHTS_DIR``).
     ``device``: ``auto`` picks CUDA when available; the CPU always runs fp32.
+    ``identity_encoder``: an ``Encoder`` or a registered encoder name (JSON-friendly
+    for run configs), used to report each reconstruction's identity similarity.
     """
     if unknown:
         raise TypeError(f"unknown stylegan2 backbone options {sorted(unknown)}; known: weights, device, "
@@ -309,6 +312,10 @@ def create_stylegan2(weights: Path | str | None = None, device: Device = "auto",
     elif not Path(weights).is_file():
         raise MissingWeightsError("StyleGAN2 generator", Path(weights),
                                   f"download {OFFICIAL_FFHQ_URL} or give the path of a converted file")
+    if isinstance(identity_encoder, str):
+        from ...encoders import ENCODERS
+
+        identity_encoder = ENCODERS.create(identity_encoder)
     settings = ProjectionSettings(steps=int(projection_steps), lr=projection_lr, identity_weight=identity_weight,
                                   loss_resolution=loss_resolution, batch_size=projection_batch)
     return StyleGAN2Backbone.from_weights(
