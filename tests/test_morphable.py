@@ -55,7 +55,8 @@ def synthetic_face(seed: int, group: str = "A", label: str = "") -> SourceFace:
     brow = rng.uniform(20, 90, 3).tolist()
     for a, b in ((17, 21), (22, 26)):
         cv2.polylines(img, [np.round(pts[a:b + 1]).astype(np.int32)], False, brow, 3)
-    cv2.fillPoly(img, [np.round(pts[48:60]).astype(np.int32)], rng.uniform([140, 40, 40], [220, 110, 110]).tolist())
+    lips = rng.uniform([140, 40, 40], [220, 110, 110]).tolist()
+    cv2.fillPoly(img, [np.round(pts[48:60]).astype(np.int32)], lips)
     img += rng.normal(0, 6, img.shape).astype(np.float32)
     image = np.clip(img, 0, 255).astype(np.uint8)
     return SourceFace(f"{seed:064x}", group, label, f"synthetic-{seed}", image, pts.astype(np.float32))

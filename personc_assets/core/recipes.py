@@ -2,25 +2,37 @@
 
 A *recipe* says, for every identity factor, which donors contribute and with
 what weight, how far the mix is pulled toward the population mean, and which
-donor supplies the non-identity context (hair, background). ``sample_recipes``
-draws recipes that follow PersonC's rules:
+donor supplies the non-identity context (hair, head, background, light).
+``sample_recipes`` draws recipes that follow PersonC's rules:
 
 * each factor's **primary** donor (largest weight) is a different person for
   every factor when there are enough people;
 * the primaries include at least one donor of group A and one of group B;
-* no donor (and, where possible, no person) takes part in every factor;
-* beyond its primary, each factor mixes several other people (k-Same style)
-  and the mix is pulled toward the population mean, so the result is moved
-  away from every donor by construction rather than re-arranging donors.
+* no donor takes part in every factor;
+* the context donor gives no identity factor unless people run out.
 
-Donors are matched for compatibility (appearance cluster, head turn, mouth
-openness) around a randomly chosen *anchor*, because averaging a bearded face
-with a made-up one or an open smile with a closed mouth gives broken-looking
-faces. Everything is seeded: the same inputs and seed give the same recipes
-(and the same ``recipe_id``, a content hash).
+Donors are matched for compatibility around a randomly chosen *anchor* (whose
+photo becomes the context): the factors where a mismatch shows at once
+(texture, eyes, mouth) come from people of the anchor's appearance cluster
+(gender labels or face-descriptor clusters), near in appearance, lip colour,
+beard shade and mouth openness; strongly turned and black-and-white photos
+give shape factors only. Averaging a bearded face with a made-up one or an
+open smile with a closed mouth gives broken-looking faces.
 
-``mix_factors`` turns a recipe into factor vectors ready for
-``Backbone.compose``.
+Measured with the dlib guard (cosine, tau 0.90) on ../shared/faces and the
+demo photos: the person-weighted population *mean* face is itself 0.90-0.94
+similar to several sources (averages sit at the centre of the descriptor
+space), and every extra donor averaged into a factor moved candidates toward
+that centre (pass rate fell from about 25% to 0-10%). So by default only the
+``texture`` factor mixes several people (k-Same style, hiding whose skin it
+is), the other factors take one person each, and ``mean_pull`` is 0; the
+knobs allow more mixing and a pull (or, negative, a push) relative to the
+mean. The guard decides: expect roughly one candidate in three to five to
+pass at tau 0.90 with seven source people.
+
+Everything is seeded: the same inputs and seed give the same recipes (and the
+same ``recipe_id``, a content hash). ``mix_factors`` turns a recipe into factor
+vectors ready for ``Backbone.compose``.
 """
 
 from __future__ import annotations
@@ -38,6 +50,9 @@ from .types import GROUPS, Factors, Group, Recipe, SourceFace
 #: Head turn estimate (see ``estimate_yaw``) above which a photo counts as "turned":
 #: it may still donate, but never the context and only when frontal donors run out.
 TURNED_YAW = 0.20
+#: Cheek chroma (Lab, 0..255 scale) below which a photo counts as black and white;
+#: colour photos measured 15-46 on ../shared/faces and the demo photos, the grey one 0.
+MONOCHROME_CHROMA = 4.0
 
 
 # ------------------------------------------------------------------ donor facts
@@ -75,14 +90,17 @@ def _region_lab(lab: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return inside.mean(axis=0) if len(inside) else np.full(3, np.nan)
 
 
-def skin_marks(image: np.ndarray, landmarks: np.ndarray) -> tuple[float, float]:
-    """(lip colour, beard shade) of a face ``[H, W, 3]`` RGB with dlib-68 ``landmarks``.
+def skin_marks(image: np.ndarray, landmarks: np.ndarray) -> tuple[float, float, float]:
+    """(lip colour, beard shade, colourfulness) of a face ``[H, W, 3]`` RGB with
+    dlib-68 ``landmarks``.
 
     *Lip colour*: redness (Lab a*, 0..255 scale) of the lips minus that of the
     cheeks — high with lipstick. *Beard shade*: how much darker the upper lip
     and chin are than the cheeks, relative to the cheeks — high with a beard
     or stubble. Mixing donors far apart on either gives the "lipstick on a
-    bearded face" look, so the sampler matches donors on them.
+    bearded face" look, so the sampler matches donors on them. *Colourfulness*:
+    chroma of the cheeks (Lab, 0..255 scale); near 0 for a black-and-white photo,
+    whose hard studio light and missing colour make it a poor feature donor.
     """
     import cv2
 
@@ -95,8 +113,9 @@ def skin_marks(image: np.ndarray, landmarks: np.ndarray) -> tuple[float, float]:
                         _region_lab(lab, lm[[57, 7, 8, 9]])], axis=0)
     lip_colour = float(lips[1] - cheek[1])
     beard = float((cheek[0] - below[0]) / max(cheek[0], 1.0))
-    return (0.0 if not np.isfinite(lip_colour) else lip_colour,
-            0.0 if not np.isfinite(beard) else beard)
+    chroma = float(np.hypot(cheek[1] - 128.0, cheek[2] - 128.0))
+    lip_colour, beard, chroma = (v if np.isfinite(v) else 0.0 for v in (lip_colour, beard, chroma))
+    return lip_colour, beard, chroma
 
 
 @dataclass(frozen=True)
@@ -117,6 +136,7 @@ class DonorInfo:
     mouth_open: float = 0.0
     lip_colour: float = 0.0
     beard: float = 0.0
+    colourful: float = 20.0
     cluster: int = 0
     appearance: tuple[float, ...] = ()
 
@@ -127,6 +147,10 @@ class DonorInfo:
     @property
     def frontal(self) -> bool:
         return abs(self.yaw) < TURNED_YAW
+
+    def good_feature_donor(self, max_yaw: float) -> bool:
+        """Not strongly turned and not a black-and-white photo."""
+        return abs(self.yaw) <= max_yaw and self.colourful >= MONOCHROME_CHROMA
 
 
 def persons_from_embeddings(hashes: Sequence[str], embeddings: np.ndarray,
@@ -205,7 +229,7 @@ def describe_donors(faces: Sequence[SourceFace],
     return [DonorInfo(content_hash=f.content_hash, group=f.group, person=p,
                       yaw=round(estimate_yaw(f.landmarks), 4),
                       mouth_open=round(mouth_openness(f.landmarks), 4),
-                      lip_colour=round(m[0], 3), beard=round(m[1], 4),
+                      lip_colour=round(m[0], 3), beard=round(m[1], 4), colourful=round(m[2], 3),
                       cluster=int(c), appearance=tuple(round(float(v), 4) for v in a))
             for f, p, c, a, m in zip(faces, persons, clusters, coords, marks)]
 
@@ -295,8 +319,9 @@ class SamplerKnobs:
       never fewer than there are factors when that many people exist.
     * ``near_size``: how many of the nearest people may give sensitive factors,
       the context and their co-donors (at least the number of sensitive factors).
-    * ``max_feature_yaw``: photos turned further than this give appearance
-      factors (all but ``SHAPE_FACTORS``) only when no other people are left.
+    * ``max_feature_yaw``: photos turned further than this (and black-and-white
+      photos) give appearance factors (all but ``SHAPE_FACTORS``) only when no
+      other people are left.
     * ``cluster_penalty`` and the ``*_tolerance`` values: how much a different
       appearance cluster adds to the appearance distance when ranking
       compatibility, and which difference in head turn, mouth openness, lip
@@ -418,8 +443,9 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
     sensitive = [f for f in cfg.sensitive_factors if f in factors]
     # people who may give sensitive factors: the anchor's cluster, nearest first
     same = [d for d in pool if d.cluster == anchor.cluster and d.person != anchor.person]
-    # strongly turned photos make poor feature donors (foreshortened, half mirrored)
-    same = [d for d in same if abs(d.yaw) <= cfg.max_feature_yaw] or same
+    # strongly turned (foreshortened, half mirrored) and black-and-white photos make
+    # poor feature donors
+    same = [d for d in same if d.good_feature_donor(cfg.max_feature_yaw)] or same
     near = (same or pool)[:max(cfg.near_size, 1)]
     primaries = _assign_primaries(pool, near, anchor, factors, sensitive, rng, cfg.max_feature_yaw)
     components: dict[str, tuple[tuple[str, float], ...]] = {}
@@ -428,7 +454,7 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
         source = near if f in sensitive else pool
         cands = [d for d in source if d.person != prim.person]
         if f not in SHAPE_FACTORS:
-            cands = [d for d in cands if abs(d.yaw) <= cfg.max_feature_yaw] or cands
+            cands = [d for d in cands if d.good_feature_donor(cfg.max_feature_yaw)] or cands
         k = max(1, min(cfg.donors(f), len(cands) + 1))
         picks = [cands[i] for i in rng.permutation(len(cands))[:k - 1]]
         components[f] = _weights(prim, picks, cfg.primary_weight, rng)
@@ -462,7 +488,7 @@ def _assign_primaries(pool: list[DonorInfo], near: list[DonorInfo], anchor: Dono
     # appearance factors pick before shape factors, which can take turned photos
     for f in sorted((f for f in factors if f not in chosen), key=lambda f: f in SHAPE_FACTORS):
         unused = [d for d in queue if d.person not in used] or queue
-        ok = [d for d in unused if f in SHAPE_FACTORS or abs(d.yaw) <= max_feature_yaw]
+        ok = [d for d in unused if f in SHAPE_FACTORS or d.good_feature_donor(max_feature_yaw)]
         pick = (ok or unused)[0]
         chosen[f] = pick
         used.add(pick.person)

@@ -6,7 +6,7 @@ shape-free texture model) built from the source faces themselves.
 Latent of one face (all ``float32`` unless noted)::
 
     geometry        [Ks]       symmetric shape PCA coefficients, neutralised: mouth
-                               opening and head turn taken out (see below)
+                               opening, lid aperture and head turn taken out
     symmetry        [Ka]       antisymmetric shape PCA coefficients, head turn taken out
     texture         [Kt]       shape-free texture PCA coefficients (frontalised)
     nose            [Kn]       nose region PCA coefficients
@@ -31,18 +31,20 @@ belongs to the context donor, whose photo the face is rendered into. For
 turned faces the far, foreshortened half of the shape-free texture is filled
 from the mirrored near half (``mirror_fill_*`` knobs).
 
-Rendering (``synthesize``): decode the shape, decode the shape-free texture
-and warp it once onto the shape; warp the context photo onto the same shape
-(its own landmarks + forehead + crop-border points, so hair and background
-follow the new outline without tearing); shift the context's skin colour
-near the face toward the new face; then join face and context with a
-multi-band blend over a soft face mask.
+Rendering (``synthesize``): decode the shape; decode the shape-free texture,
+lit with the light field and contrast of the context photo (see
+``appearance``), and warp it once onto the shape; warp the context photo onto
+the same shape (its own landmarks + forehead + crop-border points, so hair
+and background follow the new outline without tearing); shift the context's
+remaining low-frequency colour near the face toward the new face; then join
+face and context with a multi-band (Laplacian pyramid) blend over a soft face
+mask. Each pixel of the face is resampled twice from the aligned crop
+(to the mean frame, then onto the new shape), the context once.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -55,8 +57,8 @@ from ...types import Latent, SourceFace, check_image, check_landmarks
 from ..base import BACKBONES, FACTOR_NAMES, BackboneError, Projection
 from .appearance import REGION_NAMES, AppearanceModel, Region, face_mask, fit_appearance, interocular
 from .blend import detail_layer, laplacian_blend, soft_light_match, to_uint8
-from .shape import (EYE_DIRECTION, MOUTH_DIRECTION, PCA, eye_aperture, inner_lip_gap, ShapeModel, apply_pose, fit_shape_model, full_points,
-                    uncross_lips)
+from .shape import (EYE_DIRECTION, MOUTH_DIRECTION, PCA, ShapeModel, apply_pose, eye_aperture,
+                    fit_shape_model, full_points, inner_lip_gap, uncross_lips)
 from .warp import triangulate, warp_image
 
 log = logging.getLogger(__name__)
@@ -203,7 +205,9 @@ class MorphableBackbone:
                  {k: r.pca.n_modes for k, r in self._app.regions.items()})
 
     def _fit_expression(self, enc: list, points: np.ndarray, weights: np.ndarray) -> None:
-        """Regress head-turn effects on the shape coefficients (weighted ridge)."""
+        """Shape-coefficient directions of mouth opening and lid aperture (fixed
+        displacements, projected) and of head turn (weighted ridge regression on
+        the sources' yaw: antisymmetric ~ yaw, symmetric ~ yaw^2)."""
         shape, ridge = self._shape, self.config.yaw_ridge
         zero = shape.sym.project(np.zeros(MOUTH_DIRECTION.size))
         self._geo_mouth = shape.sym.project(MOUTH_DIRECTION.reshape(-1)) - zero
@@ -275,7 +279,8 @@ class MorphableBackbone:
             "config": np.array([f"{k}={v!r}" for k, v in sorted(asdict(self.config).items())]),
             "shape_mean": shape.mean, "mean_pose": self._mean_pose,
             "triangles": self._triangles,
-            "geo_mouth": self._geo_mouth, "geo_eyes": self._geo_eyes, "geo_yaw2": self._geo_yaw2, "sym_yaw": self._sym_yaw,
+            "geo_mouth": self._geo_mouth, "geo_eyes": self._geo_eyes,
+            "geo_yaw2": self._geo_yaw2, "sym_yaw": self._sym_yaw,
             "app_size": np.array(app.size), "app_pixels": app.pixels,
             "app_mean_image": app.mean_image, "app_sigma": np.array(app.sigma),
             "app_light_sigma": np.array(app.light_sigma),
