@@ -8,7 +8,8 @@ latents) it measures, at each batch size,
   backward to W+, Adam step — the inner loop of ``project_w_plus``);
 
 through ``impl="fast"`` and ``impl="reference"`` (plain unfused ops) in the
-same run, checks that both paths give the same images, and reports each
+same run, checks that both paths agree (synthesis: the images; projection:
+the W+ after the measured steps), and reports each
 measurement's peak memory (CPU: peak RSS of a fresh worker process above its
 baseline after building the generator; CUDA: ``max_memory_allocated``).
 
