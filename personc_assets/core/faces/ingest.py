@@ -26,6 +26,7 @@ from typing import Callable, Iterable, Iterator, Mapping, Sequence
 from ..types import GROUPS, Group, SourceFace
 from .align import ALIGNED_SIZE, align_face
 from .detect import detect_faces
+from ..atomic import atomic_save_npz, atomic_save_png
 from .loading import ImageRejected, decode_image
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ class IngestJob:
     label: str
     problem: str | None
     min_face_px: int
+    aligned_dir: str | None = None  # where the worker writes the aligned crop (see ``save_aligned``)
 
 
 def process_job(job: IngestJob) -> Accepted | Quarantined:
@@ -186,7 +188,10 @@ def process_job(job: IngestJob) -> Accepted | Quarantined:
     if job.problem:
         return Quarantined(job.path, job.group, "outside_source_dir", job.problem)
     try:
-        return _ingest_file(Path(job.path), job.group, job.label, job.min_face_px, ALIGNED_SIZE)
+        accepted = _ingest_file(Path(job.path), job.group, job.label, job.min_face_px, ALIGNED_SIZE)
+        if job.aligned_dir:
+            save_aligned(accepted.face, Path(job.aligned_dir))
+        return accepted
     except ImageRejected as exc:
         log.info("quarantined %s: %s", job.path, exc)
         return Quarantined(job.path, job.group, exc.code, exc.reason)
@@ -195,7 +200,21 @@ def process_job(job: IngestJob) -> Accepted | Quarantined:
         return Quarantined(job.path, job.group, "error", f"{type(exc).__name__}: {exc}")
 
 
-def plan_jobs(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX) -> list[IngestJob]:
+def save_aligned(face: SourceFace, folder: Path) -> Path:
+    """Write ``<hash>.npz`` (crop and landmarks) and a ``<hash>.png`` preview once; returns the ``.npz``.
+
+    Done by the worker that aligned the face, so compression and fsync run in
+    parallel instead of queueing in the process that consumes the stream.
+    """
+    npz = Path(folder) / f"{face.content_hash}.npz"
+    if not npz.exists():
+        atomic_save_npz(npz, image=face.aligned, landmarks=face.landmarks)
+        atomic_save_png(npz.with_suffix(".png"), face.aligned)
+    return npz
+
+
+def plan_jobs(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX,
+              aligned_dir: Path | None = None) -> list[IngestJob]:
     """Every file of each group's folder as a job, in a stable order."""
     for group in folders:
         if group not in GROUPS:
@@ -205,7 +224,8 @@ def plan_jobs(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX) -> 
         folder = Path(folder)
         if not folder.is_dir():
             raise FileNotFoundError(f"source folder for group {group} does not exist: {folder}")
-        jobs += [IngestJob(str(p), group, label_for(p, folder), problem, min_face_px)
+        jobs += [IngestJob(str(p), group, label_for(p, folder), problem, min_face_px,
+                           str(aligned_dir) if aligned_dir else None)
                  for p, problem in list_source_files(folder)]
     return jobs
 
@@ -230,14 +250,16 @@ def default_workers() -> int:
 
 
 def iter_ingest(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX, workers: int | None = None,
-                progress: Progress | None = None) -> Iterator[Outcome]:
+                progress: Progress | None = None, aligned_dir: Path | None = None) -> Iterator[Outcome]:
     """Stream one outcome per file (file order), de-duplicating by content hash.
 
     ``workers`` processes decode and align in parallel (default: one per CPU;
     1 or a handful of files: in this process). At most
     ``WINDOW_PER_WORKER * workers`` files are in flight, so memory stays flat.
+    With ``aligned_dir``, each accepted face is also saved there by the worker
+    that aligned it (``save_aligned``).
     """
-    jobs = plan_jobs(folders, min_face_px)
+    jobs = plan_jobs(folders, min_face_px, aligned_dir)
     workers = default_workers() if workers is None else max(1, int(workers))
     if workers == 1 or len(jobs) < MIN_FILES_FOR_POOL:
         results: Iterator[Accepted | Quarantined] = map(process_job, jobs)

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
-from ..atomic import atomic_save_npz, atomic_save_png, load_npz
+from ..atomic import load_npz
 from ..faces.demo import prepare_demo_sources
-from ..faces.ingest import Accepted, IngestResult, iter_ingest
+from ..faces.ingest import Accepted, IngestResult, iter_ingest, save_aligned
 from ..index import source_set_hash
 from ..lineage.store import LineageStore, now
 from ..types import SourceFace
@@ -123,15 +123,12 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
     folders, demo = source_folders(cfg, ws)
     result = IngestResult()
     entries = []
-    for outcome in iter_ingest(folders, cfg.min_face_px, workers, progress):
+    for outcome in iter_ingest(folders, cfg.min_face_px, workers, progress, aligned_dir=ws.aligned):
         result.add(outcome, keep_faces=False)
         if not isinstance(outcome, Accepted):
             continue
         face = outcome.face
-        npz = ws.aligned / f"{face.content_hash}.npz"
-        if not npz.exists():
-            atomic_save_npz(npz, image=face.aligned, landmarks=face.landmarks)
-            atomic_save_png(ws.aligned / f"{face.content_hash}.png", face.aligned)
+        npz = save_aligned(face, ws.aligned)  # already written by the worker; a no-op check here
         entries.append({"content_hash": face.content_hash, "group": face.group, "label": face.label,
                         "path": face.path, "aligned_path": str(npz), "source_id": face.source_id})
     groups = {e["group"] for e in entries}
