@@ -20,6 +20,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "verify",
     "audit",
     "privacy",
+    "convert",
 )
 
 

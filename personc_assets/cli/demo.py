@@ -46,9 +46,11 @@ def register(subparsers) -> None:
     p.add_argument("--sources-b", type=Path, help="folder of group B photos")
     p.add_argument("--out", type=Path, default=Path("data/out"), help="output folder (default data/out)")
     p.add_argument("--db", type=Path, help="DuckDB file (default OUT/personc.duckdb)")
-    p.add_argument("--max-attempts", type=int, default=8, help="candidates tried per released face")
+    p.add_argument("--max-attempts", type=int, default=20, help="candidates tried per released face (default 20)")
     p.add_argument("--backbone", default="morphable", help="morphable (embedded, default) or stylegan2")
     p.add_argument("--weights", type=Path, help="backbone weights file (stylegan2)")
+    p.add_argument("--backbone-options", default="{}", metavar="JSON",
+                   help='backbone settings as JSON, e.g. \'{"projection_steps": 100, "device": "cuda"}\'')
     p.add_argument("--weights-dir", type=Path, default=Path("weights"), help="folder of encoder weights")
     p.add_argument("--encoders", help="comma-separated encoders (default: every encoder whose weights exist)")
     p.add_argument("--audit-encoders", help="comma-separated encoders that are measured and reported but never "
@@ -72,7 +74,13 @@ def run(args: argparse.Namespace) -> int:
         if folder is not None and not folder.is_dir():
             print(f"personc demo: {flag} {folder} is not a folder", file=sys.stderr)
             return 2
-    options = {}
+    try:
+        options = json.loads(args.backbone_options)
+        if not isinstance(options, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as exc:
+        print(f"personc demo: --backbone-options must be a JSON object ({exc})", file=sys.stderr)
+        return 2
     if args.weights is not None:
         if not args.weights.is_file():
             print(f"personc demo: --weights {args.weights} is not a file", file=sys.stderr)

@@ -17,6 +17,10 @@ DAGSTER_YAML = """\
 # Written by `personc ui`: a project-local Dagster home.
 telemetry:
   enabled: false
+# Steps that run the generator (pool "gpu") never share one GPU: at most one at a time.
+concurrency:
+  pools:
+    default_limit: 1
 """
 
 

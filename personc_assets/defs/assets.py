@@ -9,11 +9,16 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
+from ..core.backbones.stylegan2 import backbone as stylegan2_backbone
 from ..core.lineage.store import LineageStore
 from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
 from .resources import PersonCConfig
 
 GROUP = "personc"
+#: Steps that run the generator (projection, synthesis, regeneration, ICS renders) share one GPU:
+#: they run under the Dagster concurrency pool "gpu" (limit 1 by default, see `personc ui`).
+GPU_POOL = stylegan2_backbone.GPU_POOL
+GPU_TAGS = stylegan2_backbone.GPU_TAGS
 
 
 @contextlib.contextmanager
@@ -58,7 +63,7 @@ def source_images(context: AssetExecutionContext, personc: PersonCConfig,
     })
 
 
-@asset(group_name=GROUP, kinds={"python"}, tags={"personc/device": "gpu-capable"})
+@asset(group_name=GROUP, kinds={"python"}, tags=GPU_TAGS, pool=GPU_POOL)
 def projected_latents(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                       source_images: dict) -> MaterializeResult:
     """Each aligned source face projected into the selected backbone's latent space, with its
@@ -100,7 +105,7 @@ def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, du
         "skipped_encoders": md_table(out["skipped"])})
 
 
-@asset(group_name=GROUP, kinds={"python"}, tags={"personc/device": "gpu-capable"})
+@asset(group_name=GROUP, kinds={"python"}, tags=GPU_TAGS, pool=GPU_POOL)
 def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                          source_images: dict, factor_decompositions: dict,
                          embedding_indexes: dict) -> MaterializeResult:
@@ -115,7 +120,7 @@ def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig,
                                                   "candidates": len(out["candidates"])})
 
 
-@asset(group_name=GROUP, kinds={"python", "duckdb"})
+@asset(group_name=GROUP, kinds={"python", "duckdb"}, tags=GPU_TAGS, pool=GPU_POOL)
 def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                    source_images: dict, factor_decompositions: dict, embedding_indexes: dict,
                    generated_candidates: dict) -> MaterializeResult:
@@ -136,7 +141,7 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
                               for a in out["attempts"]])})
 
 
-@asset(group_name=GROUP, kinds={"python", "html"})
+@asset(group_name=GROUP, kinds={"python", "html"}, tags=GPU_TAGS, pool=GPU_POOL)
 def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                 source_images: dict, factor_decompositions: dict, embedding_indexes: dict,
                 guard_verdicts: dict) -> MaterializeResult:

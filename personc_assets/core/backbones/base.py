@@ -16,9 +16,12 @@ import numpy as np
 from ..registry import Registry
 from ..types import Factors, Latent, SourceFace
 
-#: Identity factor names, in the order reports list them. A backbone may
-#: offer a subset but uses these names for the ones it has.
+#: Identity factor names of the embedded backbone, in the order reports list
+#: them. Other backbones use these names where the factor is the same thing;
+#: a latent-space backbone whose middle layers carry eyes, nose and mouth
+#: together names that group ``LOCAL_FEATURES``.
 FACTOR_NAMES: tuple[str, ...] = ("geometry", "symmetry", "texture", "eyes", "nose", "mouth")
+LOCAL_FEATURES = "local_features"
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class Backbone(Protocol):
     """
 
     name: str
-    #: identity factors this backbone decomposes into (subset of FACTOR_NAMES)
+    #: identity factors this backbone decomposes into (see FACTOR_NAMES)
     factor_names: tuple[str, ...]
     #: side of the square images it synthesizes
     image_size: int

@@ -29,7 +29,7 @@ from ..recipes import mix_factors
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory
-from .indexing import build_encoders, embed_sources, persons_by_embedding, tau_choices
+from .indexing import build_encoders, embed_sources, tau_choices
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
     from PIL import Image
 
     encoders, _ = build_encoders(cfg)
-    factory = CandidateFactory(cfg, ws, sources, factors_summary, persons_by_embedding(store, sources, index_summary))
+    factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
     faces = {f.content_hash: f for f in sources.load_faces()}
     entries = {e["content_hash"]: e for e in sources.entries}
     taus = tau_choices(index_summary)

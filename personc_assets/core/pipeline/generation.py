@@ -25,7 +25,7 @@ from ..recipes import describe_donors, mix_factors, sample_recipes
 from ..types import Candidate, Recipe
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
-from .indexing import persons_by_embedding
+from .indexing import persons_by_embedding, source_embeddings
 from .modeling import BackboneRef
 from .sources import SourceSet
 
@@ -53,14 +53,17 @@ def recipe_json(recipe: Recipe) -> str:
 class CandidateFactory:
     """Makes the candidate for (slot, attempt) from the fitted backbone and source factors."""
 
-    def __init__(self, cfg: RunConfig, ws: Workspace, sources: SourceSet, factors_summary: dict[str, Any],
-                 persons: Mapping[str, str]):
+    def __init__(self, cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
+                 factors_summary: dict[str, Any], index_summary: dict[str, Any]):
         self.cfg, self.ws = cfg, ws
         self.ref = BackboneRef(**factors_summary["backbone"])
         self.backbone = self.ref.load()
         self.factors = {h: load_npz(Path(p)) for h, p in factors_summary["factors"].items()}
         self.mean = load_npz(Path(factors_summary["mean"]))
-        self.donors = describe_donors(sources.load_faces(), self.factors, labels=persons)
+        embeddings = source_embeddings(store, sources, index_summary)
+        persons = persons_by_embedding(embeddings, index_summary["indexes"][0]["tau"])
+        self.donors = describe_donors(sources.load_faces(), self.factors, labels=persons, embeddings=embeddings,
+                                      classes=index_summary.get("source_classes") or None)
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
 
     def recipe(self, slot: int, attempt: int) -> Recipe:
@@ -104,8 +107,7 @@ def generate_first_attempts(cfg: RunConfig, ws: Workspace, store: LineageStore, 
                             factors_summary: dict[str, Any], index_summary: dict[str, Any],
                             run_id: str) -> dict[str, Any]:
     """Attempt 0 of every slot."""
-    persons = persons_by_embedding(store, sources, index_summary)
-    factory = CandidateFactory(cfg, ws, sources, factors_summary, persons)
+    factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
     made = factory.make([(s, 0) for s in range(cfg.num_samples)])
     rows = factory.save(store, made, run_id)
     return {"generation_id": factory.gen_id, "candidates": rows}

@@ -101,21 +101,16 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
         out.append({"encoder": enc.name, "encoder_version": enc.version, "index_path": str(path),
                     "kind": index.manifest.kind, "gating": enc.name not in cfg.audit_encoders,
                     "count": len(faces), "dim": enc.dim, "tau": taus[enc.name].tau, "tau_why": taus[enc.name].why})
-    return {"indexes": out, "skipped": skipped, "source_set_hash": sources.source_set_hash}
+    return {"indexes": out, "skipped": skipped, "source_set_hash": sources.source_set_hash,
+            "source_classes": source_classes(sources)}
 
 
 def tau_choices(index_summary: dict[str, Any]) -> dict[str, TauChoice]:
     return {i["encoder"]: TauChoice(i["encoder"], i["tau"], i["tau_why"]) for i in index_summary["indexes"]}
 
 
-def persons_by_embedding(store: LineageStore, sources: SourceSet, index_summary: dict[str, Any]) -> dict[str, str]:
-    """Group source photos into persons with the first encoder: cosine ≥ its tau links two photos.
-
-    Photos of one person in a flat folder would otherwise count as several
-    people, and mixing "several" donors that are one person keeps that person.
-    """
-    from ..recipes import persons_from_embeddings
-
+def source_embeddings(store: LineageStore, sources: SourceSet, index_summary: dict[str, Any]) -> dict[str, np.ndarray]:
+    """``{content_hash: unit vector}`` of every source under the first encoder (from the cache)."""
     first = index_summary["indexes"][0]
     hashes = sources.hashes()
     found = store.embeddings(first["encoder_version"], hashes)
@@ -123,4 +118,34 @@ def persons_by_embedding(store: LineageStore, sources: SourceSet, index_summary:
     if missing:
         raise RuntimeError(f"{len(missing)} source embeddings for {first['encoder']} are missing from the store; "
                            "re-materialize embedding_indexes")
-    return persons_from_embeddings(hashes, np.stack([np.asarray(found[h], np.float32) for h in hashes]), first["tau"])
+    return {h: np.asarray(found[h], np.float32) for h in hashes}
+
+
+def persons_by_embedding(embeddings: dict[str, np.ndarray], tau: float) -> dict[str, str]:
+    """Group source photos into persons: cosine ≥ ``tau`` links two photos.
+
+    Photos of one person in a flat folder would otherwise count as several
+    people, and mixing "several" donors that are one person keeps that person.
+    """
+    from ..recipes import persons_from_embeddings
+
+    hashes = list(embeddings)
+    return persons_from_embeddings(hashes, np.stack([embeddings[h] for h in hashes]), tau)
+
+
+def source_classes(sources: SourceSet) -> dict[str, str]:
+    """Gender of each source from the bundled age/gender models, or ``{}`` when not installed.
+
+    The recipe sampler keeps texture, eyes and mouth within one class:
+    mixing across sexes is what made faces look broken (beards on made-up faces).
+    """
+    from ..privacy.attributes import AgeGenderLabeller, LabellerUnavailableError
+
+    try:
+        labeller = AgeGenderLabeller()
+    except LabellerUnavailableError as exc:
+        log.warning("donor gender matching off: %s", exc)
+        return {}
+    faces = sources.load_faces()
+    labels = labeller.label([f.aligned for f in faces])
+    return {f.content_hash: a.gender for f, a in zip(faces, labels) if a is not None}

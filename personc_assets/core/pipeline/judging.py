@@ -8,22 +8,23 @@ released as a PNG marked as synthetic.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ..atomic import load_npz
-from ..guard import Guard, GuardMember, Verdict
+from ..guard import REJECT, Guard, GuardMember, Verdict
 from ..index import EmbeddingIndex, IndexManifest
 from ..lineage.store import LineageStore, now
-from ..explain.watermark import embed_watermark, write_marked_png
+from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
 from ..release import release_id_for
 from ..types import Candidate
 from ..versioning import code_version
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory
-from .indexing import build_encoders, persons_by_embedding
+from .indexing import build_encoders
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
     from PIL import Image
 
     guard = build_guard(cfg, index_summary)
-    factory = CandidateFactory(cfg, ws, sources, factors_summary,
-                               persons_by_embedding(store, sources, index_summary))
+    factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
     pending: list[tuple[int, Candidate]] = []
     for row in first["candidates"]:
         recipe = factory.recipe(row["slot"], row["attempt"])
@@ -85,11 +85,14 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
     released: list[dict[str, Any]] = []
     while pending:
         # the guard judges the watermarked pixels: exactly what a release will contain
-        marked = {c.candidate_id: embed_watermark(c.image, release_id_for(c.candidate_id)) for _, c in pending}
-        verdicts = guard.check([(c.candidate_id, marked[c.candidate_id]) for _, c in pending])
+        marked, unmarkable = _watermark_all([c for _, c in pending])
+        verdicts = guard.check([(c.candidate_id, marked.get(c.candidate_id, c.image)) for _, c in pending])
         retry = []
         round_rows, cand_rows, release_rows = [], [], []
         for (slot, cand), verdict in zip(pending, verdicts):
+            if cand.candidate_id in unmarkable:  # a release must carry its watermark: fail closed
+                reason = unmarkable[cand.candidate_id] + ("" if verdict.passed else f"; {verdict.reason}")
+                verdict = replace(verdict, verdict=REJECT, reason=reason)
             verdict = guard.admit(verdict)
             round_rows += verdict_rows(verdict, run_id)
             cand_rows.append({"candidate_id": cand.candidate_id, "verdict": verdict.verdict,
@@ -118,6 +121,17 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
             "audit_leakage_rate": leakage,
             "num_samples": cfg.num_samples, "max_attempts": cfg.max_attempts,
             "pass_rate": sum(a["verdict"] == "PASS" for a in attempts) / max(1, len(attempts))}
+
+
+def _watermark_all(candidates: list[Candidate]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Watermarked pixels per candidate id, and the reason for each candidate that cannot carry one."""
+    marked, unmarkable = {}, {}
+    for c in candidates:
+        try:
+            marked[c.candidate_id] = embed_watermark(c.image, release_id_for(c.candidate_id))
+        except WatermarkError as exc:
+            unmarkable[c.candidate_id] = f"cannot be watermarked: {exc}"
+    return marked, unmarkable
 
 
 def _attempt_summary(slot: int, cand: Candidate, v: Verdict) -> dict[str, Any]:
