@@ -9,6 +9,7 @@ the same run shows the candidates would otherwise have passed.
 
 from __future__ import annotations
 
+import contextlib
 
 import duckdb
 import numpy as np
@@ -61,9 +62,15 @@ class PixelEncoder:
 
 ENCODER_FAULTS = {"test_pixels": None, "test_fault_raise": "raise", "test_fault_nan": "nan",
                   "test_fault_shape": "shape", "test_fault_missing": "missing", "test_fault_stale": "stale"}
-for _name, _fault in ENCODER_FAULTS.items():
-    if _name not in ENCODERS.names():  # the module may be imported twice (pytest rewrites)
-        ENCODERS.register(_name)(lambda _n=_name, _f=_fault, **_: PixelEncoder(_n, _f))
+
+
+@pytest.fixture(scope="module")
+def faulty_encoders():
+    """The test encoders, registered only while this module's tests run (the registry is global)."""
+    with contextlib.ExitStack() as stack:
+        for name, fault in ENCODER_FAULTS.items():
+            stack.enter_context(ENCODERS.temporarily(name, lambda _n=name, _f=fault, **_: PixelEncoder(_n, _f)))
+        yield
 
 #: what each encoder's verdict row must say once its fault is on
 EXPECTED_REASON = {"test_fault_raise": "encoder error: RuntimeError: injected encoder failure",
@@ -77,7 +84,7 @@ JUDGE = ["generated_candidates", "guard_verdicts"]
 
 
 @pytest.fixture(scope="module")
-def faulty_run(tmp_path_factory):
+def faulty_run(tmp_path_factory, faulty_encoders):
     out = tmp_path_factory.mktemp("faults") / "out"
     job = build_definitions(out_dir=str(out), encoders=list(ENCODER_FAULTS), num_samples=1,
                             max_attempts=2, seed=3).resolve_job_def("personc_main")

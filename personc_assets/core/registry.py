@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+import contextlib
+from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -31,6 +32,15 @@ class Registry(Generic[T]):
             return factory
 
         return decorate
+
+    @contextlib.contextmanager
+    def temporarily(self, name: str, factory: Callable[..., T]) -> Iterator[None]:
+        """Register ``factory`` as ``name`` for the duration of a ``with`` block (tests, plug-in trials)."""
+        self.register(name)(factory)
+        try:
+            yield
+        finally:
+            del self._factories[name]
 
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self._factories))
