@@ -44,6 +44,8 @@ class PersonCConfig(ConfigurableResource):
     encoders: list[str] | None = Field(default=None, description="encoders to use; unset: all with weights")
     audit_encoders: list[str] = Field(default_factory=list, description="encoders that are measured and "
                                       "reported (leakage rate) but never gate a release")
+    encoder_options_json: str = Field(default="{}", description="per-encoder options as JSON, e.g. "
+                                      '{"magface": {"arch": "iresnet50"}}')
     weights_dir: str = Field(default="weights", description="folder with user-supplied model files")
     taus: dict[str, float] = Field(default_factory=dict, description="per-encoder tau, e.g. {'dlib': 0.9}")
     bare_tau: float | None = Field(default=None, description="a tau without encoder name: ArcFace cosine "
@@ -62,7 +64,8 @@ class PersonCConfig(ConfigurableResource):
         return RunConfig(out_dir=self.out_dir, sources_a=self.sources_a, sources_b=self.sources_b,
                          backbone=self.backbone, backbone_options=json.loads(self.backbone_options_json),
                          encoders=tuple(self.encoders) if self.encoders else None,
-                         audit_encoders=tuple(self.audit_encoders), weights_dir=self.weights_dir,
+                         audit_encoders=tuple(self.audit_encoders),
+                         encoder_options=json.loads(self.encoder_options_json), weights_dir=self.weights_dir,
                          taus=dict(self.taus), bare_tau=self.bare_tau, target_fmr=self.target_fmr,
                          num_samples=self.num_samples, max_attempts=self.max_attempts,
                          seed=self.seed, min_face_px=self.min_face_px,

@@ -28,7 +28,7 @@ import logging
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -338,9 +338,13 @@ class MagFaceEncoder:
 
 @ENCODERS.register("magface")
 def _make_magface(weights_dir: Path | None = None, model_file: str | Path | None = None,
-                  arch: str | IResNetConfig = "iresnet100", **_: object) -> MagFaceEncoder:
-    """``arch``: a name in ``IRESNET_ARCHS`` or an explicit ``IResNetConfig``."""
-    if isinstance(arch, IResNetConfig):
+                  arch: str | IResNetConfig | Mapping[str, Any] = "iresnet100", **_: object) -> MagFaceEncoder:
+    """``arch``: a name in ``IRESNET_ARCHS``, an ``IResNetConfig``, or its fields as a mapping
+    (JSON-friendly for run configs, e.g. ``{"layers": [1, 1, 1, 1], "widths": [8, 8, 16, 16]}``)."""
+    if isinstance(arch, Mapping):
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in arch.items()}
+        config = IResNetConfig(**fields)
+    elif isinstance(arch, IResNetConfig):
         config = arch
     elif arch in IRESNET_ARCHS:
         config = IRESNET_ARCHS[arch]

@@ -24,6 +24,7 @@ class RunConfig:
     backbone_options: Mapping[str, Any] = field(default_factory=dict)
     encoders: tuple[str, ...] | None = None  # None: every encoder whose weights are present
     audit_encoders: tuple[str, ...] = ()  # measured and reported, never gating
+    encoder_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per encoder factory
     weights_dir: str = "weights"
     taus: Mapping[str, float] = field(default_factory=dict)  # per encoder name
     bare_tau: float | None = None         # ``--tau 0.4``: ArcFace scale
@@ -53,6 +54,7 @@ class RunConfig:
         d = asdict(self)
         d["backbone_options"] = dict(self.backbone_options)
         d["taus"] = dict(self.taus)
+        d["encoder_options"] = {k: dict(v) for k, v in self.encoder_options.items()}
         d["recipe_options"] = dict(self.recipe_options)
         return d
 

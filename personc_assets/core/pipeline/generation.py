@@ -25,7 +25,7 @@ from ..recipes import describe_donors, mix_factors, sample_recipes
 from ..types import Candidate, Recipe
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
-from .indexing import persons_by_embedding, source_embeddings
+from .indexing import person_index, persons_by_embedding, source_embeddings
 from .modeling import BackboneRef
 from .sources import SourceSet
 
@@ -61,7 +61,7 @@ class CandidateFactory:
         self.factors = {h: load_npz(Path(p)) for h, p in factors_summary["factors"].items()}
         self.mean = load_npz(Path(factors_summary["mean"]))
         embeddings = source_embeddings(store, sources, index_summary)
-        persons = persons_by_embedding(embeddings, index_summary["indexes"][0]["tau"])
+        persons = persons_by_embedding(embeddings, person_index(index_summary)["tau"])
         self.donors = describe_donors(sources.load_faces(), self.factors, labels=persons, embeddings=embeddings,
                                       classes=index_summary.get("source_classes") or None)
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)

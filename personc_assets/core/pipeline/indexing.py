@@ -6,6 +6,7 @@ version): an unchanged source is never embedded twice across runs.
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import lru_cache
 from pathlib import Path
@@ -33,15 +34,16 @@ def build_encoders(cfg: RunConfig) -> tuple[list[Encoder], list[dict[str, str]]]
     Loaded once per process and configuration: every step of a run shares the
     same models (and a skipped encoder is logged once, not once per step).
     """
-    encoders, skipped = _load_encoders(cfg.encoders, str(Path(cfg.weights_dir).resolve()))
+    options = json.dumps({k: dict(v) for k, v in cfg.encoder_options.items()}, sort_keys=True)
+    encoders, skipped = _load_encoders(cfg.encoders, str(Path(cfg.weights_dir).resolve()), options)
     return list(encoders), [dict(s) for s in skipped]
 
 
 @lru_cache(maxsize=4)
-def _load_encoders(names: tuple[str, ...] | None, weights_dir: str):
+def _load_encoders(names: tuple[str, ...] | None, weights_dir: str, options_json: str):
     from ..encoders.availability import resolve_encoders
 
-    encoders, skipped = resolve_encoders(names, Path(weights_dir))
+    encoders, skipped = resolve_encoders(names, Path(weights_dir), json.loads(options_json))
     return tuple(encoders), tuple({"encoder": s.name, "reason": s.reason}.items() for s in skipped)
 
 
@@ -109,9 +111,20 @@ def tau_choices(index_summary: dict[str, Any]) -> dict[str, TauChoice]:
     return {i["encoder"]: TauChoice(i["encoder"], i["tau"], i["tau_why"]) for i in index_summary["indexes"]}
 
 
+#: Encoder whose tau says "same person" when grouping source photos into people and matching
+#: donors: dlib's, calibrated on real photos, when it is in the run; else the first encoder.
+PERSON_ENCODER = "dlib"
+
+
+def person_index(index_summary: dict[str, Any]) -> dict[str, Any]:
+    """The index entry of the encoder used to tell people apart among the sources."""
+    by_name = {i["encoder"]: i for i in index_summary["indexes"]}
+    return by_name.get(PERSON_ENCODER, index_summary["indexes"][0])
+
+
 def source_embeddings(store: LineageStore, sources: SourceSet, index_summary: dict[str, Any]) -> dict[str, np.ndarray]:
-    """``{content_hash: unit vector}`` of every source under the first encoder (from the cache)."""
-    first = index_summary["indexes"][0]
+    """``{content_hash: unit vector}`` of every source under the person encoder (from the cache)."""
+    first = person_index(index_summary)
     hashes = sources.hashes()
     found = store.embeddings(first["encoder_version"], hashes)
     missing = [h for h in hashes if h not in found]

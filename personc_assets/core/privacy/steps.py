@@ -52,7 +52,7 @@ def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, s
     faces = tuple(sset.load_faces())
     factors = {h: load_npz(Path(p)) for h, p in factor_decompositions["factors"].items()}
     persons = indexing.persons_by_embedding(indexing.source_embeddings(store, sset, embedding_indexes),
-                                            embedding_indexes["indexes"][0]["tau"])
+                                            indexing.person_index(embedding_indexes)["tau"])
     pop = Population(backbone, ref.state_hash, faces, factors, persons)
     guard = judging.build_guard(cfg, embedding_indexes)
     probe = IdentityProbe([m.encoder for m in guard.members])
