@@ -8,7 +8,6 @@ are L2-normalised so that similarities are cosines.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from functools import lru_cache
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
+from .. import atomic
 from ..faces.detect import dlib_model_path
 from ..types import FaceObservation, check_image, check_landmarks
 from .base import ENCODERS, l2_normalise
@@ -29,14 +29,10 @@ DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 DLIB_DEFAULT_TAU = 0.90
 
 
-@lru_cache(maxsize=4)
+@lru_cache(maxsize=8)
 def file_sha256(path: str) -> str:
-    """sha256 of a (weights) file, cached by path."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """sha256 of a weights file, cached by path: weights are large and hashed once per process."""
+    return atomic.file_sha256(Path(path))
 
 
 def dlib_chip(face: FaceObservation, size: int = CHIP_SIZE,

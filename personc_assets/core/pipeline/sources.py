@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 
-from ..atomic import load_npz
+from ..atomic import file_sha256, load_npz
 from ..faces.demo import prepare_demo_sources
 from ..faces.ingest import Accepted, IngestResult, iter_ingest, save_aligned
 from ..index import source_set_hash
@@ -71,15 +70,12 @@ def source_folders(cfg: RunConfig, ws: Workspace) -> tuple[dict[str, Path], bool
     return folders, False
 
 
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
+def quarantined_file_hash(path: str) -> str:
+    """sha256 of a quarantined file's bytes ("" when it cannot be read: the reason already says why)."""
     try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        return file_sha256(Path(path))
     except OSError:
         return ""
-    return h.hexdigest()
 
 
 #: Temporary files of interrupted atomic writes older than this are removed at
@@ -154,7 +150,7 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
             [[run_id, e["path"], t, e["content_hash"]] for e in entries if e["content_hash"] in known])
         tx.upsert("quarantine", [
             {"path": q.path, "grp": q.group, "code": q.code, "reason": q.reason,
-             "file_sha256": "" if q.code == "outside_source_dir" else file_sha256(q.path), "run_id": run_id,
+             "file_sha256": "" if q.code == "outside_source_dir" else quarantined_file_hash(q.path), "run_id": run_id,
              "seen_at": t} for q in result.quarantined])
         tx.upsert("duplicates", [
             {"path": d.path, "content_hash": d.content_hash, "kept_path": d.kept_path, "run_id": run_id}

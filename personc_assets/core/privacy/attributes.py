@@ -40,7 +40,8 @@ from typing import Literal, Mapping, Sequence
 import numpy as np
 
 from ..types import Factors, check_image
-from .population import FactorScale, Population, person_weights
+from ..backbones.morphable import person_weights
+from .population import FactorScale, Population
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from ..backbones.base import Backbone
+from ..backbones.morphable import person_weights
 from ..encoders.base import Encoder
 from ..faces.loading import pixel_hash
 from ..types import FaceObservation, Factors, SourceFace, check_image
@@ -36,17 +37,6 @@ def _default_locator(image: np.ndarray) -> list[FaceObservation]:
     from ..faces.detect import detect_faces
 
     return detect_faces(image)
-
-
-def person_weights(keys: Sequence[str]) -> np.ndarray:
-    """Weights ``[N]`` summing to 1 where each distinct key (person) counts once."""
-    if not keys:
-        raise ValueError("person_weights needs at least one key")
-    counts: dict[str, int] = {}
-    for k in keys:
-        counts[k] = counts.get(k, 0) + 1
-    w = np.array([1.0 / counts[k] for k in keys], dtype=np.float64)
-    return w / w.sum()
 
 
 @dataclass(frozen=True)
