@@ -24,7 +24,7 @@ def build_definitions(out_dir: str | None = None, db_path: str | None = None, **
         asset_checks=[checks.released_faces_below_tau, checks.released_faces_mix_both_groups],
         jobs=[main_job, sensors.refresh_job],
         schedules=[daily_regeneration],
-        sensors=[sensors.source_folders_changed],
+        sensors=[sensors.source_folders_changed, sensors.record_run_success, sensors.record_run_failure],
         loggers={"progress": progress_logger},
         resources={
             "personc": PersonCConfig(out_dir=out_dir, **config),

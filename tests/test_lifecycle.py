@@ -197,3 +197,32 @@ def test_manifest_revocations_keep_the_rest_of_the_manifest(tmp_path):
     manifest.write_text("[1, 2]")
     with pytest.raises(ValueError, match="not an object"):
         update_manifest_revocations(manifest, [{"release_id": "pc-3", "reason": "x"}])
+
+
+def test_run_status_sensors_record_the_outcome_in_the_runs_table(tmp_path):
+    # why: an operator reading the lineage must tell finished runs from running or killed ones
+    from dagster import DagsterEventType, build_run_status_sensor_context, job, op
+    from dagster_duckdb import DuckDBResource
+
+    from personc_assets.defs.sensors import record_run_failure, record_run_success
+
+    @op
+    def nothing() -> None:
+        pass
+
+    @job
+    def tiny() -> None:
+        nothing()
+
+    db = tmp_path / "personc.duckdb"
+    store = LineageStore.open(db)
+    with DagsterInstance.ephemeral() as instance:
+        result = tiny.execute_in_process(instance=instance)
+        store.begin_run(result.run_id, {"seed": 1})
+        event = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
+        context = build_run_status_sensor_context(
+            sensor_name="record_run_success", dagster_event=event, dagster_instance=instance,
+            dagster_run=instance.get_run_by_id(result.run_id), resources={"duckdb": DuckDBResource(database=str(db))})
+        record_run_success(context)
+    assert store.query("SELECT status, finished_at IS NOT NULL FROM runs") == [("success", True)]
+    assert record_run_failure.default_status == DefaultSensorStatus.RUNNING

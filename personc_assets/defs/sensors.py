@@ -10,9 +10,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from dagster import (AssetExecutionContext, AssetSelection, DefaultSensorStatus, MaterializeResult,
-                     MetadataValue, RunRequest, SensorEvaluationContext, SensorResult, SkipReason, asset,
-                     define_asset_job, multiprocess_executor, sensor)
+from dagster import (AssetExecutionContext, AssetSelection, DagsterRunStatus, DefaultSensorStatus,
+                     MaterializeResult, MetadataValue, RunFailureSensorContext, RunRequest, RunStatusSensorContext,
+                     SensorEvaluationContext, SensorResult, SkipReason, asset, define_asset_job,
+                     multiprocess_executor, run_failure_sensor, run_status_sensor, sensor)
 from dagster_duckdb import DuckDBResource
 
 from ..core.atomic import atomic_write_text
@@ -89,3 +90,18 @@ def source_folders_changed(context: SensorEvaluationContext, personc: PersonCCon
                          tags={"personc/trigger": "source_folders", WORKSPACE_TAG: personc.workspace().root.as_posix(),
                                **{f"personc/{k}": str(len(v)) for k, v in changes.items()}})
     return SensorResult(run_requests=[request], cursor=digest)
+
+
+@run_status_sensor(run_status=DagsterRunStatus.SUCCESS, default_status=DefaultSensorStatus.RUNNING)
+def record_run_success(context: RunStatusSensorContext, duckdb: DuckDBResource) -> None:
+    """Marks the run's row in the lineage ``runs`` table as ``success``."""
+    with lineage(duckdb) as store:
+        store.finish_run(context.dagster_run.run_id, "success")
+
+
+@run_failure_sensor(default_status=DefaultSensorStatus.RUNNING)
+def record_run_failure(context: RunFailureSensorContext, duckdb: DuckDBResource) -> None:
+    """Marks the run's row in the lineage ``runs`` table as ``failure`` (a killed run counts once
+    Dagster's run monitoring has noticed it)."""
+    with lineage(duckdb) as store:
+        store.finish_run(context.dagster_run.run_id, "failure")
