@@ -108,6 +108,9 @@ def run_pipeline(request: DemoRequest) -> DemoResult:
             instance=instance, raise_on_error=False,
             run_config={"loggers": {"progress": {"config": {"total_steps": len(job.nodes)}}}})
         durations = _step_durations(instance, result.run_id, DagsterEventType)
+    from .core.lineage.store import LineageStore
+
+    LineageStore.open(db_path).finish_run(result.run_id, "success" if result.success else "failure")
     total = time.perf_counter() - start
     state = out_dir / "state"
     guard = _read_json(state / "guard_verdicts.json")

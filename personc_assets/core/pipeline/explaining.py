@@ -28,6 +28,7 @@ from ..lineage.store import LineageStore
 from ..recipes import mix_factors
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
+from . import reaudit
 from .generation import CandidateFactory
 from .indexing import build_encoders, embed_sources, tau_choices
 from .sources import SourceSet
@@ -94,6 +95,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
         config_hash=config_hash(cfg.as_dict()),
         sources=dict(Counter(e["group"] for e in sources.entries)))
     manifest_sha = write_manifest(ws.manifest, manifest)
+    reaudit.sync_manifests(store, [ws.root])  # keep revocations recorded by earlier audits
     return {"explained": explained, "manifest": str(ws.manifest), "manifest_sha256": manifest_sha,
             "run_report": str(report_path), "pass_rate": run_report.pass_rate,
             "gallery_markdown": gallery_markdown([(rid, img) for rid, img, _ in gallery])}

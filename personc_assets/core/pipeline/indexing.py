@@ -25,7 +25,7 @@ from .thresholds import calibrated_taus
 
 log = logging.getLogger(__name__)
 
-BATCH = 16
+BATCH = 64  # faces per encoder call and per lineage transaction
 
 
 def build_encoders(cfg: RunConfig) -> tuple[list[Encoder], list[dict[str, str]]]:
@@ -68,6 +68,29 @@ def embed_sources(encoder: Encoder, faces: Sequence[SourceFace], store: LineageS
     return np.stack([np.asarray(cached[h], dtype=np.float32) for h in hashes])
 
 
+def embed_source_set(encoder: Encoder, sources: SourceSet, store: LineageStore, run_id: str,
+                     progress: Callable[[int, int, str], None] | None = None,
+                     batch_size: int = 256) -> np.ndarray:
+    """``[N, D]`` embeddings of every source in order, reading aligned faces one batch at a time.
+
+    Memory holds one batch of faces plus the vectors; cached vectors are not recomputed.
+    """
+    hashes = sources.hashes()
+    cached = store.embeddings(encoder.version, hashes)
+    todo = len(hashes) - len(cached)
+    done = 0
+    for faces in sources.iter_faces(batch_size):
+        missing = [f for f in faces if f.content_hash not in cached]
+        if not missing:
+            continue
+        vectors = embed_sources(encoder, missing, store, run_id)
+        cached.update({f.content_hash: v for f, v in zip(missing, vectors)})
+        done += len(missing)
+        if progress:
+            progress(done, todo, encoder.name)
+    return np.stack([np.asarray(cached[h], dtype=np.float32) for h in hashes])
+
+
 def index_path(ws: Workspace, encoder: Encoder, set_hash: str) -> Path:
     return ws.indexes / f"{encoder.name}-{encoder.version[-12:]}-{set_hash[:12]}.faiss"
 
@@ -76,10 +99,10 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
                   progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
     """Per encoder: embeddings of every source in an exact FAISS index on disk."""
     encoders, skipped = build_encoders(cfg)
-    faces = sources.load_faces()
+    count = len(sources.entries)
     calibrated = {}
     if cfg.target_fmr is not None:
-        calibrated = calibrated_taus(store, {e.name: e.version for e in encoders}, cfg.target_fmr, len(faces))
+        calibrated = calibrated_taus(store, {e.name: e.version for e in encoders}, cfg.target_fmr, count)
         for enc in encoders:
             if enc.name not in calibrated:
                 log.warning("no calibration stored for %s (%s); it keeps its default tau. Run "
@@ -88,21 +111,21 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
     out = []
     for enc in encoders:
         path = index_path(ws, enc, sources.source_set_hash)
-        expect = IndexManifest(enc.name, enc.version, sources.source_set_hash, len(faces), enc.dim)
+        expect = IndexManifest(enc.name, enc.version, sources.source_set_hash, count, enc.dim)
         try:
             index = EmbeddingIndex.load(path, expect)
             log.info("index for %s is up to date: %s", enc.name, path)
         except Exception:
-            vectors = embed_sources(enc, faces, store, run_id, progress)
-            index = EmbeddingIndex.build(enc.name, enc.version, [f.content_hash for f in faces], vectors)
+            vectors = embed_source_set(enc, sources, store, run_id, progress)
+            index = EmbeddingIndex.build(enc.name, enc.version, sources.hashes(), vectors)
             index.save(path)
         with store.transaction() as tx:
             tx.upsert("indexes", [{"encoder": enc.name, "encoder_version": enc.version,
                                       "source_set_hash": sources.source_set_hash, "kind": index.manifest.kind,
-                                      "count": len(faces), "index_path": str(path), "run_id": run_id}])
+                                      "count": count, "index_path": str(path), "run_id": run_id}])
         out.append({"encoder": enc.name, "encoder_version": enc.version, "index_path": str(path),
                     "kind": index.manifest.kind, "gating": enc.name not in cfg.audit_encoders,
-                    "count": len(faces), "dim": enc.dim, "tau": taus[enc.name].tau, "tau_why": taus[enc.name].why})
+                    "count": count, "dim": enc.dim, "tau": taus[enc.name].tau, "tau_why": taus[enc.name].why})
     return {"indexes": out, "skipped": skipped, "source_set_hash": sources.source_set_hash,
             "source_classes": source_classes(sources)}
 
@@ -159,6 +182,8 @@ def source_classes(sources: SourceSet) -> dict[str, str]:
     except LabellerUnavailableError as exc:
         log.warning("donor gender matching off: %s", exc)
         return {}
-    faces = sources.load_faces()
-    labels = labeller.label([f.aligned for f in faces])
-    return {f.content_hash: a.gender for f, a in zip(faces, labels) if a is not None}
+    out = {}
+    for faces in sources.iter_faces():
+        labels = labeller.label([f.aligned for f in faces])
+        out.update({f.content_hash: a.gender for f, a in zip(faces, labels) if a is not None})
+    return out
