@@ -147,6 +147,21 @@ def test_fast_low_pass_matches_reference():
         assert np.abs(low_pass(img, sigma) - low_pass_reference(img, sigma)).max() < 2.0 / 255
 
 
+def test_face_mask_forehead_leaves_the_upper_forehead_to_the_context():
+    # why: donors' fringes lie in the upper forehead of their textures; a lower mask top keeps them out
+    from personc_assets.core.backbones.morphable.appearance import face_mask
+
+    pts = _BASE
+    full, low = face_mask(pts, (256, 256)) > 0.5, face_mask(pts, (256, 256), forehead=0.45) > 0.5
+    assert not (low & ~full).any()  # a subset of the full face
+    top = lambda m: int(np.flatnonzero(m.any(axis=1))[0])  # noqa: E731
+    brow_top = int(pts[17:27, 1].min())
+    assert top(full) < top(low) < brow_top
+    assert (face_mask(pts, (256, 256), forehead=0.0) > 0.5).any(axis=1)[brow_top + 2]
+    with pytest.raises(ValueError, match="face_forehead"):
+        BACKBONES.create("morphable", face_forehead=-0.1)
+
+
 # --------------------------------------------------------------------- backbone
 
 def test_registered_with_known_knobs():

@@ -97,15 +97,19 @@ def region_masks(points: np.ndarray, size: tuple[int, int],
 
 
 def face_mask(points: np.ndarray, size: tuple[int, int], grow: float = 0.0,
-              feather: float = 0.0) -> np.ndarray:
+              feather: float = 0.0, forehead: float = 1.0) -> np.ndarray:
     """Mask ``float32 [H, W]`` of the face: hull of jaw and forehead points.
 
-    ``grow`` (negative shrinks) and ``feather`` are in inter-ocular units.
+    ``grow`` (negative shrinks) and ``feather`` are in inter-ocular units;
+    ``forehead`` scales how far the forehead points sit above the brows
+    (1: the model's forehead points, 0: the brows themselves).
     """
     import cv2
 
     pts = np.asarray(points, np.float64)
-    hull_pts = np.concatenate([pts[:17], forehead_points(pts)])
+    brows = pts[[17, 19, 21, 22, 24, 26]]
+    top = brows + float(forehead) * (forehead_points(pts) - brows)
+    hull_pts = np.concatenate([pts[:17], top])
     hard = _hull_mask(hull_pts, size)
     iod = interocular(pts)
     if grow < 0:

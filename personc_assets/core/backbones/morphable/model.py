@@ -38,8 +38,12 @@ the same shape (its own landmarks + forehead + crop-border points, so hair
 and background follow the new outline without tearing); shift the context's
 remaining low-frequency colour near the face toward the new face; then join
 face and context with a multi-band (Laplacian pyramid) blend over a soft face
-mask. Each pixel of the face is resampled twice from the aligned crop
-(to the mean frame, then onto the new shape), the context once.
+mask that stops short of the upper forehead and the cheek edges, where
+donors' fringes and long hair lie in their textures (``face_grow``,
+``face_forehead``). Context photos may be turned (up to the sampler's
+``context_max_yaw``): the face is drawn in the photo's own pose. Each pixel
+of the face is resampled twice from the aligned crop (to the mean frame,
+then onto the new shape), the context once.
 """
 
 from __future__ import annotations
@@ -86,9 +90,18 @@ class MorphableConfig:
     #: Gaussian sigma (iod) of the light field (skin tone, shading) that faces
     #: take from the photo they are rendered into instead of from their donors
     light_sigma: float = 0.5
-    #: face mask for blending: grown (negative: shrunk) and feathered, in iod
-    face_grow: float = -0.06
+    #: face mask for blending: grown (negative: shrunk) and feathered, in iod.
+    #: Donors' hair over their cheeks and forehead (fringes, long hair) is part
+    #: of their shape-free texture; a smaller face region leaves those parts to
+    #: the context photo (its own hair stays in front), but the context then
+    #: shows more of its person: on the demo photos -0.3 halved the share of
+    #: candidates below tau, -0.1 cost nothing measurable
+    face_grow: float = -0.1
     face_feather: float = 0.10
+    #: how far up the forehead the rendered face reaches, as a fraction of the
+    #: model's forehead points (1) above the brows (0); above it the context
+    #: photo's own forehead and fringe show (no measurable cost in distance)
+    face_forehead: float = 0.45
     #: Laplacian pyramid levels of the face/context blend
     blend_levels: int = 5
     #: how strongly the context's skin colour near the face follows the new face (0..1)
@@ -115,6 +128,8 @@ class MorphableConfig:
             raise ValueError(f"blend_levels must be in 1..8, got {self.blend_levels}")
         if not 0.0 <= self.colour_match <= 1.0:
             raise ValueError(f"colour_match must be in [0, 1], got {self.colour_match}")
+        if not 0.0 <= self.face_forehead <= 1.5:
+            raise ValueError(f"face_forehead must be in [0, 1.5], got {self.face_forehead}")
         if self.detail_sigma <= 0 or self.colour_sigma <= 0 or self.fine_detail_sigma <= 0:
             raise ValueError("detail_sigma, colour_sigma and fine_detail_sigma must be > 0")
         if not 0.0 <= self.mirror_fill_start < self.mirror_fill_full:
@@ -478,10 +493,11 @@ class MorphableBackbone:
         face = warp_image(texture, full_points(self.mean_points(), s), dst, self._triangles)
         context = warp_image(ctx_img, full_points(ctx_pts, s), dst, self._triangles)
         iod = interocular(pts)
-        hard = face_mask(pts, (s, s), grow=cfg.face_grow)
+        hard = face_mask(pts, (s, s), grow=cfg.face_grow, forehead=cfg.face_forehead)
         if cfg.colour_match > 0:
             context = soft_light_match(face, context, hard, cfg.colour_sigma * iod, cfg.colour_match)
-        soft = face_mask(pts, (s, s), grow=cfg.face_grow, feather=cfg.face_feather)
+        soft = face_mask(pts, (s, s), grow=cfg.face_grow, feather=cfg.face_feather,
+                         forehead=cfg.face_forehead)
         out = laplacian_blend(face, context, soft, cfg.blend_levels)
         return to_uint8(out)
 
