@@ -91,14 +91,42 @@ def test_recipe_id_is_a_content_hash():
     assert len(r1.recipe_id) == 64
 
 
-def test_context_donor_is_frontal_and_gives_no_identity_factor():
-    # why: the face is rendered into the context photo; a turned one warps badly and its person leaks
+def test_context_donor_is_not_strongly_turned_and_gives_no_identity_factor():
+    # why: the face is rendered into the context photo; a strongly turned one warps badly and its person leaks
     pool = donors(12, turned=2)
     by_hash = {d.content_hash: d for d in pool}
     for recipe in sample_recipes(pool, FACTOR_NAMES, 20, seed=4):
         context = by_hash[recipe.context_donor]
-        assert context.frontal
+        assert abs(context.yaw) <= SamplerKnobs().context_max_yaw
         assert all(context.person not in ps for ps in persons(recipe, pool).values())
+
+
+def test_moderately_turned_photos_serve_as_context():
+    # why: with two frontal photos (the demo) every face landed in one of two contexts and came out a near-duplicate
+    pool = [dataclasses.replace(d, yaw=0.3 if i >= 2 else 0.0) for i, d in enumerate(donors(8))]
+    contexts = {r.context_donor for r in sample_recipes(pool, FACTOR_NAMES, 60, seed=8)}
+    assert len(contexts) >= 6
+
+
+def test_avoid_contexts_moves_the_context_to_other_people():
+    # why: faces rendered into one photo resemble each other; a slot retried after a release should use another photo
+    pool = donors(8)
+    by_hash = {d.content_hash: d for d in pool}
+    first = sample_recipes(pool, FACTOR_NAMES, 1, seed=9)[0].context_donor
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 30, seed=9, avoid_contexts=[first]):
+        assert by_hash[recipe.context_donor].person != by_hash[first].person
+    everyone = [d.content_hash for d in pool]  # nobody left to move to: the preference is dropped
+    assert len(sample_recipes(pool, FACTOR_NAMES, 3, seed=9, avoid_contexts=everyone)) == 3
+
+
+def test_sensitive_factors_never_fall_back_on_the_context_person():
+    # why: the demo's small clusters made the context person give the eyes, so every face stayed that person
+    pool = donors(6)  # clusters of three people: the context's cluster has only two others
+    by_hash = {d.content_hash: d for d in pool}
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 30, seed=10):
+        context = by_hash[recipe.context_donor].person
+        for f in ("texture", "eyes", "mouth", "nose", "geometry"):
+            assert by_hash[recipe.primary[f]].person != context, f
 
 
 def test_turned_photos_give_shape_factors_only():
@@ -139,13 +167,16 @@ def test_knobs_change_the_mix():
     # why: donors_per_factor / primary_weight / mean_pull are the tuning handles; they must act
     pool = donors(8)
     r = sample_recipes(pool, FACTOR_NAMES, 1, seed=7, donors_per_factor=3, donors_for={},
-                       primary_weight=0.5, mean_pull=0.2)[0]
+                       primary_weight=0.5, mean_pull=0.2, mean_push_spread=0.0)[0]
     for f in FACTOR_NAMES:
         assert len(r.components[f]) in (2, 3)  # 3, minus a donor dropped to avoid a universal donor
         assert max(w for _, w in r.components[f]) >= 0.5 - 1e-6
     assert r.mean_pull == 0.2
     default = sample_recipes(pool, FACTOR_NAMES, 1, seed=7)[0]
-    assert len(default.components["texture"]) == 3 and len(default.components["eyes"]) == 1
+    assert all(len(default.components[f]) == 1 for f in FACTOR_NAMES)  # one person per factor
+    assert -SamplerKnobs().mean_push_spread <= default.mean_pull <= 0.0
+    pulls = {r.mean_pull for r in sample_recipes(pool, FACTOR_NAMES, 5, seed=7, mean_push_spread=0.0)}
+    assert pulls == {0.0}
 
 
 # ------------------------------------------------------------------------ mixing

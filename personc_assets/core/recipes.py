@@ -9,26 +9,30 @@ donor supplies the non-identity context (hair, head, background, light).
   every factor when there are enough people;
 * the primaries include at least one donor of group A and one of group B;
 * no donor takes part in every factor;
-* the context donor gives no identity factor unless people run out.
+* the context donor gives no identity factor unless people run out, and then
+  only a shape factor (``symmetry`` first: its weakest identity cue).
 
-Donors are matched for compatibility around a randomly chosen *anchor* (whose
-photo becomes the context): the factors where a mismatch shows at once
-(texture, eyes, mouth) come from people of the anchor's appearance cluster
-(gender labels or face-descriptor clusters), near in appearance, lip colour,
-beard shade and mouth openness; strongly turned and black-and-white photos
-give shape factors only. Averaging a bearded face with a made-up one or an
-open smile with a closed mouth gives broken-looking faces.
+The context is a colour photo of a person drawn at random, turned at most
+``context_max_yaw`` (the backbone renders the face in that photo's own
+pose). Donors are matched for compatibility around it: the factors where a
+mismatch shows at once (texture, eyes, mouth) come first from people of the
+context's appearance cluster (gender labels or face-descriptor clusters),
+near in appearance, lip colour, beard shade and mouth openness, then from
+the nearest other people — never from the context person while anyone else
+is left; strongly turned and black-and-white photos give shape factors only.
 
-Measured with the dlib guard (cosine, tau 0.90) on ../shared/faces and the
-demo photos: the person-weighted population *mean* face is itself 0.90-0.94
-similar to several sources (averages sit at the centre of the descriptor
-space), and every extra donor averaged into a factor moved candidates toward
-that centre (pass rate fell from about 25% to 0-10%). So by default only the
-``texture`` factor mixes several people (k-Same style, hiding whose skin it
-is), the other factors take one person each, and ``mean_pull`` is 0; the
-knobs allow more mixing and a pull (or, negative, a push) relative to the
-mean. The guard decides: expect roughly one candidate in three to five to
-pass at tau 0.90 with seven source people.
+Measured with the dlib guard (cosine, tau 0.90): averaging more people into a
+factor moves candidates toward the centre of the descriptor space, which is
+itself 0.90-0.95 similar to several sources, so by default every factor
+takes one person and each recipe pushes its mix off the population mean by
+a random amount (``mean_push_spread``), which also makes successive attempts
+differ. On ../shared/faces (one photo per person) about half the candidates
+pass at tau 0.90. Faces rendered into the same context photo resemble each
+other (dlib 0.93-0.98 between them); ``avoid_contexts`` lets a caller steer
+retries away from the photos of faces it already released. With very few
+source people (the six demo faces) every recipe uses nearly every person,
+candidates are near-averages of all of them and only two or three mutually
+distinct faces pass; more source people is the remedy, not more mixing.
 
 Everything is seeded: the same inputs and seed give the same recipes (and the
 same ``recipe_id``, a content hash). ``mix_factors`` turns a recipe into factor
@@ -41,14 +45,14 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
 from .types import GROUPS, Factors, Group, Recipe, SourceFace
 
-#: Head turn estimate (see ``estimate_yaw``) above which a photo counts as "turned":
-#: it may still donate, but never the context and only when frontal donors run out.
+#: Head turn estimate (see ``estimate_yaw``) above which a photo counts as "turned"
+#: (``DonorInfo.frontal``); the context fallback when no photo passes ``context_max_yaw``.
 TURNED_YAW = 0.20
 #: Cheek chroma (Lab, 0..255 scale) below which a photo counts as black and white;
 #: colour photos measured 15-46 on ../shared/faces and the demo photos, the grey one 0.
@@ -300,7 +304,7 @@ def _person_clusters(coords: np.ndarray, persons: Sequence[str], n_clusters: int
 SHAPE_FACTORS: tuple[str, ...] = ("geometry", "symmetry")
 
 #: Factors where incompatible donors show at once (beard, make-up, teeth),
-#: most sensitive first: their donors come from the people nearest the anchor.
+#: most sensitive first: their donors come from the people nearest the context.
 SENSITIVE_FACTORS: tuple[str, ...] = ("texture", "eyes", "mouth")
 
 
@@ -310,12 +314,16 @@ class SamplerKnobs:
     and the dlib guard on ../shared/faces; see the module docstring).
 
     * ``donors_per_factor``: people mixed into each factor, primary included;
-      ``donors_for`` overrides it per factor (default: the ``texture`` mixes
-      3 people, the others 1 — see ``DEFAULT_DONORS_FOR``).
+      ``donors_for`` overrides it per factor (default: one person for every
+      factor — see ``DEFAULT_DONORS_FOR``).
     * ``primary_weight``: the primary's share where a factor mixes people.
     * ``mean_pull``: pull of every mixed factor toward the population mean
-      (negative values push away from it).
-    * ``pool_size``: compatible people (nearest the anchor) a recipe draws from,
+      (negative values push away from it); each recipe subtracts a random
+      amount in ``[0, mean_push_spread)`` from it, so attempts differ
+      continuously and are pushed off the average face.
+    * ``context_max_yaw``: colour photos turned at most this far may be the
+      context (the face is rendered in that photo's pose).
+    * ``pool_size``: compatible people (nearest the context) a recipe draws from,
       never fewer than there are factors when that many people exist.
     * ``near_size``: how many of the nearest people may give sensitive factors,
       the context and their co-donors (at least the number of sensitive factors).
@@ -341,6 +349,8 @@ class SamplerKnobs:
     lip_tolerance: float = 10.0
     beard_tolerance: float = 0.12
     sensitive_factors: tuple[str, ...] = SENSITIVE_FACTORS
+    context_max_yaw: float = 0.5
+    mean_push_spread: float = 0.4
 
     def __post_init__(self) -> None:
         if self.donors_per_factor < 1:
@@ -351,6 +361,11 @@ class SamplerKnobs:
             raise ValueError(f"primary_weight must be in (0, 1], got {self.primary_weight}")
         if not -1.0 < self.mean_pull < 1.0:
             raise ValueError(f"mean_pull must be in (-1, 1), got {self.mean_pull}")
+        if self.context_max_yaw < 0:
+            raise ValueError(f"context_max_yaw must be ≥ 0, got {self.context_max_yaw}")
+        if not 0.0 <= self.mean_push_spread < 1.0 + self.mean_pull:
+            raise ValueError(f"mean_push_spread must be in [0, 1 + mean_pull) so that the pull stays "
+                             f"above -1, got {self.mean_push_spread} with mean_pull {self.mean_pull}")
         if self.pool_size < 2 or self.near_size < 1:
             raise ValueError(f"pool_size must be ≥ 2 and near_size ≥ 1, got "
                              f"{self.pool_size}, {self.near_size}")
@@ -360,20 +375,24 @@ class SamplerKnobs:
         return int(table.get(factor, self.donors_per_factor))
 
 
-#: Default per-factor donor counts: mixing several people's texture hides
-#: whose skin it is; single donors elsewhere keep features crisp (averaging
-#: every factor drifts toward the population mean, which the dlib encoder
-#: finds similar to many people).
-DEFAULT_DONORS_FOR: Mapping[str, int] = {"texture": 3}
+#: Default per-factor donor counts (factors not named take ``donors_per_factor``):
+#: one person per factor. Mixing three people's texture (k-Same style) was the
+#: earlier default; on the demo photos it left 0-10% of candidates below tau
+#: (single texture donor: 15-20%) and on ../shared/faces it made no difference.
+DEFAULT_DONORS_FOR: Mapping[str, int] = {}
 
 
 def sample_recipes(donors: Sequence[DonorInfo], factor_names: Sequence[str], n: int,
-                   seed: int, **knobs: object) -> list[Recipe]:
+                   seed: int, avoid_contexts: Collection[str] = (), **knobs: object) -> list[Recipe]:
     """Draw ``n`` reproducible recipes mixing ``factor_names`` from ``donors``.
 
     ``knobs`` are ``SamplerKnobs`` fields. Needs donors of both groups and at
     least two people. Recipe ``i`` depends only on (donors, factors, knobs,
-    seed, i), so asking for more recipes later extends the same sequence.
+    seed, avoid_contexts, i), so asking for more recipes later extends the
+    same sequence. ``avoid_contexts`` (content hashes, e.g. the context photos
+    of faces already released) steers the context to other people while
+    there are any: faces rendered into one photo share its hair, outline and
+    light, and the guard finds them similar to each other.
     """
     unknown = sorted(set(knobs) - set(SamplerKnobs.__dataclass_fields__))
     if unknown:
@@ -396,7 +415,8 @@ def sample_recipes(donors: Sequence[DonorInfo], factor_names: Sequence[str], n: 
     # reproducible regardless of the order the donors arrive in
     ordered = sorted(donors, key=lambda d: d.content_hash)
     seeds = np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32) if n else []
-    return [_sample_one(ordered, factors, int(s), cfg) for s in seeds]
+    avoid = frozenset(d.person for d in donors if d.content_hash in set(avoid_contexts))
+    return [_sample_one(ordered, factors, int(s), cfg, avoid) for s in seeds]
 
 
 def _compat_distance(a: DonorInfo, b: DonorInfo, cfg: SamplerKnobs) -> float:
@@ -411,98 +431,97 @@ def _compat_distance(a: DonorInfo, b: DonorInfo, cfg: SamplerKnobs) -> float:
 
 
 def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int,
-                cfg: SamplerKnobs) -> Recipe:
+                cfg: SamplerKnobs, avoid: frozenset[str] = frozenset()) -> Recipe:
     rng = np.random.default_rng(seed)
-    # the anchor sets the look: a frontal photo of someone whose appearance
-    # cluster has other people in it (an outlier cannot have compatible donors)
+    people: dict[str, list[DonorInfo]] = {}
+    for d in donors:
+        people.setdefault(d.person, []).append(d)
+
+    def feature_ok(d: DonorInfo) -> bool:
+        return d.good_feature_donor(cfg.max_feature_yaw)
+
+    featured = {p for p, ds in people.items() if any(feature_ok(d) for d in ds)}
     cluster_people: dict[int, set[str]] = {}
     for d in donors:
-        cluster_people.setdefault(d.cluster, set()).add(d.person)
-    frontal = [d for d in donors if d.frontal] or list(donors)
-    anchors = [d for d in frontal if len(cluster_people[d.cluster]) > 1] or frontal
-    people = sorted({d.person for d in anchors})  # every person equally likely
-    person = people[int(rng.integers(len(people)))]
-    photos = [d for d in anchors if d.person == person]
-    anchor = photos[int(rng.integers(len(photos)))]
-    # one photo per person: the one most compatible with the anchor
-    best: dict[str, tuple[float, DonorInfo]] = {}
-    for d in donors:
-        dist = -1.0 if d is anchor else _compat_distance(anchor, d, cfg)
-        if d.person not in best or dist < best[d.person][0]:
-            best[d.person] = (dist, d)
-    ranked = [d for _, d in sorted(best.values(), key=lambda t: (t[0], t[1].content_hash))]
-    # the anchor's photo is the context (hair, head, light): its person gives
-    # no identity factor unless there are too few other people
-    others = ranked[1:]
-    pool = others[:max(cfg.pool_size, min(len(factors), len(others)))]
-    if len(pool) < len(factors):
-        pool = pool + [anchor]
-    for group in GROUPS:  # both groups must be in the pool
-        if not any(d.group == group for d in pool):
-            pool[-1] = next(d for d in ranked if d.group == group)
+        if feature_ok(d):
+            cluster_people.setdefault(d.cluster, set()).add(d.person)
+    anchor = _pick_context(donors, cluster_people, avoid, cfg, rng)
+
+    def photo(p: str, feature: bool) -> DonorInfo:
+        """The person's photo most compatible with the context (a feature donor's if needed)."""
+        if p == anchor.person:
+            return anchor
+        ds = [d for d in people[p] if feature_ok(d)] if feature else people[p]
+        return min(ds or people[p], key=lambda d: (_compat_distance(anchor, d, cfg), d.content_hash))
+
+    dist = {p: _compat_distance(anchor, photo(p, p in featured), cfg) for p in people if p != anchor.person}
+    # the pool_size people most compatible with the context (never fewer than the factors)
+    others = sorted(sorted(dist, key=lambda p: (dist[p], p))[:max(cfg.pool_size, len(factors))])
     sensitive = [f for f in cfg.sensitive_factors if f in factors]
-    # people who may give sensitive factors: the anchor's cluster, nearest first
-    same = [d for d in pool if d.cluster == anchor.cluster and d.person != anchor.person]
-    # strongly turned (foreshortened, half mirrored) and black-and-white photos make
-    # poor feature donors
-    same = [d for d in same if d.good_feature_donor(cfg.max_feature_yaw)] or same
-    near = (same or pool)[:max(cfg.near_size, 1)]
-    primaries = _assign_primaries(pool, near, anchor, factors, sensitive, rng, cfg.max_feature_yaw)
+    # sensitive factors: the near_size nearest people of the context's appearance cluster in
+    # random order, then the other feature donors nearest first; the context person last
+    same = sorted((p for p in others if p in featured and photo(p, True).cluster == anchor.cluster),
+                  key=lambda p: (dist[p], p))[:max(cfg.near_size, 1)]
+    near = [same[i] for i in rng.permutation(len(same))]
+    rest = sorted((p for p in others if p in featured and p not in near), key=lambda p: (dist[p], p))
+    chosen: dict[str, str] = {}
+    for f in sensitive:
+        queue = [p for p in near + rest if p not in chosen.values()]
+        chosen[f] = queue[0] if queue else anchor.person
+    # the other factors: unused people in random order, appearance factors first (they need
+    # feature donors); when people run out the context person gives a shape factor (its
+    # weakest identity cue), then people are reused
+    free = [others[i] for i in rng.permutation(len(others))]
+    for f in sorted((f for f in factors if f not in chosen), key=lambda f: f in SHAPE_FACTORS):
+        shape = f in SHAPE_FACTORS
+        fits = [p for p in free if shape or p in featured]
+        unused = [p for p in fits if p not in chosen.values()]
+        if unused:
+            chosen[f] = unused[0]
+        elif shape and anchor.person not in chosen.values():
+            chosen[f] = anchor.person
+        else:
+            counts = {p: sum(c == p for c in chosen.values()) for p in (fits or others)}
+            chosen[f] = min(counts, key=lambda p: (counts[p], (fits or others).index(p)))
+    prim = {f: photo(chosen[f], f not in SHAPE_FACTORS) for f in factors}
+    for group in GROUPS:  # both groups among the primaries
+        if len(factors) > 1 and not any(d.group == group for d in prim.values()):
+            slots = [f for f in factors if f not in sensitive] or list(factors)
+            counts = {f: sum(c.person == prim[f].person for c in prim.values()) for f in slots}
+            slot = max(slots, key=lambda f: (counts[f], slots.index(f)))
+            cands = sorted((d for d in donors if d.group == group
+                            and (slot in SHAPE_FACTORS or feature_ok(d))), key=lambda d: d.content_hash)
+            cands = cands or sorted((d for d in donors if d.group == group), key=lambda d: d.content_hash)
+            prim[slot] = cands[int(rng.integers(len(cands)))]
     components: dict[str, tuple[tuple[str, float], ...]] = {}
     for f in factors:
-        prim = primaries[f]
-        source = near if f in sensitive else pool
-        cands = [d for d in source if d.person != prim.person]
-        if f not in SHAPE_FACTORS:
-            cands = [d for d in cands if d.good_feature_donor(cfg.max_feature_yaw)] or cands
-        k = max(1, min(cfg.donors(f), len(cands) + 1))
-        picks = [cands[i] for i in rng.permutation(len(cands))[:k - 1]]
-        components[f] = _weights(prim, picks, cfg.primary_weight, rng)
-    components = _no_universal_donor(components, primaries, factors)
-    return make_recipe(seed, components, cfg.mean_pull, anchor.content_hash)
+        shape = f in SHAPE_FACTORS
+        pool = [photo(p, not shape) for p in others if p != prim[f].person]
+        if not shape:
+            pool = [d for d in pool if feature_ok(d)] or pool
+        if f in sensitive:
+            pool = [d for d in pool if d.cluster == anchor.cluster] or pool
+        k = max(1, min(cfg.donors(f), len(pool) + 1))
+        picks = [pool[i] for i in rng.permutation(len(pool))[:k - 1]]
+        components[f] = _weights(prim[f], picks, cfg.primary_weight, rng)
+    components = _no_universal_donor(components, prim, factors)
+    pull = cfg.mean_pull - (float(rng.uniform(0.0, cfg.mean_push_spread)) if cfg.mean_push_spread > 0 else 0.0)
+    return make_recipe(seed, components, pull, anchor.content_hash)
 
 
-def _assign_primaries(pool: list[DonorInfo], near: list[DonorInfo], anchor: DonorInfo,
-                      factors: tuple[str, ...], sensitive: list[str], rng: np.random.Generator,
-                      max_feature_yaw: float = 0.45) -> dict[str, DonorInfo]:
-    """Primary donor per factor: a different person for every factor while people last.
-
-    Sensitive factors (in order) take the ``near`` people, then — when the
-    anchor's cluster has too few — the anchor itself (it already gives the
-    context, so it cannot clash with it), then the next most compatible
-    people. The other factors take people not used yet, appearance factors
-    avoiding strongly turned photos. Both groups end up among the primaries.
-    """
-    near_order = [near[i] for i in rng.permutation(len(near))]
-    ranked_rest = [d for d in pool if d not in near and d.person != anchor.person]
-    sensitive_queue = near_order + [anchor] + ranked_rest
-    chosen: dict[str, DonorInfo] = {}
-    used: set[str] = set()
-    for f in sensitive:
-        pick = next((d for d in sensitive_queue if d.person not in used), sensitive_queue[0])
-        chosen[f] = pick
-        used.add(pick.person)
-    fresh = [d for d in pool if d.person not in used]
-    queue = [fresh[i] for i in rng.permutation(len(fresh))]
-    queue += [d for d in near_order + [anchor] + pool if d.person in used]  # reuse last
-    # appearance factors pick before shape factors, which can take turned photos
-    for f in sorted((f for f in factors if f not in chosen), key=lambda f: f in SHAPE_FACTORS):
-        unused = [d for d in queue if d.person not in used] or queue
-        ok = [d for d in unused if f in SHAPE_FACTORS or d.good_feature_donor(max_feature_yaw)]
-        pick = (ok or unused)[0]
-        chosen[f] = pick
-        used.add(pick.person)
-    if len(factors) > 1 and len({d.person for d in chosen.values()}) == 1:
-        slot = factors[-1]
-        chosen[slot] = next(d for d in pool if d.person != chosen[slot].person)
-    for group in GROUPS:
-        if len(factors) > 1 and not any(d.group == group for d in chosen.values()):
-            donor = next(d for d in near_order + queue + pool if d.group == group)
-            # replace a non-sensitive primary whose person is repeated, else the last one
-            slots = [f for f in factors if f not in sensitive] or list(factors)
-            counts = {f: sum(c.person == chosen[f].person for c in chosen.values()) for f in slots}
-            chosen[max(slots, key=lambda f: (counts[f], slots.index(f)))] = donor
-    return {f: chosen[f] for f in factors}
+def _pick_context(donors: Sequence[DonorInfo], cluster_people: Mapping[int, set[str]],
+                  avoid: frozenset[str], cfg: SamplerKnobs, rng: np.random.Generator) -> DonorInfo:
+    """The context photo: a colour photo turned at most ``context_max_yaw``, of a person
+    drawn uniformly among those whose appearance cluster has another feature donor and
+    who are not in ``avoid`` (each preference dropped when it leaves nobody)."""
+    usable = [d for d in donors if abs(d.yaw) <= cfg.context_max_yaw and d.colourful >= MONOCHROME_CHROMA]
+    usable = usable or [d for d in donors if d.frontal] or list(donors)
+    usable = [d for d in usable if cluster_people.get(d.cluster, set()) - {d.person}] or usable
+    usable = [d for d in usable if d.person not in avoid] or usable
+    names = sorted({d.person for d in usable})
+    person = names[int(rng.integers(len(names)))]
+    photos = sorted((d for d in usable if d.person == person), key=lambda d: d.content_hash)
+    return photos[int(rng.integers(len(photos)))]
 
 
 def _weights(primary: DonorInfo, others: list[DonorInfo], primary_weight: float,
