@@ -7,11 +7,13 @@ look at the faces and see the figures next to them::
 
     python scripts/look_morphable.py --out /tmp/sheet.png                 # ../shared/faces
     python scripts/look_morphable.py --one-per-person --out /tmp/one.png
-    python scripts/look_morphable.py --demo --out /tmp/demo.png           # insightface sample photos
+    python scripts/look_morphable.py --demo --out /tmp/demo.png           # the pipeline's demo photos
 
 The sheet shows the sources on top, then the generated faces with their
 maximum cosine similarity to any source (red when it reaches tau: the guard
-would reject it).
+would reject it). The log gives the pass rate, the nearest-source similarity
+distribution and how many passing faces are mutually distinct (below tau
+against each other, as the guard requires of released faces).
 """
 
 from __future__ import annotations
@@ -25,11 +27,10 @@ import numpy as np
 
 from personc_assets.core.backbones import BACKBONES
 from personc_assets.core.encoders import ENCODERS
-from personc_assets.core.faces.align import align_face
 from personc_assets.core.faces.detect import detect_faces
 from personc_assets.core.faces.ingest import ingest_file
-from personc_assets.core.faces.loading import decode_image, pixel_hash
 from personc_assets.core.recipes import describe_donors, mix_factors, sample_recipes
+from personc_assets.core.recipes import persons_from_embeddings
 from personc_assets.core.types import SourceFace
 
 log = logging.getLogger("look_morphable")
@@ -46,25 +47,23 @@ def shared_sources(folder: Path, one_per_person: bool) -> list[SourceFace]:
     return faces
 
 
-def demo_sources() -> list[SourceFace]:
-    """The insightface package's group photo (each face cut out with margin) and Tom Hanks."""
-    import insightface
+def demo_sources(folder: Path) -> list[SourceFace]:
+    """The pipeline's demo photos (``prepare_demo_sources``: the faces of insightface's group photo)."""
+    from personc_assets.core.faces.demo import prepare_demo_sources
 
-    images = Path(insightface.__file__).parent / "data" / "images"
-    group = decode_image(images / "t1.jpg").pixels
-    faces = []
-    for i, found in enumerate(detect_faces(group, upsample=1)):
-        left, top, right, bottom = found.box
-        m = int(0.8 * max(right - left, bottom - top))
-        crop = np.ascontiguousarray(group[max(0, top - m):bottom + m, max(0, left - m):right + m])
-        again = detect_faces(crop)
-        if len(again) != 1:
-            log.warning("group face %d: %d faces in its crop, skipped", i, len(again))
-            continue
-        aligned, landmarks, _ = align_face(crop, again[0].landmarks)
-        faces.append(SourceFace(pixel_hash(crop), "AB"[i % 2], "", f"t1.jpg#{i}", aligned, landmarks))
-    faces.append(ingest_file(images / "Tom_Hanks_54745.png", "B", ""))
-    return faces
+    folders = prepare_demo_sources(folder)
+    return [ingest_file(photo, group, photo.stem) for group, path in sorted(folders.items())
+            for photo in sorted(path.glob("*.png"))]
+
+
+def distinct_releasable(embeddings: list[np.ndarray | None], passed: list[bool], tau: float) -> int:
+    """How many passing faces, taken in order, stay below ``tau`` against every one kept
+    before them (what the guard's duplicate check would let through)."""
+    kept: list[np.ndarray] = []
+    for e, ok in zip(embeddings, passed):
+        if ok and e is not None and all(float(e @ k) < tau for k in kept):
+            kept.append(e)
+    return len(kept)
 
 
 def embed(encoder, image: np.ndarray) -> np.ndarray | None:
@@ -120,7 +119,8 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    faces = demo_sources() if args.demo else shared_sources(args.faces, args.one_per_person)
+    faces = (demo_sources(args.out.parent / "demo_sources") if args.demo
+             else shared_sources(args.faces, args.one_per_person))
     encoder = ENCODERS.create("dlib")
     tau = args.tau if args.tau is not None else encoder.default_tau
     source_emb = {f.content_hash: embed(encoder, f.aligned) for f in faces}
@@ -133,15 +133,18 @@ def main() -> int:
     projections = backbone.project(faces)
     factors = {f.content_hash: backbone.decompose(p.latent) for f, p in zip(faces, projections)}
     classes = None if args.no_gender else gender_classes(faces)
-    donors = describe_donors(faces, factors, embeddings=source_emb, classes=classes)
+    persons = persons_from_embeddings([f.content_hash for f in faces], matrix, tau)  # as the pipeline does
+    donors = describe_donors(faces, factors, labels=persons, embeddings=source_emb, classes=classes)
     recipes = sample_recipes(donors, backbone.factor_names, args.n, args.seed)
     mean = backbone.population_mean()
     t0 = time.perf_counter()
     images = backbone.synthesize([backbone.compose(mix_factors(r, factors, mean)) for r in recipes])
     t_syn = (time.perf_counter() - t0) / max(1, len(recipes))
     sims: list[float | None] = []
+    embeddings: list[np.ndarray | None] = []
     for img in images:
         e = embed(encoder, img)
+        embeddings.append(e)
         sims.append(None if e is None else float((matrix @ e).max()))
     found = np.array([s for s in sims if s is not None])
     passed = int((found < tau).sum())
@@ -149,8 +152,10 @@ def main() -> int:
              len(faces), len({f.label or f.content_hash for f in faces}), t_fit, 1000 * t_syn,
              float(np.mean([p.reconstruction_error for p in projections])))
     log.info("generated %d: one face detected in %d; pass at tau %.2f: %d/%d; nearest-source "
-             "similarity min %.3f median %.3f max %.3f", len(images), len(found), tau, passed,
-             len(images), found.min(), float(np.median(found)), found.max())
+             "similarity min %.3f p25 %.3f median %.3f max %.3f; mutually distinct passes: %d",
+             len(images), len(found), tau, passed, len(images), found.min(),
+             float(np.percentile(found, 25)), float(np.median(found)), found.max(),
+             distinct_releasable(embeddings, [s is not None and s < tau for s in sims], tau))
     import cv2
 
     sheet = contact_sheet([f.aligned for f in faces], images, sims, tau)
