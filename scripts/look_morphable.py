@@ -19,6 +19,7 @@ against each other, as the guard requires of released faces).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import time
 from pathlib import Path
@@ -116,6 +117,10 @@ def main() -> int:
     parser.add_argument("--tau", type=float, default=None, help="dlib tau (default: the encoder's)")
     parser.add_argument("--no-gender", action="store_true", help="do not use gender labels")
     parser.add_argument("--out", type=Path, required=True, help="contact sheet PNG")
+    parser.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                        help="a SamplerKnobs field for sample_recipes (repeatable), e.g. mean_push_spread=0.8")
+    parser.add_argument("--model-knob", action="append", default=[], metavar="NAME=VALUE",
+                        help="a MorphableConfig field (repeatable), e.g. face_grow=0.1")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -126,7 +131,8 @@ def main() -> int:
     source_emb = {f.content_hash: embed(encoder, f.aligned) for f in faces}
     faces = [f for f in faces if source_emb[f.content_hash] is not None]
     matrix = np.stack([source_emb[f.content_hash] for f in faces])
-    backbone = BACKBONES.create("morphable")
+    model_knobs = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.model_knob)}
+    backbone = BACKBONES.create("morphable", **model_knobs)
     t0 = time.perf_counter()
     backbone.fit(faces)
     t_fit = time.perf_counter() - t0
@@ -135,7 +141,8 @@ def main() -> int:
     classes = None if args.no_gender else gender_classes(faces)
     persons = persons_from_embeddings([f.content_hash for f in faces], matrix, tau)  # as the pipeline does
     donors = describe_donors(faces, factors, labels=persons, embeddings=source_emb, classes=classes)
-    recipes = sample_recipes(donors, backbone.factor_names, args.n, args.seed)
+    knobs = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.knob)}
+    recipes = sample_recipes(donors, backbone.factor_names, args.n, args.seed, **knobs)
     mean = backbone.population_mean()
     t0 = time.perf_counter()
     images = backbone.synthesize([backbone.compose(mix_factors(r, factors, mean)) for r in recipes])
@@ -147,6 +154,10 @@ def main() -> int:
         embeddings.append(e)
         sims.append(None if e is None else float((matrix @ e).max()))
     found = np.array([s for s in sims if s is not None])
+    nearest_is_context = [float(e @ source_emb[r.context_donor]) >= float((matrix @ e).max()) - 1e-6
+                          for r, e in zip(recipes, embeddings) if e is not None]
+    log.info("nearest source is the context photo for %d of %d faces",
+             sum(nearest_is_context), len(nearest_is_context))
     passed = int((found < tau).sum())
     log.info("%d sources (%d people); fit %.2f s, synthesis %.0f ms/face; reconstruction MAE %.4f",
              len(faces), len({f.label or f.content_hash for f in faces}), t_fit, 1000 * t_syn,

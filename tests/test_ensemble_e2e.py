@@ -37,4 +37,5 @@ def test_arcface_magface_and_dlib_guard_every_candidate(tmp_path):
         embedded = dict(conn.execute("SELECT encoder, count(*) FROM embeddings GROUP BY 1").fetchall())
     assert judged >= 1 and len(per_candidate) == judged
     assert all(encs == ["arcface", "dlib", "magface"] for _, encs in per_candidate)
-    assert embedded["arcface"] == embedded["magface"] == embedded["dlib"] == 6
+    # the demo sources: six faces of insightface's group photo and two single portraits
+    assert embedded["arcface"] == embedded["magface"] == embedded["dlib"] == 8

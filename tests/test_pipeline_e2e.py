@@ -87,15 +87,34 @@ def test_rematerializing_does_not_duplicate_rows(shared_run):
 
 
 def test_demo_sources_run_without_configuration(tmp_path):
-    # why: a fresh clone has no photos and no weights; the default must still run end to end
-    result = run_graph(tmp_path / "out", tmp_path / "home", num_samples=1, max_attempts=12)
+    # why: a fresh clone has no photos and no weights; the README's first command (five faces, the
+    # default seed and attempts) must release five faces that are nobody in the sources and nobody twice
+    result = run_graph(tmp_path / "out", tmp_path / "home", num_samples=5, attribution_maps=False)
     assert result.success
     sources = json.loads((tmp_path / "out" / "state" / "source_images.json").read_text())
-    assert sources["demo"] and len(sources["entries"]) == 6
+    names = sorted(Path(e["path"]).name for e in sources["entries"])
+    assert sources["demo"] and len(names) == 8 and sum(n.startswith("t1_person") for n in names) == 6
+    assert {e["group"] for e in sources["entries"]} == {"A", "B"}
     guard = json.loads((tmp_path / "out" / "state" / "guard_verdicts.json").read_text())
-    assert len(guard["released"]) == 1
-    image = np.asarray(Image.open(guard["released"][0]["file"]))
-    assert image.shape == (256, 256, 3)
+    assert len(guard["released"]) == 5
+    tau = guard["released"][0]["tau"]["dlib"]
+    assert all(r["similarity"]["dlib"] < r["tau"]["dlib"] for r in guard["released"])
+    for r in guard["released"]:
+        image = np.asarray(Image.open(r["file"]))
+        assert image.shape == (256, 256, 3)
+    # the released faces are mutually distinct: re-embed the files and compare them pairwise
+    from personc_assets.core.encoders import ENCODERS
+    from personc_assets.core.faces.detect import detect_faces
+
+    encoder = ENCODERS.create("dlib")
+    embedded = []
+    for r in guard["released"]:
+        image = np.asarray(Image.open(r["file"]).convert("RGB"))
+        found = detect_faces(image)
+        assert len(found) == 1
+        embedded.append(encoder.embed(found)[0])
+    sims = np.stack(embedded) @ np.stack(embedded).T
+    assert np.max(sims[np.triu_indices(5, 1)]) < tau
 
 
 METADATA_QUERY = """{ assetNodes(assetKeys: [{path: ["ics_reports"]}]) { assetMaterializations(limit: 1) {

@@ -10,7 +10,7 @@ import pytest
 from personc_assets.core.backbones import FACTOR_NAMES
 from personc_assets.core.recipes import (
     DonorInfo, SamplerKnobs, describe_donors, estimate_yaw, make_recipe, mix_factors,
-    mouth_openness, persons_from_embeddings, sample_recipes)
+    mouth_openness, new_roles, persons_from_embeddings, recipe_from_json, recipe_roles, sample_recipes)
 from personc_assets.core.types import SourceFace
 
 
@@ -117,6 +117,47 @@ def test_avoid_contexts_moves_the_context_to_other_people():
         assert by_hash[recipe.context_donor].person != by_hash[first].person
     everyone = [d.content_hash for d in pool]  # nobody left to move to: the preference is dropped
     assert len(sample_recipes(pool, FACTOR_NAMES, 3, seed=9, avoid_contexts=everyone)) == 3
+
+
+def test_context_rank_cycles_through_every_usable_person():
+    # why: the pipeline spreads slots over photos with slot + attempt; ranks must reach every person, in order
+    pool = donors(8)
+    by_hash = {d.content_hash: d for d in pool}
+    people = [by_hash[sample_recipes(pool, FACTOR_NAMES, 1, seed=3, context_rank=r)[0].context_donor].person
+              for r in range(16)]
+    assert sorted(set(people)) == sorted({d.person for d in pool})
+    assert people[:8] == people[8:]  # modulo the number of people
+    # the rank only moves the context: the same seed and rank give the same recipe
+    again = sample_recipes(pool, FACTOR_NAMES, 1, seed=3, context_rank=5)[0]
+    assert again.recipe_id == sample_recipes(pool, FACTOR_NAMES, 1, seed=3, context_rank=5)[0].recipe_id
+    for r in range(16):
+        check_rules(sample_recipes(pool, FACTOR_NAMES, 1, seed=3, context_rank=r)[0], pool, distinct_primaries=True)
+
+
+def test_new_roles_counts_parts_dealt_to_other_people():
+    # why: retries are dealt away from released recipes; the count must see people, not photos
+    pool = donors(4, photos_per_person=2)
+    person_of = {d.content_hash: d.person for d in pool}
+    h = {(d.person, d.content_hash[3]): d.content_hash for d in pool}  # (person, photo index) -> hash
+    base = make_recipe(1, {"texture": [(h["p0", "0"], 1.0)], "eyes": [(h["p1", "0"], 1.0)]}, 0.0, h["p2", "0"])
+    other_photos = make_recipe(2, {"texture": [(h["p0", "1"], 1.0)], "eyes": [(h["p1", "1"], 1.0)]},
+                               0.0, h["p2", "1"])
+    swapped = make_recipe(3, {"texture": [(h["p1", "0"], 1.0)], "eyes": [(h["p0", "0"], 1.0)]}, 0.0, h["p3", "0"])
+    assert recipe_roles(base, person_of) == {"texture": "p0", "eyes": "p1", "context": "p2"}
+    assert new_roles(base, [], person_of) == 3
+    assert new_roles(other_photos, [base], person_of) == 0  # the same people in the same parts
+    assert new_roles(swapped, [base], person_of) == 3
+    assert new_roles(swapped, [base, other_photos], person_of, parts=("texture",)) == 1
+    assert new_roles(swapped, [base, swapped], person_of) == 0  # the fewest over the others
+
+
+def test_recipe_json_round_trip_keeps_the_id():
+    # why: reports read the recipe of a release back from DuckDB; a changed id means an altered lineage
+    from personc_assets.core.pipeline.generation import recipe_json
+
+    for recipe in sample_recipes(donors(8), FACTOR_NAMES, 10, seed=4):
+        back = recipe_from_json(recipe_json(recipe))
+        assert back == recipe
 
 
 def test_sensitive_factors_never_fall_back_on_the_context_person():

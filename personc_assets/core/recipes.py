@@ -28,11 +28,14 @@ takes one person and each recipe pushes its mix off the population mean by
 a random amount (``mean_push_spread``), which also makes successive attempts
 differ. On ../shared/faces (one photo per person) about half the candidates
 pass at tau 0.90. Faces rendered into the same context photo resemble each
-other (dlib 0.93-0.98 between them); ``avoid_contexts`` lets a caller steer
-retries away from the photos of faces it already released. With very few
-source people (the six demo faces) every recipe uses nearly every person,
-candidates are near-averages of all of them and only two or three mutually
-distinct faces pass; more source people is the remedy, not more mixing.
+other (dlib 0.93-0.98 between them); ``avoid_contexts`` and ``context_rank``
+let a caller spread faces over different photos, and ``new_roles`` tells how
+far a recipe is dealt from others (the pipeline deals retries away from the
+recipes it already released). With very few source people every recipe uses
+nearly every person and only a few mutually distinct faces pass (six demo
+faces: two); more source people is the remedy, not more mixing — random
+Gaussian moves in the PCA spaces, tried instead, lowered similarity only by
+breaking the faces.
 
 Everything is seeded: the same inputs and seed give the same recipes (and the
 same ``recipe_id``, a content hash). ``mix_factors`` turns a recipe into factor
@@ -383,7 +386,8 @@ DEFAULT_DONORS_FOR: Mapping[str, int] = {}
 
 
 def sample_recipes(donors: Sequence[DonorInfo], factor_names: Sequence[str], n: int,
-                   seed: int, avoid_contexts: Collection[str] = (), **knobs: object) -> list[Recipe]:
+                   seed: int, avoid_contexts: Collection[str] = (), context_rank: int | None = None,
+                   **knobs: object) -> list[Recipe]:
     """Draw ``n`` reproducible recipes mixing ``factor_names`` from ``donors``.
 
     ``knobs`` are ``SamplerKnobs`` fields. Needs donors of both groups and at
@@ -392,7 +396,12 @@ def sample_recipes(donors: Sequence[DonorInfo], factor_names: Sequence[str], n: 
     same sequence. ``avoid_contexts`` (content hashes, e.g. the context photos
     of faces already released) steers the context to other people while
     there are any: faces rendered into one photo share its hair, outline and
-    light, and the guard finds them similar to each other.
+    light, and the guard finds them similar to each other. ``context_rank``
+    (when given) picks the context person deterministically instead of at
+    random: the ``context_rank``-th (modulo their number) of the usable
+    context people in content-hash order, so a caller can spread the slots of
+    one run over different people's photos without remembering anything
+    (``slot + attempt`` cycles every slot through all of them).
     """
     unknown = sorted(set(knobs) - set(SamplerKnobs.__dataclass_fields__))
     if unknown:
@@ -416,7 +425,7 @@ def sample_recipes(donors: Sequence[DonorInfo], factor_names: Sequence[str], n: 
     ordered = sorted(donors, key=lambda d: d.content_hash)
     seeds = np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32) if n else []
     avoid = frozenset(d.person for d in donors if d.content_hash in set(avoid_contexts))
-    return [_sample_one(ordered, factors, int(s), cfg, avoid) for s in seeds]
+    return [_sample_one(ordered, factors, int(s), cfg, avoid, context_rank) for s in seeds]
 
 
 def _compat_distance(a: DonorInfo, b: DonorInfo, cfg: SamplerKnobs) -> float:
@@ -431,7 +440,8 @@ def _compat_distance(a: DonorInfo, b: DonorInfo, cfg: SamplerKnobs) -> float:
 
 
 def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int,
-                cfg: SamplerKnobs, avoid: frozenset[str] = frozenset()) -> Recipe:
+                cfg: SamplerKnobs, avoid: frozenset[str] = frozenset(),
+                context_rank: int | None = None) -> Recipe:
     rng = np.random.default_rng(seed)
     people: dict[str, list[DonorInfo]] = {}
     for d in donors:
@@ -445,7 +455,7 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
     for d in donors:
         if feature_ok(d):
             cluster_people.setdefault(d.cluster, set()).add(d.person)
-    anchor = _pick_context(donors, cluster_people, avoid, cfg, rng)
+    anchor = _pick_context(donors, cluster_people, avoid, cfg, rng, context_rank)
 
     def photo(p: str, feature: bool) -> DonorInfo:
         """The person's photo most compatible with the context (a feature donor's if needed)."""
@@ -510,16 +520,19 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
 
 
 def _pick_context(donors: Sequence[DonorInfo], cluster_people: Mapping[int, set[str]],
-                  avoid: frozenset[str], cfg: SamplerKnobs, rng: np.random.Generator) -> DonorInfo:
+                  avoid: frozenset[str], cfg: SamplerKnobs, rng: np.random.Generator,
+                  rank: int | None = None) -> DonorInfo:
     """The context photo: a colour photo turned at most ``context_max_yaw``, of a person
-    drawn uniformly among those whose appearance cluster has another feature donor and
-    who are not in ``avoid`` (each preference dropped when it leaves nobody)."""
+    drawn uniformly (or the ``rank``-th, when given) among those whose appearance cluster
+    has another feature donor and who are not in ``avoid`` (each preference dropped when
+    it leaves nobody)."""
     usable = [d for d in donors if abs(d.yaw) <= cfg.context_max_yaw and d.colourful >= MONOCHROME_CHROMA]
     usable = usable or [d for d in donors if d.frontal] or list(donors)
     usable = [d for d in usable if cluster_people.get(d.cluster, set()) - {d.person}] or usable
     usable = [d for d in usable if d.person not in avoid] or usable
     names = sorted({d.person for d in usable})
-    person = names[int(rng.integers(len(names)))]
+    drawn = int(rng.integers(len(names)))  # drawn either way: the rest of the recipe stays put
+    person = names[drawn if rank is None else rank % len(names)]
     photos = sorted((d for d in usable if d.person == person), key=lambda d: d.content_hash)
     return photos[int(rng.integers(len(photos)))]
 
@@ -560,6 +573,14 @@ def _no_universal_donor(components: dict[str, tuple[tuple[str, float], ...]],
         components[slot] = tuple((h, w / total) for h, w in kept)
 
 
+def recipe_from_json(text: str) -> Recipe:
+    """The ``Recipe`` that ``generation.recipe_json`` wrote (its id recomputed, so it matches)."""
+    body = json.loads(text)
+    return make_recipe(int(body["seed"]), {f: [(str(h), float(w)) for h, w in parts]
+                                          for f, parts in body["components"].items()},
+                       float(body["mean_pull"]), str(body["context_donor"]))
+
+
 def make_recipe(seed: int, components: Mapping[str, Sequence[tuple[str, float]]],
                 mean_pull: float, context_donor: str) -> Recipe:
     """Build a ``Recipe`` with normalised, rounded weights and its content-hash id.
@@ -582,6 +603,35 @@ def make_recipe(seed: int, components: Mapping[str, Sequence[tuple[str, float]]]
     recipe_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     return Recipe(recipe_id=recipe_id, seed=int(seed), components=comps, primary=primary,
                   mean_pull=body["mean_pull"], context_donor=context_donor)
+
+
+def recipe_roles(recipe: Recipe, person_of: Mapping[str, str]) -> dict[str, str]:
+    """Who plays each part of ``recipe``: the person of the context photo
+    (key ``"context"``) and the primary donor's person of every factor.
+
+    ``person_of`` maps content hashes to persons (``DonorInfo.person``); a
+    hash it lacks is its own person.
+    """
+    roles = {f: person_of.get(h, h) for f, h in recipe.primary.items()}
+    roles["context"] = person_of.get(recipe.context_donor, recipe.context_donor)
+    return roles
+
+
+def new_roles(recipe: Recipe, others: Sequence[Recipe], person_of: Mapping[str, str],
+              parts: Collection[str] | None = None) -> int:
+    """The fewest parts in which ``recipe`` differs from any of ``others``
+    (``recipe_roles``, only those named in ``parts`` when given; every part
+    counted when ``others`` is empty).
+
+    With few source people the sampler often deals the same people the same
+    parts again; such recipes differ only in their random push off the mean
+    and render faces that the guard finds 0.97-0.999 similar to each other;
+    swapping only the shape factors between the same people still gave 0.975.
+    """
+    mine = {k: v for k, v in recipe_roles(recipe, person_of).items() if parts is None or k in parts}
+    if not others:
+        return len(mine)
+    return min(sum(recipe_roles(o, person_of).get(k) != v for k, v in mine.items()) for o in others)
 
 
 # ----------------------------------------------------------------------- mixing

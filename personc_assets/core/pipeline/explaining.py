@@ -53,7 +53,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
     for done, rel in enumerate(verdicts["released"], 1):
         t0 = time.perf_counter()
         image = np.asarray(Image.open(rel["file"]).convert("RGB"))
-        recipe = factory.recipe(rel["slot"], rel["attempt"])
+        recipe = factory.stored_recipe(store, rel["candidate_id"])
         mixed = mix_factors(recipe, factory.factors, factory.mean)
         targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel["nearest"].values() if h]]))
         target_ids = [entries[h]["source_id"] for h in targets]

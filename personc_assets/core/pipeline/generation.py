@@ -21,7 +21,7 @@ import numpy as np
 from ..atomic import atomic_save_png, load_npz
 from ..faces.loading import pixel_hash
 from ..lineage.store import LineageStore, now
-from ..recipes import describe_donors, mix_factors, sample_recipes
+from ..recipes import describe_donors, mix_factors, new_roles, recipe_from_json, sample_recipes
 from ..types import Candidate, Recipe
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
@@ -50,6 +50,15 @@ def recipe_json(recipe: Recipe) -> str:
                        "context_donor": recipe.context_donor, "seed": recipe.seed}, sort_keys=True)
 
 
+#: Parts (context person, appearance factors' primary persons) in which a retry's
+#: recipe must differ from every released recipe; draws per context photo; draws in all.
+#: Shape factors are left out: swapping only them between the same people kept the face.
+NOVEL_PARTS = ("context", "texture", "eyes", "nose", "mouth")
+MIN_NEW_ROLES = 3
+DRAWS_PER_CONTEXT = 8
+MAX_DRAWS = 64
+
+
 class CandidateFactory:
     """Makes the candidate for (slot, attempt) from the fitted backbone and source factors."""
 
@@ -66,14 +75,50 @@ class CandidateFactory:
                                       classes=index_summary.get("source_classes") or None)
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
 
-    def recipe(self, slot: int, attempt: int) -> Recipe:
-        seed = int.from_bytes(hashlib.sha256(f"{self.cfg.seed}/{slot}/{attempt}".encode()).digest()[:8], "big")
-        return sample_recipes(self.donors, self.backbone.factor_names, 1, seed,
-                              **dict(self.cfg.recipe_options))[0]
+    def recipe(self, slot: int, attempt: int, released: Sequence[Recipe] = ()) -> Recipe:
+        """The recipe of ``(slot, attempt)``, dealt so that it differs from every
+        ``released`` recipe in at least ``MIN_NEW_ROLES`` of ``NOVEL_PARTS`` (see ``recipes.new_roles``).
 
-    def make(self, slots: Sequence[tuple[int, int]]) -> list[tuple[int, Candidate]]:
+        Draw ``k`` of an attempt has its own seed; the context cycles with
+        ``slot + attempt`` (the slots of one round sit in different people's
+        photos: faces rendered into one photo resemble each other) and moves on
+        every ``DRAWS_PER_CONTEXT`` draws. When no draw is new enough, the most
+        novel one is used (the guard still judges it). Deterministic in
+        (config, sources, slot, attempt, released).
+        """
+        person_of = {d.content_hash: d.person for d in self.donors}
+        best: tuple[int, Recipe] | None = None
+        for k in range(MAX_DRAWS):
+            tag = f"{self.cfg.seed}/{slot}/{attempt}" + (f"/{k}" if k else "")
+            seed = int.from_bytes(hashlib.sha256(tag.encode()).digest()[:8], "big")
+            recipe = sample_recipes(self.donors, self.backbone.factor_names, 1, seed,
+                                    context_rank=slot + attempt + k // DRAWS_PER_CONTEXT,
+                                    **dict(self.cfg.recipe_options))[0]
+            novelty = new_roles(recipe, released, person_of, NOVEL_PARTS)
+            if novelty >= MIN_NEW_ROLES:
+                return recipe
+            if best is None or novelty > best[0]:
+                best = (novelty, recipe)
+        assert best is not None
+        return best[1]
+
+    def stored_recipe(self, store: LineageStore, candidate_id: str) -> Recipe:
+        """The recipe that made ``candidate_id``, as recorded in the lineage."""
+        rows = store.query("SELECT r.recipe_id, r.recipe_json FROM candidates c JOIN recipes r USING (recipe_id) "
+                           "WHERE c.candidate_id = ?", [candidate_id])
+        if not rows:
+            raise KeyError(f"candidate {candidate_id} has no recorded recipe in the lineage")
+        recipe_id, text = rows[0]
+        recipe = recipe_from_json(text)
+        if recipe.recipe_id != recipe_id:
+            raise ValueError(f"recipe {recipe_id[:12]} of candidate {candidate_id} does not hash to its id "
+                             f"(got {recipe.recipe_id[:12]}): the lineage was altered")
+        return recipe
+
+    def make(self, slots: Sequence[tuple[int, int]],
+             released: Sequence[Recipe] = ()) -> list[tuple[int, Candidate]]:
         """Candidates for ``(slot, attempt)`` pairs, synthesized in one batch."""
-        recipes = [self.recipe(s, a) for s, a in slots]
+        recipes = [self.recipe(s, a, released) for s, a in slots]
         mixed = [mix_factors(r, self.factors, self.mean) for r in recipes]
         latents = [self.backbone.compose(m) for m in mixed]
         images = self.backbone.synthesize(latents)

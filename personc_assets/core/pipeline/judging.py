@@ -20,7 +20,7 @@ from ..index import EmbeddingIndex, IndexManifest
 from ..lineage.store import LineageStore, now
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
 from ..release import release_id_for
-from ..types import Candidate
+from ..types import Candidate, Recipe
 from ..versioning import code_version
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory
@@ -83,6 +83,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         pending.append((row["slot"], Candidate(row["candidate_id"], recipe, row["attempt"], image)))
     attempts: list[dict[str, Any]] = []
     released: list[dict[str, Any]] = []
+    released_recipes: list[Recipe] = []
     while pending:
         # the guard judges the watermarked pixels: exactly what a release will contain
         marked, unmarkable = _watermark_all([c for _, c in pending])
@@ -102,6 +103,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
                 rel = _release(ws, slot, cand, marked[cand.candidate_id], verdict, run_id)
                 release_rows.append(rel["row"])
                 released.append(rel["summary"])
+                released_recipes.append(cand.recipe)
             elif cand.attempt + 1 < cfg.max_attempts:
                 retry.append((slot, cand.attempt + 1))
             else:
@@ -112,7 +114,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
             tx.upsert("releases", release_rows)
         if progress:
             progress(len(released), cfg.num_samples, f"{len(attempts)} candidates judged")
-        pending = factory.make(retry) if retry else []
+        pending = factory.make(retry, released_recipes) if retry else []
         if pending:
             factory.save(store, pending, run_id)
     leakage = {enc: sum((r["similarity"][enc] or 0.0) >= r["tau"][enc] for r in released) / max(1, len(released))
