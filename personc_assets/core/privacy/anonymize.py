@@ -164,7 +164,9 @@ def strength_alphas(ranking: FactorRanking, strength: float) -> dict[str, float]
     out, before = {}, 0.0
     for f in ranking.order():
         share = shares[f]
-        out[f] = (1.0 if share <= 0 and strength >= 1.0
+        # a factor whose whole share lies below strength is fully blended, exactly 1.0 even
+        # where the shares' float sum falls short of 1 by a rounding error
+        out[f] = (1.0 if strength >= before + share - 1e-9
                   else float(np.clip((strength - before) / max(share, 1e-12), 0, 1)))
         before += share
     return out
