@@ -25,7 +25,7 @@ class DemoRequest:
     out_dir: Path = Path("data/out")
     db_path: Path | None = None
     num_samples: int = 5
-    max_attempts: int = 50
+    max_attempts: int = 100
     seed: int = 0
     taus: Mapping[str, float] = field(default_factory=dict)
     bare_tau: float | None = None
