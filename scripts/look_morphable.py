@@ -84,6 +84,17 @@ def gender_classes(faces: list[SourceFace]) -> dict[str, str] | None:
     return {f.content_hash: a.gender for f, a in zip(faces, labels) if a is not None}
 
 
+def parse_knobs(pairs: list[str]) -> dict[str, object]:
+    """``["name=json value", ...]`` from the command line as keyword arguments."""
+    out = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"knob {pair!r} is not NAME=VALUE")
+        out[name] = json.loads(value)
+    return out
+
+
 def contact_sheet(sources: list[np.ndarray], generated: list[np.ndarray], sims: list[float | None],
                   tau: float, cols: int = 10, cell: int = 160) -> np.ndarray:
     import cv2
@@ -131,8 +142,7 @@ def main() -> int:
     source_emb = {f.content_hash: embed(encoder, f.aligned) for f in faces}
     faces = [f for f in faces if source_emb[f.content_hash] is not None]
     matrix = np.stack([source_emb[f.content_hash] for f in faces])
-    model_knobs = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.model_knob)}
-    backbone = BACKBONES.create("morphable", **model_knobs)
+    backbone = BACKBONES.create("morphable", **parse_knobs(args.model_knob))
     t0 = time.perf_counter()
     backbone.fit(faces)
     t_fit = time.perf_counter() - t0
@@ -141,8 +151,7 @@ def main() -> int:
     classes = None if args.no_gender else gender_classes(faces)
     persons = persons_from_embeddings([f.content_hash for f in faces], matrix, tau)  # as the pipeline does
     donors = describe_donors(faces, factors, labels=persons, embeddings=source_emb, classes=classes)
-    knobs = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.knob)}
-    recipes = sample_recipes(donors, backbone.factor_names, args.n, args.seed, **knobs)
+    recipes = sample_recipes(donors, backbone.factor_names, args.n, args.seed, **parse_knobs(args.knob))
     mean = backbone.population_mean()
     t0 = time.perf_counter()
     images = backbone.synthesize([backbone.compose(mix_factors(r, factors, mean)) for r in recipes])

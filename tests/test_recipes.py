@@ -10,7 +10,8 @@ import pytest
 from personc_assets.core.backbones import FACTOR_NAMES
 from personc_assets.core.recipes import (
     DonorInfo, SamplerKnobs, describe_donors, estimate_yaw, make_recipe, mix_factors,
-    mouth_openness, new_roles, persons_from_embeddings, recipe_from_json, recipe_roles, sample_recipes)
+    mouth_openness, new_roles, persons_from_embeddings, recipe_from_json, recipe_json, recipe_roles,
+    sample_recipes)
 from personc_assets.core.types import SourceFace
 
 
@@ -153,8 +154,6 @@ def test_new_roles_counts_parts_dealt_to_other_people():
 
 def test_recipe_json_round_trip_keeps_the_id():
     # why: reports read the recipe of a release back from DuckDB; a changed id means an altered lineage
-    from personc_assets.core.pipeline.generation import recipe_json
-
     for recipe in sample_recipes(donors(8), FACTOR_NAMES, 10, seed=4):
         back = recipe_from_json(recipe_json(recipe))
         assert back == recipe

@@ -573,8 +573,15 @@ def _no_universal_donor(components: dict[str, tuple[tuple[str, float], ...]],
         components[slot] = tuple((h, w / total) for h, w in kept)
 
 
+def recipe_json(recipe: Recipe) -> str:
+    """``recipe`` as the JSON text the lineage stores (``recipes.recipe_json``)."""
+    return json.dumps({"components": {f: [[d, w] for d, w in parts] for f, parts in recipe.components.items()},
+                       "primary": dict(recipe.primary), "mean_pull": recipe.mean_pull,
+                       "context_donor": recipe.context_donor, "seed": recipe.seed}, sort_keys=True)
+
+
 def recipe_from_json(text: str) -> Recipe:
-    """The ``Recipe`` that ``generation.recipe_json`` wrote (its id recomputed, so it matches)."""
+    """The ``Recipe`` that ``recipe_json`` wrote (its id recomputed, so it matches)."""
     body = json.loads(text)
     return make_recipe(int(body["seed"]), {f: [(str(h), float(w)) for h, w in parts]
                                           for f, parts in body["components"].items()},

@@ -10,7 +10,6 @@ configuration rewrites the same rows instead of adding new ones.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import numpy as np
 from ..atomic import atomic_save_png, load_npz
 from ..faces.loading import pixel_hash
 from ..lineage.store import LineageStore, now
-from ..recipes import describe_donors, mix_factors, new_roles, recipe_from_json, sample_recipes
+from ..recipes import (describe_donors, mix_factors, new_roles, recipe_from_json, recipe_json,
+                       sample_recipes)
 from ..types import Candidate, Recipe
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
@@ -42,12 +42,6 @@ def generation_id(cfg: RunConfig, backbone_state: str, source_set: str) -> str:
 
 def candidate_id(gen_id: str, slot: int, attempt: int) -> str:
     return "c" + hashlib.sha256(f"{gen_id}/{slot}/{attempt}".encode()).hexdigest()[:15]
-
-
-def recipe_json(recipe: Recipe) -> str:
-    return json.dumps({"components": {f: [[d, w] for d, w in parts] for f, parts in recipe.components.items()},
-                       "primary": dict(recipe.primary), "mean_pull": recipe.mean_pull,
-                       "context_donor": recipe.context_donor, "seed": recipe.seed}, sort_keys=True)
 
 
 #: Parts (context person, appearance factors' primary persons) in which a retry's
@@ -73,6 +67,7 @@ class CandidateFactory:
         persons = persons_by_embedding(embeddings, person_index(index_summary)["tau"])
         self.donors = describe_donors(sources.load_faces(), self.factors, labels=persons, embeddings=embeddings,
                                       classes=index_summary.get("source_classes") or None)
+        self.person_of = {d.content_hash: d.person for d in self.donors}
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
 
     def recipe(self, slot: int, attempt: int, released: Sequence[Recipe] = ()) -> Recipe:
@@ -86,7 +81,6 @@ class CandidateFactory:
         novel one is used (the guard still judges it). Deterministic in
         (config, sources, slot, attempt, released).
         """
-        person_of = {d.content_hash: d.person for d in self.donors}
         best: tuple[int, Recipe] | None = None
         for k in range(MAX_DRAWS):
             tag = f"{self.cfg.seed}/{slot}/{attempt}" + (f"/{k}" if k else "")
@@ -94,7 +88,7 @@ class CandidateFactory:
             recipe = sample_recipes(self.donors, self.backbone.factor_names, 1, seed,
                                     context_rank=slot + attempt + k // DRAWS_PER_CONTEXT,
                                     **dict(self.cfg.recipe_options))[0]
-            novelty = new_roles(recipe, released, person_of, NOVEL_PARTS)
+            novelty = new_roles(recipe, released, self.person_of, NOVEL_PARTS)
             if novelty >= MIN_NEW_ROLES:
                 return recipe
             if best is None or novelty > best[0]:

@@ -78,7 +78,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
     factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
     pending: list[tuple[int, Candidate]] = []
     for row in first["candidates"]:
-        recipe = factory.recipe(row["slot"], row["attempt"])
+        recipe = factory.stored_recipe(store, row["candidate_id"])
         image = np.asarray(Image.open(row["image_path"]).convert("RGB"))
         pending.append((row["slot"], Candidate(row["candidate_id"], recipe, row["attempt"], image)))
     attempts: list[dict[str, Any]] = []
