@@ -112,3 +112,42 @@ def test_status_counts_only_gating_encoders_and_reports_audit_only_leaks():
     assert report.leaks == 1 and report.unverified == 1
     assert report.audit_only_leaks == {"magface": 1}
     assert json.loads(json.dumps(report.as_dict()))["audit_only_leaks"] == {"magface": 1}
+
+
+def test_links_and_hidden_files_each_end_as_a_row(folders, shared_faces, tmp_path, capsys):
+    # why: a folder of only a link to a photo, a hidden photo and a linked folder was called clear
+    # without reading any of them; every file must be checked or reported unverified, never dropped
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "dir").mkdir(parents=True)
+    shutil.copy(shared_faces / LEAK, elsewhere / "photo.jpg")
+    shutil.copy(shared_faces / STRANGERS[1], elsewhere / "dir" / "inside.jpg")
+    cand = tmp_path / "cand"
+    cand.mkdir()
+    (cand / "link.jpg").symlink_to(elsewhere / "photo.jpg")
+    shutil.copy(shared_faces / STRANGERS[0], cand / ".x.jpg")
+    (cand / "linked").symlink_to(elsewhere / "dir")
+    code = _cli(["--sources", str(folders["sources"]), "--candidates", str(cand), "--db", str(folders["db"]),
+                 "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == audit_cli.EXIT_UNVERIFIED
+    rows = {r["candidate"].rsplit("/", 1)[1]: r for r in doc["rows"]}
+    assert set(rows) == {"link.jpg", ".x.jpg", "linked"}
+    assert rows[".x.jpg"]["status"] == "clear" and rows[".x.jpg"]["encoders"]["dlib"]["max_similarity"] is not None
+    for name in ("link.jpg", "linked"):
+        assert rows[name]["status"] == "unverified" and rows[name]["reason"].startswith("outside_source_dir")
+        assert str(elsewhere) in rows[name]["reason"], "the reason says where the link leads"
+
+
+def test_links_inside_the_folder_are_followed_and_loops_reported(folders, shared_faces, tmp_path, capsys):
+    # why: a link inside the data set is part of it and must be judged; a loop must end, and be reported
+    cand = tmp_path / "cand"
+    (cand / "sub").mkdir(parents=True)
+    shutil.copy(shared_faces / LEAK, cand / "sub" / "photo.jpg")
+    (cand / "again.jpg").symlink_to(cand / "sub" / "photo.jpg")
+    (cand / "sub" / "up").symlink_to(cand)
+    code = _cli(["--sources", str(folders["sources"]), "--candidates", str(cand), "--db", str(folders["db"])])
+    out = capsys.readouterr().out
+    assert code == audit_cli.EXIT_LEAK, out
+    assert "3 candidates: 2 leak(s), 1 unverified, 0 clear" in out
+    assert next(l for l in out.splitlines() if l.startswith("up ")).split()[1] == "UNVERIFIED"
+    assert "symlink_loop" in out

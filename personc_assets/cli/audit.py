@@ -4,7 +4,7 @@
         [--tau dlib=0.9] [--audit-only magface] [--weights weights] [--db audit.duckdb] [--json]
 
 Every file under ``--candidates`` (another generator's output, a data set about
-to be published) is judged by the same guard as the pipeline's releases:
+to be published), hidden files included, is judged by the same guard as the pipeline's releases:
 exactly one face, every encoder below its tau against every face found under
 ``--sources``. Prints one line per image (max similarity and nearest source
 per encoder, status) or, with ``--json``, a JSON document.
@@ -12,7 +12,8 @@ per encoder, status) or, with ``--json``, a JSON document.
 Exit status: 0 every candidate is clear and every source file was indexed;
 1 at least one candidate leaks (a gating encoder reaches tau);
 3 no leak, but some candidate could not be verified (unreadable, no face,
-several faces, encoder error: fail closed) or some source file could not be
+several faces, encoder error, a symlink leading outside the candidate folder,
+a broken link or a link loop: fail closed) or some source file could not be
 indexed (``--allow-unindexed-sources`` accepts that); 2 usage errors.
 """
 

@@ -12,7 +12,11 @@ Each candidate ends with a status:
 ``clear``       every gating encoder stays below its tau;
 ``leak``        some gating encoder's max similarity to a source reaches tau;
 ``unverified``  the guard could not check it (unreadable file, no face, several
-                faces, an encoder or index error): rejected, fail closed.
+                faces, an encoder or index error; a symlink leading outside the
+                candidate folder, a broken link, a link loop): rejected, fail closed.
+
+Every file under the candidate folder gets a row (``faces/walk.py``): hidden
+files are judged like any other, symlinks inside the folder are followed.
 
 Audit-only encoders (``gating=False``) are measured and reported but never
 decide; their would-be leaks are counted in ``AuditReport.audit_only_leaks``.
@@ -29,7 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .encoders.base import Encoder
-from .faces.ingest import IngestResult, MIN_FACE_PX, Quarantined, ingest_folders, list_source_files
+from .faces.ingest import IngestResult, MIN_FACE_PX, Quarantined, ingest_folders
+from .faces.walk import ListedFile, list_files
 from .faces.loading import ImageRejected, decode_image
 from .guard import PASS, REJECT, Guard, GuardMember, Verdict
 from .index import EmbeddingIndex
@@ -177,11 +182,17 @@ def ingest_source_dirs(dirs: Sequence[Path], min_face_px: int = MIN_FACE_PX,
     return merged
 
 
-def list_candidates(folder: Path) -> list[Path]:
-    """Files under ``folder`` (recursive, sorted, hidden files skipped)."""
+def list_candidates(folder: Path) -> list[ListedFile]:
+    """Every file under ``folder``: hidden files too, symlinks inside it followed, the rest with a reason."""
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"candidate folder does not exist or is not a folder: {folder}")
-    return [p for p, problem in list_source_files(Path(folder)) if problem is None]
+    return list(list_files(Path(folder)))
+
+
+def unlisted_rows(listed: Sequence[ListedFile]) -> list[AuditRow]:
+    """An ``unverified`` row for each listed path that is not read (link outside the folder, loop, ...)."""
+    return [AuditRow(str(f.path), UNVERIFIED, REJECT, f"{f.problem[0]}: {f.problem[1]}", ())
+            for f in listed if f.problem is not None]
 
 
 def _number(x: float) -> float | None:
@@ -233,10 +244,13 @@ def run_audit(source_dirs: Sequence[Path], candidate_dir: Path, encoders: Sequen
               progress: Progress | None = None) -> AuditReport:
     """Ingest ``source_dirs``, build the guard over them and judge every file of ``candidate_dir``."""
     check_audit_only(encoders, audit_only)
-    candidates = list_candidates(candidate_dir)
+    listed = list_candidates(candidate_dir)
     ingested = ingest_source_dirs(source_dirs, min_face_px, progress)
     guard, used = guard_for_sources(encoders, taus, ingested.faces, store, run_id, audit_only, progress)
-    rows = audit_images(guard, candidates, source_display_names(ingested.faces), progress)
+    readable = [f.path for f in listed if f.problem is None]
+    judged = {r.candidate: r for r in audit_images(guard, readable, source_display_names(ingested.faces), progress)}
+    judged.update({r.candidate: r for r in unlisted_rows(listed)})
+    rows = [judged[str(f.path)] for f in listed]
     return AuditReport(tuple(rows), tuple(used), len(ingested.faces), tuple(ingested.quarantined), tuple(skipped))
 
 

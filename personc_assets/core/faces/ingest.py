@@ -28,6 +28,7 @@ from .align import ALIGNED_SIZE, align_face
 from .detect import detect_faces
 from ..atomic import atomic_save_npz, atomic_save_png
 from .loading import ImageRejected, decode_image
+from .walk import WALK_CODES, list_files
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ Progress = Callable[[int, int, str], None]
 
 #: Codes ingestion adds to ``loading.REJECTION_CODES``.
 INGEST_CODES: dict[str, str] = {
-    "outside_source_dir": "a symlink that leads outside the source folder (not followed)",
+    **WALK_CODES,
     "no_face": "no face was detected",
     "multiple_faces": "more than one face; crop the photo to one person",
     "face_too_small": f"the face is narrower than the minimum (default {MIN_FACE_PX} px)",
@@ -113,28 +114,15 @@ class IngestResult:
         return counts
 
 
-def list_source_files(folder: Path) -> Iterable[tuple[Path, str | None]]:
-    """Files under ``folder`` (recursive, sorted), each with a problem or None.
+def list_source_files(folder: Path) -> Iterable[tuple[Path, tuple[str, str] | None]]:
+    """Every file under ``folder`` (recursive, stable order), each with ``(code, reason)`` or None.
 
-    Hidden files (including ``.tmp`` leftovers of interrupted atomic writes)
-    are skipped. A symlink that resolves outside ``folder`` is reported, not
-    followed.
+    Hidden files are listed like any other; symlinks inside ``folder`` are
+    followed (loops reported), those leading outside it are reported, not
+    followed (see ``walk.list_files``).
     """
-    root = folder.resolve()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith("."):
-                continue
-            path = Path(dirpath) / name
-            problem = None
-            if path.is_symlink():
-                target = path.resolve()
-                if not target.is_relative_to(root):
-                    problem = f"symlink points outside the source folder (to {target})"
-                elif not target.is_file():
-                    problem = "symlink target is not a file"
-            yield path, problem
+    for listed in list_files(folder):
+        yield listed.path, listed.problem
 
 
 def label_for(path: Path, folder: Path) -> str:
@@ -178,7 +166,7 @@ class IngestJob:
     path: str
     group: Group
     label: str
-    problem: str | None
+    problem: tuple[str, str] | None  # (code, reason): quarantined without being read
     min_face_px: int
     aligned_dir: str | None = None  # where the worker writes the aligned crop (see ``save_aligned``)
 
@@ -186,7 +174,7 @@ class IngestJob:
 def process_job(job: IngestJob) -> Accepted | Quarantined:
     """Run one job; every failure becomes a ``Quarantined`` (never raises)."""
     if job.problem:
-        return Quarantined(job.path, job.group, "outside_source_dir", job.problem)
+        return Quarantined(job.path, job.group, *job.problem)
     try:
         accepted = _ingest_file(Path(job.path), job.group, job.label, job.min_face_px, ALIGNED_SIZE)
         if job.aligned_dir:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 from ..atomic import file_sha256, load_npz
 from ..faces.demo import prepare_demo_sources
 from ..faces.ingest import Accepted, IngestResult, iter_ingest, save_aligned
+from ..faces.walk import WALK_CODES
 from ..index import source_set_hash
 from ..lineage.store import LineageStore, now
 from ..types import SourceFace
@@ -150,7 +151,7 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
             [[run_id, e["path"], t, e["content_hash"]] for e in entries if e["content_hash"] in known])
         tx.upsert("quarantine", [
             {"path": q.path, "grp": q.group, "code": q.code, "reason": q.reason,
-             "file_sha256": "" if q.code == "outside_source_dir" else quarantined_file_hash(q.path), "run_id": run_id,
+             "file_sha256": "" if q.code in WALK_CODES else quarantined_file_hash(q.path), "run_id": run_id,
              "seen_at": t} for q in result.quarantined])
         tx.upsert("duplicates", [
             {"path": d.path, "content_hash": d.content_hash, "kept_path": d.kept_path, "run_id": run_id}
