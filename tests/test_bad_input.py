@@ -17,7 +17,7 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 from PIL import Image
 
-from personc_assets.core.faces.ingest import INGEST_CODES, WORKERS_ENV, ingest_folders
+from personc_assets.core.faces.ingest import INGEST_CODES, PROTECT_ONLY_CODES, WORKERS_ENV, ingest_folders
 from personc_assets.core.faces.loading import REJECTION_CODES, ImageRejected, decode_image
 from personc_assets.core.lineage.store import LineageStore
 from personc_assets.core.pipeline.config import RunConfig, Workspace
@@ -25,7 +25,8 @@ from personc_assets.core.pipeline.sources import SourceSet, ingest_sources, outc
 
 NON_ASCII = "Zoë Ångström – portrait 1.jpg"
 
-#: file name in the corpus -> the code it must get ("ok": processed)
+#: file name in the corpus -> the code it must get ("ok": a donor; "protect_only:<why>": embedded and
+#: indexed by the guard, but no donor)
 EXPECTED = {
     "A/id01.jpg": "ok",
     "A/id02.jpg": "ok",
@@ -37,15 +38,15 @@ EXPECTED = {
     "A/notes.jpg": "not_an_image",
     "A/bomb.png": "decompression_bomb",
     "A/sixteen_bit.png": "bit_depth_16",
-    "A/cmyk.jpg": "cmyk",
-    "A/grayscale.jpg": "grayscale",
+    "A/cmyk.jpg": "protect_only:cmyk",
+    "A/grayscale.jpg": "protect_only:grayscale",
     "B/id05.jpg": "ok",
     "B/id06.jpg": "ok",
     "B/palette_transparent.png": "transparency",
     "B/animated.gif": "animated",
     "B/landscape.png": "no_face",
     "B/couple.jpg": "multiple_faces",
-    "B/tiny_face.png": "face_too_small",
+    "B/tiny_face.png": "protect_only:face_too_small",
     "B/huge_12000.jpg": "image_too_large",
     "B/outside_link.jpg": "outside_source_dir",
 }
@@ -144,7 +145,8 @@ def serial(corpus):
 
 def db_codes(db: Path, root: Path) -> dict[str, str]:
     with duckdb.connect(str(db), read_only=True) as conn:
-        rows = conn.execute("SELECT path, 'ok' FROM sources UNION ALL SELECT path, 'duplicate' FROM duplicates "
+        rows = conn.execute("SELECT path, CASE WHEN role = 'donor' THEN 'ok' ELSE role || ':' || role_code END "
+                            "FROM sources UNION ALL SELECT path, 'duplicate' FROM duplicates "
                             "UNION ALL SELECT path, code FROM quarantine").fetchall()
     return {str(Path(p).relative_to(root)): c for p, c in rows}
 
@@ -153,12 +155,15 @@ def test_every_case_gets_its_own_reason_and_every_valid_photo_is_processed(corpu
     # why: unattended runs meet all of these; one bad file must never cost a good photo or the run
     expected = {k: ("ok" if v == "exif_rotated" else v) for k, v in EXPECTED.items()}
     assert db_codes(asset_run["db"], corpus["A"].parent) == expected
-    assert set(expected.values()) - {"ok", "duplicate"} <= set(REJECTION_CODES) | set(INGEST_CODES)
+    codes = {v.removeprefix("protect_only:") for v in expected.values()} - {"ok", "duplicate"}
+    assert codes <= set(REJECTION_CODES) | set(INGEST_CODES) | set(PROTECT_ONLY_CODES)
     with duckdb.connect(str(asset_run["db"]), read_only=True) as conn:
         assert conn.execute("SELECT path, kept_path FROM duplicates").fetchall() == [
             (str(corpus["A"] / "id01_again.jpg"), str(corpus["A"] / "id01.jpg"))]
-        assert conn.execute("SELECT grp, count(*) FROM sources GROUP BY grp ORDER BY grp").fetchall() == [
-            ("A", 4), ("B", 2)]
+        assert conn.execute("SELECT grp, count(*) FROM sources WHERE role = 'donor' GROUP BY grp "
+                            "ORDER BY grp").fetchall() == [("A", 4), ("B", 2)]
+        assert conn.execute("SELECT grp, count(*) FROM sources WHERE role = 'protect_only' GROUP BY grp "
+                            "ORDER BY grp").fetchall() == [("A", 2), ("B", 1)]
 
 
 def test_source_images_asset_reports_the_reason_table(asset_run):
@@ -166,17 +171,22 @@ def test_source_images_asset_reports_the_reason_table(asset_run):
     mat = asset_run["result"].asset_materializations_for_node("source_images")[0]
     table = mat.metadata["quarantine_reasons"].value
     for code in {v for v in EXPECTED.values() if v not in ("ok", "exif_rotated", "duplicate")}:
-        assert code in table
+        assert code.removeprefix("protect_only:") in (mat.metadata["protect_only_reasons"].value
+                                                      if code.startswith("protect_only:") else table)
     assert mat.metadata["sources"].value == 6 and mat.metadata["duplicates"].value == 1
+    assert mat.metadata["protect_only"].value == 3
 
 
 def test_pool_and_serial_ingestion_agree(corpus, asset_run, serial):
     # why: the process pool is the fast path; it must decide exactly what the in-process path decides
-    sset = json.loads((asset_run["out"] / "state" / "source_images.json").read_text())
-    assert [e["content_hash"] for e in sset["entries"]] == [f.content_hash for f in serial.faces]
+    sset = SourceSet.from_dict(json.loads((asset_run["out"] / "state" / "source_images.json").read_text()))
+    assert sset.hashes() == [f.content_hash for f in serial.faces if f.path not in serial.not_donor]
+    assert [e["content_hash"] for e in sset.protect_only] == [f.content_hash for f in serial.faces
+                                                              if f.path in serial.not_donor]
+    outcome = {"accepted": "ok", "protect_only": "protect_only:{code}"}
     assert db_codes(asset_run["db"], corpus["A"].parent) == {
-        str(Path(r["file"]).relative_to(corpus["A"].parent)): ("ok" if r["outcome"] == "accepted" else r["code"])
-        for r in outcome_table(SourceSet(sset["source_set_hash"], tuple(sset["entries"]), False), serial)}
+        str(Path(r["file"]).relative_to(corpus["A"].parent)): outcome.get(r["outcome"], "{code}").format(**r)
+        for r in outcome_table(sset, serial)}
 
 
 def test_exif_rotated_photo_is_processed_upright(corpus, serial):

@@ -44,7 +44,9 @@ def md_table(rows: list[dict[str, Any]]) -> MetadataValue:
 def source_images(context: AssetExecutionContext, personc: PersonCConfig,
                   duckdb: DuckDBResource) -> MaterializeResult:
     """Photos of groups A and B, validated, EXIF-oriented, with exactly one face each, aligned to
-    the canonical frame and content-hashed; bad files are quarantined with a reason."""
+    the canonical frame and content-hashed. Donor photos lend factors and protect their person;
+    protect-only photos (grayscale, small face) are indexed by the guard but never mixed; files
+    that cannot be embedded are quarantined with a reason."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         sset, result = sources.ingest_sources(cfg, personc.workspace(), store, context.run.run_id,
@@ -53,12 +55,15 @@ def source_images(context: AssetExecutionContext, personc: PersonCConfig,
                   for q in result.quarantined]
     return MaterializeResult(value=sset.as_dict(), metadata={
         "sources": len(sset.entries),
+        "protect_only": len(sset.protect_only),
         "group_A": sum(e["group"] == "A" for e in sset.entries),
         "group_B": sum(e["group"] == "B" for e in sset.entries),
         "quarantined": len(quarantine),
         "duplicates": len(result.duplicates),
         "demo_sources": sset.demo,
         "quarantine_reasons": md_table(quarantine),
+        "protect_only_reasons": md_table([{"file": e["path"], "group": e["group"], "code": e["role_code"],
+                                           "reason": e["role_reason"]} for e in sset.protect_only]),
         "source_set_hash": sset.source_set_hash,
     })
 

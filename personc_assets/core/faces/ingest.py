@@ -4,6 +4,13 @@ Every file in a source folder ends as exactly one of: an accepted
 ``SourceFace``, a duplicate of an accepted face (recorded), or a quarantined
 file with a reason code. One bad file never stops the others.
 
+An accepted photo has one of two roles. A *donor* may lend factors to new
+faces and protects its person. A *protect-only* photo (grayscale or CMYK, a
+face under ``min_face_px``) cannot be a donor but an encoder can embed it, so
+the guard indexes it like every other: every photo of a source person
+protects that person. Only what cannot be embedded (no face, several faces,
+an unreadable file, ...) is quarantined.
+
 ``iter_ingest`` streams the outcomes in file order while a pool of worker
 processes (one dlib detector each) decodes and aligns the next files, so peak
 memory is bounded by the pool's window, not by the number of photos, and both
@@ -21,13 +28,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 from ..types import GROUPS, Group, SourceFace
 from .align import ALIGNED_SIZE, align_face
 from .detect import detect_faces
 from ..atomic import atomic_save_npz, atomic_save_png
-from .loading import ImageRejected, decode_image
+from .loading import DONOR_CODES, ImageRejected, decode_image
 from .walk import WALK_CODES, list_files
 
 log = logging.getLogger(__name__)
@@ -49,7 +56,6 @@ INGEST_CODES: dict[str, str] = {
     **WALK_CODES,
     "no_face": "no face was detected",
     "multiple_faces": "more than one face; crop the photo to one person",
-    "face_too_small": f"the face is narrower than the minimum (default {MIN_FACE_PX} px)",
     "worker_crashed": "decoding or detection crashed the worker process",
     "error": "an unexpected error (the message says which)",
 }
@@ -76,12 +82,32 @@ class Duplicate:
     kept_path: str
 
 
+#: Why a photo that protects its person is no donor, by code (``loading.DONOR_CODES`` and these).
+PROTECT_ONLY_CODES: dict[str, str] = {
+    **DONOR_CODES,
+    "face_too_small": f"the face is narrower than the minimum (default {MIN_FACE_PX} px): too little detail to "
+                      "lend, enough to recognise",
+}
+
+#: ``donor``: lends factors to new faces and protects its person; ``protect_only``: only protects.
+Role = Literal["donor", "protect_only"]
+
+
 @dataclass(frozen=True)
 class Accepted:
-    """A file that became a source face; ``notes`` say what was done to it (e.g. EXIF rotation)."""
+    """A file that became a source face; ``notes`` say what was done to it (e.g. EXIF rotation).
+
+    ``not_donor`` holds ``(code, reason)`` pairs (codes of ``PROTECT_ONLY_CODES``)
+    when the photo cannot be a donor; it protects its person either way.
+    """
 
     face: SourceFace
     notes: tuple[str, ...] = ()
+    not_donor: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def role(self) -> Role:
+        return "protect_only" if self.not_donor else "donor"
 
 
 Outcome = Accepted | Quarantined | Duplicate
@@ -89,11 +115,12 @@ Outcome = Accepted | Quarantined | Duplicate
 
 @dataclass
 class IngestResult:
-    faces: list[SourceFace] = field(default_factory=list)
+    faces: list[SourceFace] = field(default_factory=list)  # every accepted face: donors and protect-only
     quarantined: list[Quarantined] = field(default_factory=list)
     duplicates: list[Duplicate] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)  # path -> e.g. "EXIF rotation applied"
     accepted: int = 0  # faces accepted (``faces`` may be left empty by streaming callers)
+    not_donor: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)  # protect-only path -> why
 
     def add(self, outcome: Outcome, keep_faces: bool = True) -> None:
         if isinstance(outcome, Accepted):
@@ -102,6 +129,8 @@ class IngestResult:
                 self.faces.append(outcome.face)
             if outcome.notes:
                 self.notes[outcome.face.path] = "; ".join(outcome.notes)
+            if outcome.not_donor:
+                self.not_donor[outcome.face.path] = outcome.not_donor
         elif isinstance(outcome, Quarantined):
             self.quarantined.append(outcome)
         else:
@@ -133,8 +162,15 @@ def label_for(path: Path, folder: Path) -> str:
 
 def ingest_file(path: Path, group: Group, label: str,
                 min_face_px: int = MIN_FACE_PX, size: int = ALIGNED_SIZE) -> SourceFace:
-    """One photo → an aligned ``SourceFace``, or raise ``ImageRejected``."""
-    return _ingest_file(path, group, label, min_face_px, size).face
+    """One photo → an aligned ``SourceFace`` fit to be a donor, or raise ``ImageRejected``.
+
+    For callers that mix the face's factors (the privacy modes' inputs): a
+    protect-only photo is refused with the reason it is no donor.
+    """
+    accepted = _ingest_file(path, group, label, min_face_px, size)
+    if accepted.not_donor:
+        raise ImageRejected(*accepted.not_donor[0])
+    return accepted.face
 
 
 def _ingest_file(path: Path, group: Group, label: str, min_face_px: int, size: int) -> Accepted:
@@ -150,13 +186,15 @@ def _ingest_file(path: Path, group: Group, label: str, min_face_px: int, size: i
         raise ImageRejected("multiple_faces", f"{len(faces)} faces detected; exactly one is required — "
                             "crop the photo to one person")
     face = faces[0]
+    not_donor = list(decoded.donor_problems)
     width = face.box[2] - face.box[0]
     if width < min_face_px:
-        raise ImageRejected("face_too_small", f"face is {width} px wide; at least {min_face_px} px needed — "
-                            "use a larger photo or a closer crop")
+        not_donor.append(("face_too_small", f"face is {width} px wide: it protects its person but is no donor "
+                          f"(at least {min_face_px} px needed) — use a larger photo or a closer crop to make it one"))
     aligned, landmarks, _ = align_face(decoded.pixels, face.landmarks, size)
     notes = ("EXIF rotation applied",) if decoded.exif_rotated else ()
-    return Accepted(SourceFace(decoded.content_hash, group, label, str(path), aligned, landmarks), notes)
+    return Accepted(SourceFace(decoded.content_hash, group, label, str(path), aligned, landmarks), notes,
+                    tuple(not_donor))
 
 
 @dataclass(frozen=True)
@@ -261,11 +299,12 @@ def iter_ingest(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX, w
             if first != outcome.face.path:
                 outcome = Duplicate(job.path, job.group, outcome.face.content_hash, first)
         counts[type(outcome).__name__] += 1
+        counts["protect_only"] += isinstance(outcome, Accepted) and outcome.role == "protect_only"
         if progress:
             progress(done, len(jobs), job.path)
         yield outcome
-    log.info("ingested %d files: %d accepted, %d quarantined, %d duplicates", len(jobs), counts["Accepted"],
-             counts["Quarantined"], counts["Duplicate"])
+    log.info("ingested %d files: %d accepted (%d protect-only), %d quarantined, %d duplicates", len(jobs),
+             counts["Accepted"], counts["protect_only"], counts["Quarantined"], counts["Duplicate"])
 
 
 def ingest_folders(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX,

@@ -44,12 +44,18 @@ REJECTION_CODES: dict[str, str] = {
     "image_too_large": f"more than {MAX_PIXELS / 1e6:.0f} MP; downscale the photo",
     "animated": "an animation, not a photo; export one frame",
     "bit_depth_16": "16 bits per channel; export the photo as 8-bit sRGB",
-    "cmyk": "CMYK (print) colour; export the photo as RGB (sRGB)",
-    "grayscale": "no colour; skin texture needs a colour photo",
     "transparency": "transparent pixels; flatten the photo onto its background",
     "unsupported_mode": "a pixel format that is not a photo (float, YCbCr, Lab, ...)",
     "truncated": "the image data ends early (interrupted download or copy)",
     "corrupt": "the image data cannot be decoded",
+}
+
+
+#: What makes a decodable photo unfit as a donor (its colours cannot be mixed into a new
+#: face); such a photo still protects its person: it is embedded and indexed by the guard.
+DONOR_CODES: dict[str, str] = {
+    "grayscale": "no colour; skin texture needs a colour photo",
+    "cmyk": "CMYK (print) colour, converted without its colour profile; skin tones are unreliable",
 }
 
 
@@ -64,12 +70,17 @@ class ImageRejected(ValueError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An upright RGB image ``[H, W, 3]`` with facts about how it was decoded."""
+    """An upright RGB image ``[H, W, 3]`` with facts about how it was decoded.
+
+    ``donor_problems`` lists ``(code, reason)`` pairs (codes of ``DONOR_CODES``)
+    that keep the photo from being a donor; the pixels are still fit to embed.
+    """
 
     pixels: np.ndarray
     format: str
     original_mode: str
     exif_rotated: bool
+    donor_problems: tuple[tuple[str, str], ...] = ()
 
     @property
     def content_hash(self) -> str:
@@ -109,6 +120,7 @@ def decode_image(path: Path, max_pixels: int = MAX_PIXELS) -> DecodedImage:
                 upright = ImageOps.exif_transpose(img)
                 rotated = _has_rotation(img)
                 rgb = np.asarray(upright.convert("RGB"), dtype=np.uint8)
+                problems = donor_problems(img)
     except ImageRejected:
         raise
     except Image.DecompressionBombError as exc:
@@ -120,7 +132,7 @@ def decode_image(path: Path, max_pixels: int = MAX_PIXELS) -> DecodedImage:
         if isinstance(exc, EOFError) or any(w in msg.lower() for w in ("truncated", "premature", "eof")):
             raise ImageRejected("truncated", f"image data is truncated ({msg})") from None
         raise ImageRejected("corrupt", f"image cannot be decoded ({msg})") from None
-    return DecodedImage(np.ascontiguousarray(rgb), fmt, img.mode, rotated)
+    return DecodedImage(np.ascontiguousarray(rgb), fmt, img.mode, rotated, problems)
 
 
 def _check_header(img: Image.Image, fmt: str, file_bytes: int, max_pixels: int) -> None:
@@ -146,13 +158,19 @@ def _check_header(img: Image.Image, fmt: str, file_bytes: int, max_pixels: int) 
     if mode in ("I", "F"):
         raise ImageRejected("unsupported_mode", f"{mode} ({'32-bit integer' if mode == 'I' else 'float'}) "
                             "pixels are not a photo; save it as 8-bit RGB")
-    if mode == "CMYK":
-        raise ImageRejected("cmyk", "CMYK (print) colour: converting it without its colour profile shifts "
-                            "skin tones; export the photo as RGB (sRGB)")
-    if mode in ("L", "LA", "1") or (mode == "P" and _palette_is_gray(img)):
-        raise ImageRejected("grayscale", "grayscale photo: colour is needed for skin texture")
-    if mode not in ("RGB", "RGBA", "P", "PA", "RGBX"):
+    if mode not in ("RGB", "RGBA", "P", "PA", "RGBX", "CMYK", "L", "LA", "1"):
         raise ImageRejected("unsupported_mode", f"pixel mode {mode} is not supported; save the photo as RGB")
+
+
+def donor_problems(img: Image.Image) -> tuple[tuple[str, str], ...]:
+    """``(code, reason)`` for each reason the decoded photo cannot be a donor (see ``DONOR_CODES``)."""
+    if img.mode == "CMYK":
+        return (("cmyk", "CMYK (print) colour: converting it without its colour profile shifts skin tones; "
+                         "it protects its person but is no donor — export it as RGB (sRGB) to make it one"),)
+    if img.mode in ("L", "LA", "1") or (img.mode == "P" and _palette_is_gray(img)):
+        return (("grayscale", "grayscale photo: it protects its person but is no donor (colour is needed "
+                              "for skin texture) — use a colour photo to make it one"),)
+    return ()
 
 
 def _check_alpha(img: Image.Image) -> None:

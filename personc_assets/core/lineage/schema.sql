@@ -28,7 +28,10 @@ CREATE TABLE IF NOT EXISTS sources (
     first_run_id    VARCHAR,
     last_run_id     VARCHAR,
     code_version    VARCHAR,
-    updated_at      TIMESTAMP
+    updated_at      TIMESTAMP,
+    role            VARCHAR DEFAULT 'donor', -- 'donor' (lends factors, protects) or 'protect_only'
+    role_code       VARCHAR,               -- why a protect-only photo is no donor (grayscale, face_too_small, ...)
+    role_reason     VARCHAR
 );
 
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -173,6 +176,9 @@ ALTER TABLE releases ADD COLUMN IF NOT EXISTS last_audit_key VARCHAR;
 ALTER TABLE releases ADD COLUMN IF NOT EXISTS last_audited_at TIMESTAMP;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS updated_at TIMESTAMP;
 ALTER TABLE runs ADD COLUMN IF NOT EXISTS source_set_hash VARCHAR;
+ALTER TABLE sources ADD COLUMN IF NOT EXISTS role VARCHAR DEFAULT 'donor';
+ALTER TABLE sources ADD COLUMN IF NOT EXISTS role_code VARCHAR;
+ALTER TABLE sources ADD COLUMN IF NOT EXISTS role_reason VARCHAR;
 
 -- A revocation is permanent: a later run that judges the same candidate again
 -- cannot turn it back into a release (``Writer.upsert`` re-applies this table

@@ -46,8 +46,9 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
 
     encoders, _ = build_encoders(cfg)
     factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
-    faces = {f.content_hash: f for f in sources.load_faces()}
-    entries = {e["content_hash"]: e for e in sources.entries}
+    # a release's nearest source may be a protect-only photo: look up every guarded source
+    faces = {f.content_hash: f for batch in sources.iter_guarded_faces() for f in batch}
+    entries = {e["content_hash"]: e for e in sources.guarded_entries()}
     taus = tau_choices(index_summary)
     explained, records, gallery = [], [], []
     for done, rel in enumerate(verdicts["released"], 1):

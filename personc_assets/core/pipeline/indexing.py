@@ -71,15 +71,16 @@ def embed_sources(encoder: Encoder, faces: Sequence[SourceFace], store: LineageS
 def embed_source_set(encoder: Encoder, sources: SourceSet, store: LineageStore, run_id: str,
                      progress: Callable[[int, int, str], None] | None = None,
                      batch_size: int = 256) -> np.ndarray:
-    """``[N, D]`` embeddings of every source in order, reading aligned faces one batch at a time.
+    """``[N, D]`` embeddings of every guarded source (donors and protect-only, in
+    ``guarded_hashes`` order), reading aligned faces one batch at a time.
 
     Memory holds one batch of faces plus the vectors; cached vectors are not recomputed.
     """
-    hashes = sources.hashes()
+    hashes = sources.guarded_hashes()
     cached = store.embeddings(encoder.version, hashes)
     todo = len(hashes) - len(cached)
     done = 0
-    for faces in sources.iter_faces(batch_size):
+    for faces in sources.iter_guarded_faces(batch_size):
         missing = [f for f in faces if f.content_hash not in cached]
         if not missing:
             continue
@@ -97,9 +98,10 @@ def index_path(ws: Workspace, encoder: Encoder, set_hash: str) -> Path:
 
 def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet, run_id: str,
                   progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
-    """Per encoder: embeddings of every source in an exact FAISS index on disk."""
+    """Per encoder: embeddings of every source the guard protects (donors and protect-only photos)
+    in a FAISS index on disk."""
     encoders, skipped = build_encoders(cfg)
-    count = len(sources.entries)
+    count = len(sources.guarded_entries())
     calibrated = {}
     if cfg.target_fmr is not None:
         calibrated = calibrated_taus(store, {e.name: e.version for e in encoders}, cfg.target_fmr, count)
@@ -117,7 +119,7 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
             log.info("index for %s is up to date: %s", enc.name, path)
         except Exception:
             vectors = embed_source_set(enc, sources, store, run_id, progress)
-            index = EmbeddingIndex.build(enc.name, enc.version, sources.hashes(), vectors)
+            index = EmbeddingIndex.build(enc.name, enc.version, sources.guarded_hashes(), vectors)
             index.save(path)
         with store.transaction() as tx:
             tx.upsert("indexes", [{"encoder": enc.name, "encoder_version": enc.version,
@@ -146,7 +148,7 @@ def person_index(index_summary: dict[str, Any]) -> dict[str, Any]:
 
 
 def source_embeddings(store: LineageStore, sources: SourceSet, index_summary: dict[str, Any]) -> dict[str, np.ndarray]:
-    """``{content_hash: unit vector}`` of every source under the person encoder (from the cache)."""
+    """``{content_hash: unit vector}`` of every donor under the person encoder (from the cache)."""
     first = person_index(index_summary)
     hashes = sources.hashes()
     found = store.embeddings(first["encoder_version"], hashes)

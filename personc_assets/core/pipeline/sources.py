@@ -24,37 +24,62 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class SourceSet:
-    """The accepted sources of a run, as stored on disk (JSON-serialisable)."""
+    """The accepted sources of a run, as stored on disk (JSON-serialisable).
+
+    ``entries`` are the donor photos: they lend factors to new faces and
+    protect their persons. ``protect_only`` are photos that cannot be donors
+    (grayscale, a small face: ``ingest.PROTECT_ONLY_CODES``) but protect their
+    persons all the same. The guard indexes both (``guarded_entries``);
+    ``source_set_hash`` covers both.
+    """
 
     source_set_hash: str
-    entries: tuple[dict[str, str], ...]  # content_hash, group, label, path, aligned_path
+    entries: tuple[dict[str, str], ...]  # content_hash, group, label, path, aligned_path, source_id
     demo: bool
+    protect_only: tuple[dict[str, str], ...] = ()  # the same keys, plus role_code and role_reason
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source_set_hash": self.source_set_hash, "entries": list(self.entries), "demo": self.demo}
+        return {"source_set_hash": self.source_set_hash, "entries": list(self.entries), "demo": self.demo,
+                "protect_only": list(self.protect_only)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SourceSet":
-        return cls(d["source_set_hash"], tuple(d["entries"]), bool(d["demo"]))
+        return cls(d["source_set_hash"], tuple(d["entries"]), bool(d["demo"]), tuple(d.get("protect_only", ())))
 
     def hashes(self) -> list[str]:
+        """The donors' content hashes."""
         return [e["content_hash"] for e in self.entries]
 
+    def guarded_entries(self) -> tuple[dict[str, str], ...]:
+        """Every photo the guard protects: the donors, then the protect-only photos."""
+        return (*self.entries, *self.protect_only)
+
+    def guarded_hashes(self) -> list[str]:
+        return [e["content_hash"] for e in self.guarded_entries()]
+
     def load_faces(self) -> list[SourceFace]:
-        """Aligned faces back from their ``.npz`` files (no pickle)."""
+        """The donors' aligned faces back from their ``.npz`` files (no pickle)."""
         return [face for batch in self.iter_faces() for face in batch]
 
     def iter_faces(self, batch_size: int = 64) -> Iterator[list[SourceFace]]:
-        """The aligned faces in batches of ``batch_size``: memory bounded by one batch."""
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        for start in range(0, len(self.entries), batch_size):
-            batch = []
-            for e in self.entries[start:start + batch_size]:
-                arr = load_npz(Path(e["aligned_path"]))
-                batch.append(SourceFace(e["content_hash"], e["group"], e["label"], e["path"],
-                                        arr["image"], arr["landmarks"]))
-            yield batch
+        """The donors' aligned faces in batches of ``batch_size``: memory bounded by one batch."""
+        return _iter_faces(self.entries, batch_size)
+
+    def iter_guarded_faces(self, batch_size: int = 64) -> Iterator[list[SourceFace]]:
+        """``iter_faces`` over ``guarded_entries``: what the guard's indexes hold."""
+        return _iter_faces(self.guarded_entries(), batch_size)
+
+
+def _iter_faces(entries: tuple[dict[str, str], ...], batch_size: int) -> Iterator[list[SourceFace]]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(entries), batch_size):
+        batch = []
+        for e in entries[start:start + batch_size]:
+            arr = load_npz(Path(e["aligned_path"]))
+            batch.append(SourceFace(e["content_hash"], e["group"], e["label"], e["path"],
+                                    arr["image"], arr["landmarks"]))
+        yield batch
 
 
 def source_folders(cfg: RunConfig, ws: Workspace) -> tuple[dict[str, Path], bool]:
@@ -119,21 +144,21 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
     remove_stale_temp_files(ws.root)
     folders, demo = source_folders(cfg, ws)
     result = IngestResult()
-    entries = []
+    donors, protect_only = [], []
     for outcome in iter_ingest(folders, cfg.min_face_px, workers, progress, aligned_dir=ws.aligned):
         result.add(outcome, keep_faces=False)
         if not isinstance(outcome, Accepted):
             continue
-        face = outcome.face
-        npz = save_aligned(face, ws.aligned)  # already written by the worker; a no-op check here
-        entries.append({"content_hash": face.content_hash, "group": face.group, "label": face.label,
-                        "path": face.path, "aligned_path": str(npz), "source_id": face.source_id})
-    groups = {e["group"] for e in entries}
+        entry = source_entry(outcome, save_aligned(outcome.face, ws.aligned))  # saved by the worker: a check
+        (protect_only if outcome.not_donor else donors).append(entry)
+    groups = {e["group"] for e in donors}
     if groups != {"A", "B"}:
         missing = sorted({"A", "B"} - groups)
-        raise ValueError(f"no usable face in group(s) {', '.join(missing)}; see the quarantine table "
-                         f"({result.reason_counts()})")
-    sset = SourceSet(source_set_hash([e["content_hash"] for e in entries]), tuple(entries), demo)
+        raise ValueError(f"no usable donor face in group(s) {', '.join(missing)}; see the quarantine table "
+                         f"({result.reason_counts()}) and the protect-only photos ({len(protect_only)})")
+    entries = donors + protect_only
+    sset = SourceSet(source_set_hash([e["content_hash"] for e in entries]), tuple(donors), demo,
+                     tuple(protect_only))
     t = now()
     with store.transaction() as tx:
         tx.supersede_changed_paths({e["path"]: e["content_hash"] for e in entries}, run_id,
@@ -143,12 +168,14 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
             {"content_hash": e["content_hash"], "source_id": e["source_id"], "grp": e["group"],
              "label": e["label"], "path": e["path"], "aligned_path": e["aligned_path"], "superseded": False,
              "superseded_by": None, "first_run_id": run_id, "last_run_id": run_id,
-             "code_version": code_version(), "updated_at": t}
+             "code_version": code_version(), "updated_at": t, "role": e["role"],
+             "role_code": e.get("role_code"), "role_reason": e.get("role_reason")}
             for e in entries if e["content_hash"] not in known])
         tx.update_many(
             "UPDATE sources SET last_run_id = ?, superseded = FALSE, superseded_by = NULL, path = ?, "
-            "updated_at = ? WHERE content_hash = ?",
-            [[run_id, e["path"], t, e["content_hash"]] for e in entries if e["content_hash"] in known])
+            "updated_at = ?, role = ?, role_code = ?, role_reason = ? WHERE content_hash = ?",
+            [[run_id, e["path"], t, e["role"], e.get("role_code"), e.get("role_reason"), e["content_hash"]]
+             for e in entries if e["content_hash"] in known])
         tx.upsert("quarantine", [
             {"path": q.path, "grp": q.group, "code": q.code, "reason": q.reason,
              "file_sha256": "" if q.code in WALK_CODES else quarantined_file_hash(q.path), "run_id": run_id,
@@ -160,11 +187,25 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
     return sset, result
 
 
+def source_entry(outcome: Accepted, aligned_path: Path) -> dict[str, str]:
+    """The ``SourceSet`` entry of an accepted photo; a protect-only one says why it is no donor."""
+    face = outcome.face
+    entry = {"content_hash": face.content_hash, "group": face.group, "label": face.label, "path": face.path,
+             "aligned_path": str(aligned_path), "source_id": face.source_id, "role": outcome.role}
+    if outcome.not_donor:
+        entry["role_code"] = ",".join(code for code, _ in outcome.not_donor)
+        entry["role_reason"] = "; ".join(reason for _, reason in outcome.not_donor)
+    return entry
+
+
 def outcome_table(sset: SourceSet, result: IngestResult) -> list[dict[str, str]]:
-    """One row per file seen: accepted (with notes), duplicate or quarantined (with its code)."""
+    """One row per file seen: accepted (with notes), protect-only (why it is no donor), duplicate or
+    quarantined (with its code)."""
     rows = [{"file": e["path"], "group": e["group"], "outcome": "accepted",
              "code": "exif_rotated" if "EXIF" in result.notes.get(e["path"], "") else "ok",
              "reason": result.notes.get(e["path"], "")} for e in sset.entries]
+    rows += [{"file": e["path"], "group": e["group"], "outcome": "protect_only", "code": e["role_code"],
+              "reason": e["role_reason"]} for e in sset.protect_only]
     rows += [{"file": d.path, "group": d.group, "outcome": "duplicate", "code": "duplicate",
               "reason": f"same pixels as {d.kept_path}"} for d in result.duplicates]
     rows += [{"file": q.path, "group": q.group, "outcome": "quarantined", "code": q.code, "reason": q.reason}
