@@ -142,6 +142,7 @@ def test_duckdb_rows_hold_thresholds_and_figures_and_rewrites_replace(tmp_path):
     assert taus[0][1] < taus[1][1]
     report = render_report(result, ["magface (weights absent)"])
     assert "## toy" in report and "magface (weights absent)" in report and "| 1000 |" in report
+    assert "a false match is a face of nobody among the sources" in report, "the report says which error FMR is"
 
 
 # --------------------------------------------------------------------------- encoder availability

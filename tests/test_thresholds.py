@@ -9,11 +9,11 @@ from personc_assets.core.lineage.store import LineageStore
 from personc_assets.core.pipeline.thresholds import calibrated_taus
 
 
-def store_with_calibration(path, version="v1"):
+def store_with_calibration(path, version="v1", noise=0.25):
     rng = np.random.default_rng(0)
     centres = l2_normalise(rng.normal(size=(8, 32)))
     labels = [f"p{i}" for i in range(8) for _ in range(4)]
-    emb = l2_normalise(np.repeat(centres, 4, axis=0) + 0.25 * rng.normal(size=(32, 32)))
+    emb = l2_normalise(np.repeat(centres, 4, axis=0) + noise * rng.normal(size=(32, 32)))
     cal = calibrate_embeddings("enc", version, emb, labels)
     with duckdb.connect(str(path)) as conn:
         write_calibration(conn, CalibrationResult("synthetic", 8, 32, (cal,)), "r1")
@@ -41,3 +41,36 @@ def test_other_weights_version_is_not_calibrated(tmp_path):
     # why: a calibration measured on other weights says nothing about these
     store, _ = store_with_calibration(tmp_path / "db.duckdb")
     assert calibrated_taus(store, {"enc": "v2"}, 1e-3, 10) == {}
+
+
+class _Encoder:
+    """Just what ``resolve_taus`` reads of an encoder."""
+
+    def __init__(self, default_tau: float) -> None:
+        self.name, self.version, self.default_tau, self.tau_rationale = "enc", "v1", default_tau, "stand-in"
+
+
+def test_calibrated_tau_never_loosens_the_default(tmp_path):
+    # why: a large gallery asks for a higher tau (fewer strangers rejected), which lets closer
+    # look-alikes of a source through; only a tau the user gives by value may loosen the guard
+    from personc_assets.core.pipeline.config import resolve_taus
+
+    store, cal = store_with_calibration(tmp_path / "db.duckdb", noise=0.05)  # same person ~0.9, strangers ~0
+    calibrated = calibrated_taus(store, {"enc": "v1"}, 1e-3, 100_000)
+    asked = calibrated["enc"].tau
+    assert 0.8 < asked <= cal.same.min + 1e-9
+    enc = _Encoder(default_tau=round(asked - 0.05, 3))  # the calibration alone would loosen this default
+    chosen = resolve_taus([enc], {}, None, calibrated)["enc"]
+    assert chosen.tau == enc.default_tau and chosen.source == "calibrated"
+    assert f"{asked:.3f}) would be laxer than the default" in chosen.why and "--tau enc=VALUE" in chosen.why
+    assert resolve_taus([enc], {"enc": asked}, None, calibrated)["enc"].tau == asked, "by value it may"
+    looser = _Encoder(default_tau=round(asked + 0.05, 3))  # a calibration may tighten the guard
+    assert resolve_taus([looser], {}, None, calibrated)["enc"].tau == asked
+
+
+def test_calibrated_tau_says_which_error_rate_it_controls(tmp_path):
+    # why: a user reading "FMR" may take it for the leak rate; it is the rate of faces of nobody rejected
+    store, _ = store_with_calibration(tmp_path / "db.duckdb")
+    why = calibrated_taus(store, {"enc": "v1"}, 1e-3, 1000)["enc"].why
+    assert "bounds the false-match rate: the share of faces of nobody among the N=1000 sources" in why
+    assert "not a leak" in why and "does not bound leaks" in why

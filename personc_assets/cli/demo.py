@@ -39,8 +39,10 @@ def register(subparsers) -> None:
                         "applies to ArcFace only (repeatable)")
     p.add_argument("--target-fmr", type=float, metavar="RATE",
                    help="set each encoder's tau from its stored calibration (personc calibrate --db) for "
-                        "this false-match rate per released face over all sources; never above the "
-                        "calibrated same-person minimum")
+                        "this false-match rate per released face over all sources (faces of nobody in the "
+                        "sources rejected as one of them: a cost in released faces, not a bound on leaks); "
+                        "never above the calibrated same-person minimum nor the encoder's default tau "
+                        "(give --tau ENCODER=VALUE for a laxer one)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sources-a", type=Path, help="folder of group A photos (default: demo photos)")
     p.add_argument("--sources-b", type=Path, help="folder of group B photos")

@@ -452,5 +452,11 @@ def render_report(result: CalibrationResult, skipped_encoders: Sequence[str] = (
                          f"**{t.tau:.3f}** | {t.method} | {'yes' if t.supported_by_data else 'no'} | "
                          f"{t.fnmr_at_tau:.3f} | {t.note} |")
     lines += ["", "tau is the smallest pair threshold whose per-pair false-match rate p satisfies "
-              "1 - (1 - p)^N <= target (see `personc_assets.core.calibration`).", ""]
+              "1 - (1 - p)^N <= target (see `personc_assets.core.calibration`).",
+              "",
+              "Which error each rate is: a false match is a face of nobody among the sources that scores tau "
+              "or more against one of them, so the guard rejects it (a cost in released faces, not a leak). "
+              "The safety-relevant error is FNMR at tau: a likeness of a source person scoring below tau "
+              "passes. `personc demo --target-fmr` therefore never uses a tau above the same-person minimum "
+              "nor above the encoder's default; only `--tau ENCODER=VALUE` can set a laxer one.", ""]
     return "\n".join(lines)

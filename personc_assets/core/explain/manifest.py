@@ -85,7 +85,7 @@ class EncoderRecord:
     name: str
     version: str  # weights hash prefix
     tau: float
-    tau_source: str  # e.g. "default", "--tau dlib=0.90"
+    tau_source: str  # explicit, bare (ArcFace-scale --tau), calibrated (--target-fmr) or default
     tau_rationale: str
     gating: bool = True
 

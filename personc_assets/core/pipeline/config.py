@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from ..encoders.base import Encoder
 
@@ -59,11 +59,17 @@ class RunConfig:
         return d
 
 
+#: Where a tau came from: ``--tau NAME=VALUE``, a bare ``--tau`` (ArcFace scale), a stored
+#: calibration for ``--target-fmr``, or the encoder's default.
+TauSource = Literal["explicit", "bare", "calibrated", "default"]
+
+
 @dataclass(frozen=True)
 class TauChoice:
     encoder: str
     tau: float
     why: str
+    source: TauSource = "default"
 
 
 def resolve_taus(encoders: list[Encoder], taus: Mapping[str, float], bare_tau: float | None,
@@ -72,7 +78,9 @@ def resolve_taus(encoders: list[Encoder], taus: Mapping[str, float], bare_tau: f
 
     An explicit ``name=value`` wins; a bare value applies only to ArcFace
     (whose cosine scale it is given on); then a calibrated tau for a target
-    false-match rate (see ``thresholds.py``); otherwise the encoder's default.
+    false-match rate (see ``thresholds.py``), never laxer than the encoder's
+    default (``never_laxer_than_default``); otherwise the encoder's default.
+    Only a tau given by value may loosen the guard.
     """
     unknown = set(taus) - {e.name for e in encoders}
     if unknown:
@@ -81,11 +89,11 @@ def resolve_taus(encoders: list[Encoder], taus: Mapping[str, float], bare_tau: f
     out = {}
     for enc in encoders:
         if enc.name in taus:
-            out[enc.name] = TauChoice(enc.name, float(taus[enc.name]), "set explicitly")
+            out[enc.name] = TauChoice(enc.name, float(taus[enc.name]), "set explicitly", "explicit")
         elif bare_tau is not None and enc.name == BARE_TAU_ENCODER:
-            out[enc.name] = TauChoice(enc.name, float(bare_tau), "--tau (ArcFace cosine scale)")
+            out[enc.name] = TauChoice(enc.name, float(bare_tau), "--tau (ArcFace cosine scale)", "bare")
         elif calibrated and enc.name in calibrated:
-            out[enc.name] = calibrated[enc.name]
+            out[enc.name] = never_laxer_than_default(calibrated[enc.name], enc)
         else:
             why = f"default: {enc.tau_rationale}"
             if bare_tau is not None:
@@ -93,6 +101,21 @@ def resolve_taus(encoders: list[Encoder], taus: Mapping[str, float], bare_tau: f
                        + why)
             out[enc.name] = TauChoice(enc.name, float(enc.default_tau), why)
     return out
+
+
+def never_laxer_than_default(choice: TauChoice, encoder: Encoder) -> TauChoice:
+    """``choice`` (a calibrated tau) capped at ``encoder``'s default tau.
+
+    A higher tau lets closer look-alikes of a source through; a calibration
+    may tighten the guard, never loosen it.
+    """
+    default = float(encoder.default_tau)
+    if choice.tau <= default:
+        return replace(choice, source="calibrated")
+    return TauChoice(encoder.name, default, (
+        f"{choice.why}; that tau ({choice.tau:.3f}) would be laxer than the default {default:.3f}, which is kept: "
+        f"a calibration never loosens the guard (give --tau {encoder.name}=VALUE to choose a laxer tau)"),
+        "calibrated")
 
 
 class Workspace:

@@ -87,8 +87,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
     report_path = write_run_report(ws.reports / "index.html", run_report)
     manifest = ReleaseManifest(
         run_id=run_id, backbone=cfg.backbone, backbone_state_hash=factors_summary["backbone"]["state_hash"],
-        encoders=tuple(EncoderRecord(e.name, e.version, taus[e.name].tau,
-                                     "explicit" if "explicit" in taus[e.name].why else "default",
+        encoders=tuple(EncoderRecord(e.name, e.version, taus[e.name].tau, taus[e.name].source,
                                      taus[e.name].why) for e in encoders),
         releases=tuple(records),
         figures=RunFigures(run_report.candidates, run_report.released, run_report.candidates - run_report.released,

@@ -127,13 +127,15 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
                                       "count": count, "index_path": str(path), "run_id": run_id}])
         out.append({"encoder": enc.name, "encoder_version": enc.version, "index_path": str(path),
                     "kind": index.manifest.kind, "gating": enc.name not in cfg.audit_encoders,
-                    "count": count, "dim": enc.dim, "tau": taus[enc.name].tau, "tau_why": taus[enc.name].why})
+                    "count": count, "dim": enc.dim, "tau": taus[enc.name].tau, "tau_why": taus[enc.name].why,
+                    "tau_source": taus[enc.name].source})
     return {"indexes": out, "skipped": skipped, "source_set_hash": sources.source_set_hash,
             "source_classes": source_classes(sources)}
 
 
 def tau_choices(index_summary: dict[str, Any]) -> dict[str, TauChoice]:
-    return {i["encoder"]: TauChoice(i["encoder"], i["tau"], i["tau_why"]) for i in index_summary["indexes"]}
+    return {i["encoder"]: TauChoice(i["encoder"], i["tau"], i["tau_why"], i.get("tau_source", "default"))
+            for i in index_summary["indexes"]}
 
 
 #: Encoder whose tau says "same person" when grouping source photos into people and matching

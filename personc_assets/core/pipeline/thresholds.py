@@ -7,10 +7,15 @@ face and the gallery size N (the number of sources), the per-pair rate must be
 different-person tail is extrapolated with the stored normal fit, never below
 the highest different-person score observed when the sample cannot show p*.
 
-A 1:N false-match target alone would *raise* tau as N grows (fewer strangers
-flagged), which makes the guard laxer against look-alikes of a source. The
-guard therefore never gates above the calibrated same-person minimum: the
-tau used is ``min(tau_target, same_min)``, and the reason says which bound won.
+Which error this controls: a *false match* here is a face of nobody among the
+sources that scores tau or more against one of them, so the guard rejects it.
+The target bounds that rate per released face: a cost in faces released, not
+a leak. The safety-relevant error is the other one: a likeness of a source
+person scoring below tau and passing (the false non-match rate). A target
+alone would *raise* tau as N grows (fewer strangers flagged), which makes the
+guard laxer against look-alikes of a source. The tau used is therefore
+``min(tau_target, same_min)``, and ``resolve_taus`` never lets it above the
+encoder's default; the reason says which bound won and which rate it controls.
 """
 
 from __future__ import annotations
@@ -49,10 +54,12 @@ def calibrated_taus(store: LineageStore, encoders: dict[str, str], target_fmr: f
         if p * n_diff < 1.0:  # the sample cannot show p*: stay above every observed stranger
             tau_target = max(tau_target, float(diff_max))
         if same_min is not None and float(same_min) < tau_target:
-            tau, bound = float(same_min), "capped at the same-person minimum"
+            tau, bound = float(same_min), f"capped at the same-person minimum {float(same_min):.3f}"
         else:
             tau, bound = tau_target, "below the same-person minimum"
         out[name] = TauChoice(name, tau, (
-            f"target FMR {target_fmr:g} per face over N={gallery_size} sources → per-pair {p:.2g}, "
-            f"normal-tail tau {tau_target:.3f} (calibration on {folder}); {bound}"))
+            f"--target-fmr {target_fmr:g} bounds the false-match rate: the share of faces of nobody among the "
+            f"N={gallery_size} sources that the guard rejects as one of them (a cost in released faces, not a "
+            f"leak); per pair {p:.2g}, normal-tail tau {tau_target:.3f} (calibration on {folder}); {bound}. "
+            f"It does not bound leaks (a source person's likeness scoring below tau)"), "calibrated")
     return out
