@@ -25,7 +25,7 @@ from personc_assets.core.explain.attribution import AttributionMap
 from personc_assets.core.explain.ics import CoalitionTable, coalition_masks, compute_ics
 from personc_assets.core.explain.manifest import (
     DonorRecord, EncoderRecord, EncoderVerdictRecord, ReleaseManifest, ReleaseRecord, RunFigures, ics_digest,
-    known_releases, load_manifest, write_manifest,
+    known_releases, load_manifest, merge_manifest, revoked_releases, write_manifest,
 )
 from personc_assets.core.explain.report import (
     AttributionPanel, DonorPanel, FaceReport, RunReport, SimilarityBar, face_card_png, gallery_markdown,
@@ -237,6 +237,69 @@ def test_manifest_round_trip_names_releases_for_verify(tmp_path):
     (tmp_path / "bad.json").write_text("[1, 2]")
     with pytest.raises(ValueError, match="not a PersonC manifest"):
         load_manifest(tmp_path / "bad.json")
+
+
+def _run_manifest(run_id: str, release_ids: list[str]) -> ReleaseManifest:
+    records = tuple(ReleaseRecord(rid, f"released/{rid}.png", "ab" * 32, "cd" * 32, f"cand-{rid}", "recipe-1",
+                                  (DonorRecord("e" * 64, "A-eeeeeeeeee", "A"), DonorRecord("f" * 64, "B-ffffffffff", "B")),
+                                  (EncoderVerdictRecord("dlib", 0.8, "A-eeeeeeeeee", 0.9),)) for rid in release_ids)
+    return ReleaseManifest(run_id, "morphable", "s" * 16, (EncoderRecord("dlib", "dlib-123", 0.9, "default", "m"),),
+                           records, RunFigures(len(records), len(records), 0), "c" * 64, {"A": 3, "B": 4})
+
+
+def test_manifest_accumulates_releases_across_runs(tmp_path):
+    """Each run adds its releases to one manifest keyed by release id; earlier releases and revocations stay."""
+    from personc_assets.core.pipeline.reaudit import update_manifest_revocations
+
+    path = tmp_path / "manifest.json"
+    write_manifest(path, _run_manifest("run-0", ["pc-0"]))  # a per-run manifest of an older version
+    merge_manifest(path, _run_manifest("run-1", ["pc-1"]))
+    update_manifest_revocations(path, [{"release_id": "pc-1", "reason": "reaches tau"}])
+    merge_manifest(path, _run_manifest("run-2", ["pc-2", "pc-3"]))
+    digest = merge_manifest(path, _run_manifest("run-1", ["pc-1"]))  # the same run materialized again
+    import hashlib
+
+    data = load_manifest(path)
+    assert {rid: e["run_id"] for rid, e in data["releases"].items()} == {
+        "pc-0": "run-0", "pc-1": "run-1", "pc-2": "run-2", "pc-3": "run-2"}
+    assert set(data["runs"]) == {"run-0", "run-1", "run-2"} and data["runs"]["run-2"]["figures"]["released"] == 2
+    assert data["releases"]["pc-1"]["status"] == "revoked", "a later write keeps the revocation"
+    assert data["releases"]["pc-2"]["status"] == "released" and data["releases"]["pc-2"]["donor_groups"] == ["A", "B"]
+    assert known_releases(data) == {f"pc-{i}": f"released/pc-{i}.png" for i in range(4)}
+    assert revoked_releases(data) == {"pc-1": "reaches tau"}
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not a manifest object; move it aside"):
+        merge_manifest(tmp_path / "bad.json", _run_manifest("run-3", ["pc-9"]))
+
+
+def test_verify_reports_a_revoked_release_as_revoked(tmp_path, capsys):
+    """A release withdrawn because it came to resemble a real person must not verify as a release in force."""
+    import argparse
+
+    from personc_assets.cli import verify
+    from personc_assets.core.explain.watermark import write_released_png
+    from personc_assets.core.pipeline.reaudit import update_manifest_revocations
+
+    kept = write_released_png(tmp_path / "released" / "pc-kept.png", synthetic_face(5), "pc-kept").path
+    gone = write_released_png(tmp_path / "released" / "pc-gone.png", synthetic_face(6), "pc-gone").path
+    merge_manifest(tmp_path / "manifest.json", _run_manifest("run-1", ["pc-kept", "pc-gone"]))
+    update_manifest_revocations(tmp_path / "manifest.json",
+                                [{"release_id": "pc-gone", "reason": "re-audit: dlib reaches tau"}])
+    parser = argparse.ArgumentParser()
+    verify.register(parser.add_subparsers())
+    args = parser.parse_args(["verify", str(kept)])
+    assert args.func(args) == 0
+    capsys.readouterr()
+    args = parser.parse_args(["verify", str(kept), str(gone)])
+    assert args.func(args) == 1
+    out = capsys.readouterr().out
+    assert "REVOKED" in out and "revoked (re-audit: dlib reaches tau)" in out
+    assert "1 of 2 file(s) are PersonC releases in force; 1 revoked" in out
+    args = parser.parse_args(["verify", "--json", str(gone)])
+    assert args.func(args) == 1
+    doc = json.loads(capsys.readouterr().out)[0]
+    assert doc["status"] == "revoked" and doc["is_personc"] and not doc["in_force"]
 
 
 def test_verify_command_exit_codes(tmp_path, capsys):

@@ -20,7 +20,7 @@ from .ics import (
 )
 from .manifest import (
     DonorRecord, EncoderRecord, EncoderVerdictRecord, ReleaseManifest, ReleaseRecord, RunFigures, ics_digest,
-    known_releases, load_manifest, write_manifest,
+    known_releases, load_manifest, merge_manifest, revoked_releases, write_manifest,
 )
 from .report import (
     AttributionPanel, DonorPanel, FaceReport, ReportFiles, RunReport, SimilarityBar, face_card_png,
@@ -49,5 +49,5 @@ __all__ = [
     "write_face_report", "write_run_report",
     # manifest
     "DonorRecord", "EncoderRecord", "EncoderVerdictRecord", "ReleaseManifest", "ReleaseRecord", "RunFigures",
-    "ics_digest", "known_releases", "load_manifest", "write_manifest",
+    "ics_digest", "known_releases", "load_manifest", "merge_manifest", "revoked_releases", "write_manifest",
 ]

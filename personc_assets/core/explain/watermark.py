@@ -86,7 +86,7 @@ KEY_RELEASE = "PersonC-Release-Id"
 KEY_WATERMARK = "PersonC-Watermark"
 KEY_MANIFEST = "PersonC-Manifest-SHA256"
 
-VerifyStatus = Literal["verified", "watermark_only", "metadata_only", "mismatch", "not_personc"]
+VerifyStatus = Literal["verified", "watermark_only", "revoked", "metadata_only", "mismatch", "not_personc"]
 
 
 class WatermarkError(RuntimeError):
@@ -270,7 +270,9 @@ class VerifyResult:
     the PersonC magic is in the watermark — and, when a manifest was given, the
     fingerprint names one of its releases), ``metadata_only`` (metadata claims a
     release but the watermark is unreadable), ``mismatch`` (metadata and
-    watermark disagree), ``not_personc``.
+    watermark disagree), ``not_personc``; ``revoked`` (verified or identified
+    by its watermark, but the manifest lists the release as revoked: it was
+    withdrawn because it came to resemble a real person).
     """
 
     path: Path
@@ -285,6 +287,12 @@ class VerifyResult:
 
     @property
     def is_personc(self) -> bool:
+        """Made by PersonC (revoked releases included)."""
+        return self.status in ("verified", "watermark_only", "revoked")
+
+    @property
+    def in_force(self) -> bool:
+        """A PersonC release that has not been revoked."""
         return self.status in ("verified", "watermark_only")
 
     @property
@@ -302,14 +310,28 @@ def _open_rgb(path: Path) -> tuple[np.ndarray, dict[str, str]]:
 
 
 def verify_png(path: Path, known_releases: Mapping[str, str] | None = None,
-               expected_size: tuple[int, int] | None = None) -> VerifyResult:
+               expected_size: tuple[int, int] | None = None,
+               revoked: Mapping[str, str] | None = None) -> VerifyResult:
     """Read back the watermark and metadata of ``path`` (PNG, or any image Pillow opens).
 
     ``known_releases`` maps release ids to anything (e.g. file names, from a
     manifest); it identifies files whose metadata was stripped. A resized copy
     is decoded after resizing it back to ``expected_size`` (width, height)
-    when given.
+    when given. ``revoked`` maps revoked release ids to the reason (from a
+    manifest): a release found there is reported ``revoked``.
     """
+    result = _identify(Path(path), known_releases, expected_size)
+    rid = result.release_id
+    if revoked and result.is_personc and rid in revoked:
+        return replace(result, status="revoked",
+                       reason=f"release {rid} was revoked ({revoked[rid]}); it is withdrawn — do not use it. "
+                              f"{result.reason}")
+    return result
+
+
+def _identify(path: Path, known_releases: Mapping[str, str] | None,
+              expected_size: tuple[int, int] | None) -> VerifyResult:
+    """``verify_png`` before revocations are looked up."""
     import cv2
 
     path = Path(path)

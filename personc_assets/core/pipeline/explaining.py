@@ -4,8 +4,9 @@ For every released face: exact Shapley ICS towards each donor and each
 nearest source (per encoder), an occlusion map towards its nearest source
 and its primary donors (first gating encoder), a self-contained HTML report
 with a PNG summary card. For the run: a report with the pass rate, the
-similarity histogram against tau and a gallery, and the release manifest
-(JSON beside the released files, and the ``release_manifest`` view in DuckDB).
+similarity histogram against tau and a gallery, and the run's releases added
+to the workspace's cumulative release manifest (JSON beside the released
+files, and the ``release_manifest`` view in DuckDB).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from ..explain import (AttributionPanel, DonorPanel, DonorRecord, EncoderRecord, EncoderSimilarity,
                        EncoderVerdictRecord, FaceReport, ReleaseManifest, ReleaseRecord, RunFigures, RunReport,
                        SimilarityBar, face_occlusion_map, gallery_markdown, ics_digest, ics_markdown,
-                       identity_contribution_scores, save_overlay_png, write_face_report, write_manifest,
+                       identity_contribution_scores, merge_manifest, save_overlay_png, write_face_report,
                        write_run_report)
 from ..faces.detect import detect_faces
 from ..lineage.store import LineageStore
@@ -94,7 +95,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
                            dict(run_report.rejection_reasons)),
         config_hash=config_hash(cfg.as_dict()),
         sources=dict(Counter(e["group"] for e in sources.entries)))
-    manifest_sha = write_manifest(ws.manifest, manifest)
+    manifest_sha = merge_manifest(ws.manifest, manifest)  # cumulative: earlier runs' releases stay listed
     reaudit.sync_manifests(store, [ws.root])  # keep revocations recorded by earlier audits
     return {"explained": explained, "manifest": str(ws.manifest), "manifest_sha256": manifest_sha,
             "run_report": str(report_path), "pass_rate": run_report.pass_rate,
