@@ -77,6 +77,72 @@ def test_sensor_asks_for_a_refresh_when_photos_are_added_or_changed(tmp_path, sh
     assert isinstance(demo, SkipReason) and "demo" in demo.skip_message
 
 
+def test_sensor_moves_on_only_after_the_refresh_succeeded(tmp_path, shared_faces):
+    # why: a refresh that fails (a crash, a full disk) leaves the releases unaudited against the new photo;
+    # if the sensor counted the change as handled when it asked, the refresh would never be retried
+    from dagster import job, op
+
+    from personc_assets.core.pipeline.source_watch import WatchCursor
+
+    @op
+    def refresh_fails() -> None:
+        raise RuntimeError("disk full")
+
+    @op
+    def refresh_works() -> None:
+        pass
+
+    @job
+    def failing() -> None:
+        refresh_fails()
+
+    @job
+    def working() -> None:
+        refresh_works()
+
+    folders = {g: tmp_path / g for g in ("A", "B")}
+    for g, person in (("A", "id01"), ("B", "id05")):
+        folders[g].mkdir()
+        copy_photo(sorted((shared_faces / person).glob("*.jpg"))[0], folders[g] / f"{person}.jpg")
+    resources = {"personc": PersonCConfig(out_dir=str(tmp_path / "out"), sources_a=str(folders["A"]),
+                                          sources_b=str(folders["B"]))}
+    with DagsterInstance.ephemeral() as instance:
+        def tick(cursor):
+            return source_folders_changed(build_sensor_context(instance=instance, cursor=cursor, resources=resources))
+
+        baseline = tick(None).cursor
+        copy_photo(sorted((shared_faces / "id02").glob("*.jpg"))[0], folders["A"] / "id02.jpg")
+        asked = tick(baseline)
+        first = asked.run_requests[0]
+        waiting = tick(asked.cursor)
+        assert isinstance(waiting, SkipReason) and "queued or running" in waiting.skip_message
+        failing.execute_in_process(instance=instance, tags=first.tags, raise_on_error=False)
+        retry = tick(asked.cursor)
+        assert len(retry.run_requests) == 1, "a failed refresh is asked for again"
+        assert retry.run_requests[0].run_key != first.run_key and retry.run_requests[0].tags["personc/added"] == "1"
+        assert WatchCursor.decode(retry.cursor).refreshed == WatchCursor.decode(baseline).refreshed
+        working.execute_in_process(instance=instance, tags=retry.run_requests[0].tags)
+        done = tick(retry.cursor)
+        assert not done.run_requests and WatchCursor.decode(done.cursor).pending is None
+        assert WatchCursor.decode(done.cursor).refreshed == WatchCursor.decode(asked.cursor).pending
+        assert isinstance(tick(done.cursor), SkipReason), "handled: nothing more to do"
+
+
+def test_sensor_stops_asking_after_repeated_failures_and_says_why():
+    # why: a refresh that always fails must not be relaunched every minute forever
+    from personc_assets.core.pipeline.source_watch import MAX_REFRESH_ATTEMPTS, WatchCursor, next_step
+
+    cursor = WatchCursor("d0", "d1", 1)
+    for attempt in range(2, MAX_REFRESH_ATTEMPTS + 1):
+        step = next_step(cursor, "d1", "failed")
+        assert step.action == "refresh" and step.cursor.attempt == attempt
+        cursor = step.cursor
+    final = next_step(cursor, "d1", "failed")
+    assert final.action == "gave_up" and "reset the sensor's cursor" in final.message
+    assert next_step(cursor, "d2", "failed").action == "refresh", "a new change is asked for again"
+    assert WatchCursor.decode("d0abc") == WatchCursor(refreshed="d0abc"), "an older bare-digest cursor is read"
+
+
 def embed_photo(encoder: DlibEncoder, image: np.ndarray) -> np.ndarray | None:
     faces = detect_faces(image)
     return encoder.embed(faces[:1])[0] if len(faces) == 1 else None

@@ -3,22 +3,25 @@
 When photos in the source folders are added, changed or removed, the sensor
 asks for one ``personc_refresh`` run: sources, latents, factors and indexes
 are rebuilt, and ``release_audit`` re-checks every face released so far
-against the new sources, revoking the ones that now reach tau.
+against the new sources, revoking the ones that now reach tau. The sensor's
+cursor moves on only once that run has succeeded; a failed refresh is asked
+for again (``core/pipeline/source_watch.py``).
 """
 
 import hashlib
 import json
 from pathlib import Path
 
-from dagster import (AssetExecutionContext, AssetSelection, DagsterRunStatus, DefaultSensorStatus,
-                     MaterializeResult, MetadataValue, RunFailureSensorContext, RunRequest, RunStatusSensorContext,
-                     SensorEvaluationContext, SensorResult, SkipReason, asset, define_asset_job,
-                     multiprocess_executor, run_failure_sensor, run_status_sensor, sensor)
+from dagster import (AssetExecutionContext, AssetSelection, DagsterInstance, DagsterRunStatus, DefaultSensorStatus,
+                     MaterializeResult, MetadataValue, RunFailureSensorContext, RunRequest, RunsFilter,
+                     RunStatusSensorContext, SensorEvaluationContext, SensorResult, SkipReason, asset,
+                     define_asset_job, multiprocess_executor, run_failure_sensor, run_status_sensor, sensor)
 from dagster_duckdb import DuckDBResource
 
 from ..core.atomic import atomic_write_text
 from ..core.faces.ingest import diff_snapshots, snapshot_folders
 from ..core.pipeline import reaudit
+from ..core.pipeline.source_watch import RefreshState, WatchCursor, next_step
 from .assets import lineage, md_table
 from .resources import PersonCConfig
 
@@ -26,6 +29,8 @@ AUDIT_GROUP = "personc_audit"
 #: Tag carried by every run the sensor asks for; limit it to 1 per value in the
 #: instance's run queue so that two runs never rebuild one workspace at once.
 WORKSPACE_TAG = "personc/workspace"
+#: Tag naming the refresh run asked for one change and attempt (``WatchCursor.refresh_key``).
+REFRESH_KEY_TAG = "personc/refresh_key"
 SNAPSHOT_FILE = "source_folders_snapshot.json"
 
 
@@ -70,26 +75,59 @@ def snapshot_digest(snapshot: dict[str, str]) -> str:
 @sensor(job=refresh_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
 def source_folders_changed(context: SensorEvaluationContext, personc: PersonCConfig):
     """Asks for a refresh run when photos in the source folders are added, changed or removed
-    (file size and modification time; nothing is decoded here)."""
+    (file size and modification time; nothing is decoded here). A change counts as handled once
+    its refresh run has succeeded; a failed one is asked for again."""
     cfg = personc.run_config()
     if cfg.sources_a is None or cfg.sources_b is None:
         return SkipReason("no source folders configured (sources_a/sources_b): the demo sources never change")
     snapshot = snapshot_folders({"A": Path(cfg.sources_a).expanduser(), "B": Path(cfg.sources_b).expanduser()})
     digest = snapshot_digest(snapshot)
     sidecar = personc.workspace().path("state", SNAPSHOT_FILE)
-    previous = json.loads(sidecar.read_text()) if sidecar.exists() else None
-    last = context.cursor or (previous or {}).get("digest")
-    if last == digest:
-        return SkipReason(f"no change in {len(snapshot)} files")
-    atomic_write_text(sidecar, json.dumps({"digest": digest, "files": snapshot}))
-    if last is None:
-        return SensorResult(skip_reason=SkipReason(f"baseline recorded: {len(snapshot)} files"), cursor=digest)
-    changes = diff_snapshots((previous or {}).get("files", {}), snapshot)
-    context.log.info("source folders changed: " + ", ".join(f"{len(v)} {k}" for k, v in changes.items()))
-    request = RunRequest(run_key=f"sources-{last[:12]}-{digest[:12]}",
-                         tags={"personc/trigger": "source_folders", WORKSPACE_TAG: personc.workspace().root.as_posix(),
-                               **{f"personc/{k}": str(len(v)) for k, v in changes.items()}})
-    return SensorResult(run_requests=[request], cursor=digest)
+    saved = read_sidecar(sidecar)
+    cursor = WatchCursor.decode(context.cursor) if context.cursor else saved["cursor"]
+    state = refresh_state(context.instance, cursor.refresh_key) if cursor.pending else "absent"
+    step = next_step(cursor, digest, state)
+    snapshots = {**saved["snapshots"], digest: snapshot}
+    keep = {step.cursor.refreshed, step.cursor.pending}
+    atomic_write_text(sidecar, json.dumps({"cursor": json.loads(step.cursor.encode()),
+                                           "snapshots": {d: f for d, f in snapshots.items() if d in keep}}))
+    if step.action != "refresh":
+        if step.cursor == cursor:
+            return SkipReason(f"{step.message} ({len(snapshot)} files)")
+        return SensorResult(skip_reason=SkipReason(f"{step.message} ({len(snapshot)} files)"),
+                            cursor=step.cursor.encode())
+    changes = diff_snapshots(snapshots.get(step.cursor.refreshed, {}), snapshot)
+    context.log.info(f"{step.message}: " + ", ".join(f"{len(v)} {k}" for k, v in changes.items()))
+    key = step.cursor.refresh_key
+    request = RunRequest(run_key=key, tags={
+        "personc/trigger": "source_folders", WORKSPACE_TAG: personc.workspace().root.as_posix(),
+        REFRESH_KEY_TAG: key, "personc/refresh_attempt": str(step.cursor.attempt),
+        **{f"personc/{k}": str(len(v)) for k, v in changes.items()}})
+    return SensorResult(run_requests=[request], cursor=step.cursor.encode())
+
+
+def read_sidecar(path: Path) -> dict:
+    """``{"cursor": WatchCursor, "snapshots": {digest: files}}`` kept beside the workspace's state.
+
+    It stands in for a lost sensor cursor and holds the snapshot each change is compared with.
+    """
+    data = json.loads(path.read_text()) if path.exists() else {}
+    if "digest" in data:  # written by an earlier version: the last snapshot seen
+        return {"cursor": WatchCursor(refreshed=data["digest"]), "snapshots": {data["digest"]: data.get("files", {})}}
+    return {"cursor": WatchCursor.decode(json.dumps(data["cursor"])) if "cursor" in data else WatchCursor(),
+            "snapshots": data.get("snapshots", {})}
+
+
+def refresh_state(instance: DagsterInstance, key: str) -> RefreshState:
+    """What became of the refresh run tagged with ``key`` (the latest, if asked for more than once)."""
+    runs = instance.get_runs(filters=RunsFilter(tags={REFRESH_KEY_TAG: key}), limit=1)
+    if not runs:
+        return "absent"
+    if runs[0].status == DagsterRunStatus.SUCCESS:
+        return "succeeded"
+    if runs[0].status in (DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED):
+        return "failed"
+    return "running"
 
 
 @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, default_status=DefaultSensorStatus.RUNNING)
