@@ -65,6 +65,7 @@ def guard_with(*encoders, detector=one_face, tau=0.5):
 
 CLOSE_TO_S0 = np.array([0.6, 0.0, 0.0, 0.0, 0.8, 0.0, 0.0, 0.0])  # cos 0.6 to s0
 UNLIKE_ALL = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.6, 0.8])  # orthogonal to all sources
+EXACTLY_075_TO_S0 = np.array([0.75, 0.0, 0.0, 0.0, 0.66, 0.0, 0.0, 0.0])  # cos exactly 0.75 to s0, norm 0.999
 
 
 def test_pass_below_tau_and_reject_at_tau():
@@ -73,8 +74,14 @@ def test_pass_below_tau_and_reject_at_tau():
     unlike, close = g.check([("ok", image_for(UNLIKE_ALL)), ("close", image_for(CLOSE_TO_S0))])
     assert unlike.verdict == PASS and unlike.per_encoder[0].max_similarity == pytest.approx(0.0, abs=1e-6)
     assert close.verdict == REJECT and close.per_encoder[0].nearest_source == "s0"
-    at_tau = guard_with(TableEncoder(), tau=0.6).check([("eq", image_for(CLOSE_TO_S0))])[0]
-    assert at_tau.verdict == REJECT, "similarity equal to tau must be rejected (reaches tau)"
+
+
+def test_similarity_exactly_equal_to_tau_is_rejected():
+    # why: "reaches tau" means >=; 0.75 is exact in float32 and float64 (0.6 is not: float32(0.6) > 0.6,
+    # so a case built on 0.6 also passes a guard that only rejects above tau)
+    at_tau = guard_with(TableEncoder(), tau=0.75).check([("eq", image_for(EXACTLY_075_TO_S0))])[0]
+    assert at_tau.per_encoder[0].max_similarity == 0.75 == at_tau.per_encoder[0].tau, "the case must be exact"
+    assert at_tau.verdict == REJECT and "reaches tau" in at_tau.reason
 
 
 @pytest.mark.parametrize("encoder,expected", [
