@@ -96,6 +96,43 @@ def test_dp_sensitivity_is_the_clip_range_and_opendp_scale_matches():
     assert clipped == 3.0 and -3.0 <= released <= 3.0
 
 
+def test_side_kept_under_laplace_noise_matches_the_closed_form():
+    # why: the accuracy-versus-epsilon figures must be measured, not assumed; for a coordinate t and
+    # Laplace scale b the share of releases on t's side is 1 - exp(-|t| / b) / 2
+    from types import SimpleNamespace
+
+    from personc_assets.core.privacy.dp import measure_accuracy
+    from personc_assets.core.privacy.population import FactorScale
+
+    direction = _direction(sd=1.5)  # clip +-3, sensitivity 6
+    scale = FactorScale({"texture": np.zeros(2)}, {"texture": np.ones(2)}, {"texture": 1.0})  # whitening = identity
+    coords = {"near": 0.5, "far": -2.0}
+    pop = SimpleNamespace(factors={h: {"texture": t * np.array([0.6, 0.8])} for h, t in coords.items()})
+    faces = [SimpleNamespace(content_hash=h) for h in coords]
+    for eps in (6.0, 2.0):
+        b = 6.0 / eps
+        want = np.mean([1 - 0.5 * math.exp(-abs(t) / b) for t in coords.values()])
+        got = measure_accuracy(pop, scale, direction, None, faces, {}, [eps], side_repeats=4000)[0]
+        assert got.side_kept == pytest.approx(want, abs=0.03), eps
+        assert got.n_side == 2 * 4000 and math.isnan(got.label_accuracy)
+
+
+def test_leave_one_person_out_accuracy_holds_each_person_out():
+    # why: the cross-validated accuracy is the honest figure for a direction fitted on few people;
+    # a person whose photos sit among the other class must count as wrong when held out
+    from personc_assets.core.privacy.attributes import _leave_one_person_out
+
+    persons = ["a", "a", "b", "b", "c", "c", "d", "d"]
+    x = np.array([[2.0], [2.2], [1.0], [1.2], [-1.0], [-1.2], [-2.0], [-2.2]])
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0])
+    w = np.ones(8)
+    assert _leave_one_person_out(x, y, w, persons, 1.0) == 1.0
+    odd = x.copy()
+    odd[:2] = -3.0  # person "a" (class 1) now looks like class 0
+    assert _leave_one_person_out(odd, y, w, persons, 1.0) <= 0.75 + 1e-9
+    assert math.isnan(_leave_one_person_out(x[:4], y[:4], w[:4], persons[:4], 1.0)), "two people: not measurable"
+
+
 def test_gaussian_needs_delta_and_laplace_refuses_one():
     # why: a mechanism with the wrong accounting would understate what was spent
     with pytest.raises(ValueError, match="delta"):
