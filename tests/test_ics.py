@@ -2,14 +2,13 @@
 
 Most tests use a tiny synthetic backbone (each factor paints one band of a
 64x64 image) and a toy "encoder" (band means), so they run in milliseconds and
-do not depend on the real backbone. One test uses the embedded morphable
-backbone with dlib on ../shared/faces when both are available.
+do not depend on the real backbone. One test uses the default (embedded
+morphable) backbone with dlib on ../shared/faces: it skips only when those
+photos are absent, and fails when the default backbone does not import.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import time
 from pathlib import Path
 from typing import Sequence
@@ -296,32 +295,27 @@ def load_sources(root: Path, per_person: int = 2) -> list:
     return out
 
 
-def _embedded_backbone_name() -> str | None:
-    """Registered name of the embedded morphable backbone, or None while it is not built yet."""
-    from personc_assets.core.backbones.base import BACKBONES
+def _default_backbone():
+    """A fresh instance of the backbone runs use by default.
 
-    if importlib.util.find_spec("personc_assets.core.backbones.morphable") is None:
-        return None
-    try:
-        importlib.import_module("personc_assets.core.backbones.morphable")
-    except ImportError:
-        return None
-    names = [n for n in ("morphable", "embedded") if n in BACKBONES.names()]
-    return names[0] if names else None
+    Not a skip condition: when the default backbone does not import, PersonC cannot run, and this
+    test must fail saying so.
+    """
+    from personc_assets.core.backbones import BACKBONES
+    from personc_assets.core.pipeline.config import RunConfig
+
+    return BACKBONES.create(RunConfig().backbone)
 
 
 @pytest.mark.slow
 @pytest.mark.shared_faces
 @pytest.mark.skipif(not FACES.is_dir(), reason=f"test photos not found at {FACES}")
-@pytest.mark.skipif(_embedded_backbone_name() is None, reason="the embedded backbone "
-                    "(personc_assets.core.backbones.morphable) is not importable or not registered")
 def test_single_factor_face_on_embedded_backbone_with_dlib(tmp_path):
     """Same validation on the real embedded backbone and dlib: the one donor factor carries the likeness."""
-    from personc_assets.core.backbones.base import BACKBONES
     from personc_assets.core.encoders import ENCODERS
 
+    bb = _default_backbone()
     sources = load_sources(FACES, per_person=2)
-    bb = BACKBONES.create(_embedded_backbone_name())
     bb.fit(sources)
     donor = sources[0]
     latent = bb.project([donor])[0].latent
