@@ -76,6 +76,9 @@ def test_graph_releases_faces_below_tau_with_full_lineage(shared_run):
         orphans = conn.execute("SELECT count(*) FROM releases r LEFT JOIN candidate_verdicts v USING "
                                "(candidate_id) WHERE v.verdict IS DISTINCT FROM 'PASS'").fetchone()[0]
     assert orphans == 0, "every release must have a PASS verdict"
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["releases"]) == {r["release_id"] for r in guard["released"]}, "keyed by release id"
+    assert all(e["run_id"] in manifest["runs"] and e["status"] == "released" for e in manifest["releases"].values())
 
 
 def test_rematerializing_does_not_duplicate_rows(shared_run):
@@ -84,6 +87,8 @@ def test_rematerializing_does_not_duplicate_rows(shared_run):
     run_graph(shared_run["out"], shared_run["root"] / "home2", **shared_run["config"])
     after = table_counts(shared_run["out"] / "personc.duckdb")
     assert {k: v for k, v in after.items() if k != "runs"} == {k: v for k, v in before.items() if k != "runs"}
+    manifest = json.loads((shared_run["out"] / "manifest.json").read_text())
+    assert len(manifest["releases"]) == before["releases"] and len(manifest["runs"]) == 2, "one cumulative manifest"
 
 
 def test_demo_sources_run_without_configuration(tmp_path):
