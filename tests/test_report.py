@@ -240,8 +240,8 @@ def test_manifest_round_trip_names_releases_for_verify(tmp_path):
 
 
 def _run_manifest(run_id: str, release_ids: list[str]) -> ReleaseManifest:
-    records = tuple(ReleaseRecord(rid, f"released/{rid}.png", "ab" * 32, "cd" * 32, f"cand-{rid}", "recipe-1",
-                                  (DonorRecord("e" * 64, "A-eeeeeeeeee", "A"), DonorRecord("f" * 64, "B-ffffffffff", "B")),
+    donors = (DonorRecord("e" * 64, "A-eeeeeeeeee", "A"), DonorRecord("f" * 64, "B-ffffffffff", "B"))
+    records = tuple(ReleaseRecord(rid, f"released/{rid}.png", "ab" * 32, "cd" * 32, f"cand-{rid}", "recipe-1", donors,
                                   (EncoderVerdictRecord("dlib", 0.8, "A-eeeeeeeeee", 0.9),)) for rid in release_ids)
     return ReleaseManifest(run_id, "morphable", "s" * 16, (EncoderRecord("dlib", "dlib-123", 0.9, "default", "m"),),
                            records, RunFigures(len(records), len(records), 0), "c" * 64, {"A": 3, "B": 4})
