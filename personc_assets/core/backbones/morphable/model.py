@@ -63,10 +63,14 @@ from .appearance import REGION_NAMES, AppearanceModel, Region, face_mask, fit_ap
 from .blend import detail_layer, laplacian_blend, soft_light_match, to_uint8
 from .shape import (EYE_DIRECTION, MOUTH_DIRECTION, PCA, ShapeModel, apply_pose, eye_aperture,
                     fit_shape_model, full_points, inner_lip_gap, uncross_lips)
-from .warp import triangulate, warp_image
+from .warp import triangle_maps, triangulate, warp_image
 
 log = logging.getLogger(__name__)
 
+#: What surrounds the rendered face (see ``MorphableConfig.frame``).
+FRAMES: tuple[str, ...] = ("neutral", "context")
+#: Appearance factors in the order of ``LinearRender``'s Jacobian columns.
+APPEARANCE_FACTORS: tuple[str, ...] = ("texture", "eyes", "nose", "mouth")
 #: Context entries of a latent (non-identity; renamed with a leading "_" in factors).
 CONTEXT_KEYS: tuple[str, ...] = ("pose", "yaw", "context", "context_points")
 STATE_VERSION = 1
@@ -118,6 +122,20 @@ class MorphableConfig:
     mirror_fill_full: float = 0.32
     #: ridge term of the head-turn regressions (in yaw^2 units)
     yaw_ridge: float = 2e-3
+    #: what surrounds the face: "neutral" renders the face frontal in the mean
+    #: pose on a generated plain backdrop (no pixel of any source photo outside
+    #: the modelled face); "context" pastes it into the context donor's photo
+    #: (hair, clothes, background of a real person: an edited photo, which the
+    #: reuse guard rejects; kept for the privacy modes that edit the user's own photo)
+    frame: str = "neutral"
+    #: neutral frame: scale of the face about the crop centre (1 = the sources' alignment)
+    zoom: float = 1.45
+    #: neutral frame: face oval — forehead reach (as ``face_forehead``), grow and feather (iod)
+    oval_forehead: float = 0.85
+    oval_grow: float = -0.04
+    oval_feather: float = 0.22
+    #: neutral frame: backdrop colour (RGB in [0, 1]), lit softly from the upper left
+    backdrop: tuple[float, float, float] = (0.46, 0.48, 0.50)
 
     def __post_init__(self) -> None:
         if self.image_size < 64:
@@ -137,6 +155,13 @@ class MorphableConfig:
                              f"{self.mirror_fill_start}, {self.mirror_fill_full}")
         if self.yaw_ridge <= 0:
             raise ValueError(f"yaw_ridge must be > 0, got {self.yaw_ridge}")
+        if self.frame not in FRAMES:
+            raise ValueError(f"frame must be one of {FRAMES}, got {self.frame!r}")
+        if not 0.5 <= self.zoom <= 2.5:
+            raise ValueError(f"zoom must be in [0.5, 2.5], got {self.zoom}")
+        if len(self.backdrop) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.backdrop):
+            raise ValueError(f"backdrop must be three values in [0, 1], got {self.backdrop}")
+        object.__setattr__(self, "backdrop", tuple(float(c) for c in self.backdrop))
 
 
 def person_weights(keys: Sequence[str]) -> np.ndarray:
@@ -250,7 +275,7 @@ class MorphableBackbone:
         for face in faces:
             crop, pts = self._crop_and_points(face)
             latent = self._encode(crop, pts)
-            render = self.synthesize([latent])[0]
+            render = self._render_context(latent)  # the source's own photo frame
             err = np.abs(render.astype(np.float32) - crop.astype(np.float32)) / 255.0
             inside = face_mask(pts, err.shape[:2]) > 0.5
             out.append(Projection(latent, float(err.mean()),
@@ -473,6 +498,127 @@ class MorphableBackbone:
 
     def _render(self, latent: Latent) -> np.ndarray:
         self._check_latent(latent)
+        if self.config.frame == "neutral":
+            return to_uint8(self._render_neutral(latent))
+        return self._render_context(latent)
+
+    # ----------------------------------------------------------- neutral frame
+
+    def _neutral_points(self, latent: Latent) -> np.ndarray:
+        """Landmarks ``[68, 2]`` of the face drawn frontal and upright in the mean pose, zoomed."""
+        mouth = np.asarray(latent["mouth"], np.float64)
+        eyes = np.asarray(latent["eyes"], np.float64)
+        sym = (np.asarray(latent["geometry"], np.float64) + mouth[-1] * self._geo_mouth
+               + eyes[-1] * self._geo_eyes)
+        pts = self._require_shape().decode(sym, np.asarray(latent["symmetry"], np.float64), self._mean_pose)
+        s = self.image_size
+        centre = np.array([s / 2.0, float(self._mean_pose[3])])
+        return centre + self.config.zoom * (pts - centre)
+
+    @staticmethod
+    def _appearance(latent: Latent) -> dict[str, np.ndarray]:
+        """Appearance coefficients (opening and aperture stripped) in ``APPEARANCE_FACTORS`` order."""
+        return {"texture": np.asarray(latent["texture"], np.float64),
+                "eyes": np.asarray(latent["eyes"], np.float64)[:-1],
+                "nose": np.asarray(latent["nose"], np.float64),
+                "mouth": np.asarray(latent["mouth"], np.float64)[:-1]}
+
+    def _backdrop(self) -> np.ndarray:
+        """The plain backdrop ``float32 [S, S, 3]``: one colour, a soft light from the upper left."""
+        s = self.image_size
+        ys, xs = np.mgrid[0:s, 0:s].astype(np.float32) / s
+        light = 1.08 - 0.35 * ((xs - 0.45) ** 2 + (ys - 0.35) ** 2)
+        return np.clip(np.asarray(self.config.backdrop, np.float32)[None, None] * light[..., None], 0.0, 1.0)
+
+    def _oval(self, pts: np.ndarray) -> np.ndarray:
+        cfg = self.config
+        s = self.image_size
+        return face_mask(pts, (s, s), grow=cfg.oval_grow, feather=cfg.oval_feather,
+                         forehead=cfg.oval_forehead)[..., None]
+
+    def _render_neutral(self, latent: Latent) -> np.ndarray:
+        """``float32 [S, S, 3]``: the modelled face only, under the mean light, on the backdrop."""
+        s = self.image_size
+        pts = self._neutral_points(latent)
+        texture = self._require_app().decode(self._appearance(latent))
+        face = warp_image(texture, full_points(self.mean_points(), s), full_points(pts, s), self._triangles)
+        oval = self._oval(pts)
+        return oval * face + (1.0 - oval) * self._backdrop()
+
+    def render_landmarks(self, latent: Latent) -> np.ndarray:
+        """Landmarks ``[68, 2]`` of the face as ``synthesize`` draws it (neutral frame)."""
+        self._check_latent(latent)
+        if self.config.frame != "neutral":
+            raise BackboneError("render_landmarks needs frame='neutral' (the context frame follows the photo)")
+        return self._neutral_points(latent)
+
+    def linear_render(self, latent: Latent) -> "LinearRender":
+        """The neutral render as an affine function of the appearance coefficients.
+
+        With the shape fixed, decoding, warping and blending are linear in the
+        texture and region coefficients, so ``image(dz) = base + jacobian @ dz``
+        holds exactly up to interpolation (bilinear here, bicubic in
+        ``synthesize``) and 8-bit rounding; ``dz`` is in units of each mode's
+        standard deviation over the sources.
+        """
+        import cv2
+
+        self._check_latent(latent)
+        if self.config.frame != "neutral":
+            raise BackboneError("linear_render needs frame='neutral'")
+        app, s = self._require_app(), self.image_size
+        pts = self._neutral_points(latent)
+        map_x, map_y = triangle_maps(full_points(self.mean_points(), s), full_points(pts, s),
+                                     self._triangles, (s, s))
+        oval = self._oval(pts)
+        coeffs = self._appearance(latent)
+        texture = app.decode(coeffs)
+        base = oval * cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE) + (1.0 - oval) * self._backdrop()
+        sdevs, slices, k = self._appearance_layout()
+        zero = {name: np.zeros_like(v) for name, v in coeffs.items()}
+        at_zero = app.decode(zero)
+        columns = []
+        for name in APPEARANCE_FACTORS:
+            for i, sd in enumerate(sdevs[name]):
+                step = {n: v.copy() for n, v in zero.items()}
+                step[name][i] = sd
+                delta = app.decode(step) - at_zero  # decoding is affine: this is one column
+                columns.append((oval * cv2.remap(delta, map_x, map_y, cv2.INTER_LINEAR,
+                                                 borderMode=cv2.BORDER_CONSTANT)).reshape(-1))
+        jacobian = (np.stack(columns, axis=1) if columns else np.zeros((s * s * 3, 0))).astype(np.float32)
+        return LinearRender(base.astype(np.float32), jacobian, slices,
+                            np.concatenate([sdevs[n] for n in APPEARANCE_FACTORS]).astype(np.float32), pts)
+
+    def offset_appearance(self, factors: Mapping[str, np.ndarray], dz: np.ndarray) -> dict[str, np.ndarray]:
+        """``factors`` with the appearance coefficients moved by ``dz`` ``[K]`` (units of each
+        mode's standard deviation, ``LinearRender`` column order); everything else unchanged."""
+        sdevs, slices, k = self._appearance_layout()
+        dz = np.asarray(dz, np.float64)
+        if dz.shape != (k,):
+            raise ValueError(f"dz must be shaped [{k}] (one entry per appearance mode), got {dz.shape}")
+        out = {name: np.asarray(v) for name, v in factors.items()}
+        for name in APPEARANCE_FACTORS:
+            move = (sdevs[name] * dz[slices[name]]).astype(np.float32)
+            vec = np.asarray(out[name], np.float32).copy()
+            vec[:len(move)] += move  # eyes and mouth keep their aperture / opening entry
+            out[name] = vec
+        return out
+
+    def _appearance_layout(self) -> tuple[dict[str, np.ndarray], dict[str, slice], int]:
+        app = self._require_app()
+        sdevs = {"texture": app.texture.sdev}
+        sdevs.update({k: app.regions[k].pca.sdev for k in ("eyes", "nose", "mouth")})
+        slices, start = {}, 0
+        for name in APPEARANCE_FACTORS:
+            slices[name] = slice(start, start + len(sdevs[name]))
+            start += len(sdevs[name])
+        return sdevs, slices, start
+
+    # ----------------------------------------------------------- context frame
+
+    def _render_context(self, latent: Latent) -> np.ndarray:
+        """The face pasted into the context donor's photo, in that photo's pose."""
         shape, app, cfg, s = self._shape, self._app, self.config, self.image_size
         yaw = float(np.asarray(latent["yaw"])[0])
         mouth = np.asarray(latent["mouth"], np.float64)
@@ -500,6 +646,23 @@ class MorphableBackbone:
                          forehead=cfg.face_forehead)
         out = laplacian_blend(face, context, soft, cfg.blend_levels)
         return to_uint8(out)
+
+
+@dataclass(frozen=True)
+class LinearRender:
+    """A neutral-frame render linearised in the appearance coefficients.
+
+    ``image(dz) = base + (jacobian @ dz).reshape(S, S, 3)`` in [0, 1] floats,
+    ``dz [K]`` in standard deviations of each appearance mode; ``slices``
+    says which columns belong to which factor, ``sdev [K]`` their scales and
+    ``landmarks [68, 2]`` where the face's points are drawn.
+    """
+
+    base: np.ndarray      # float32 [S, S, 3]
+    jacobian: np.ndarray  # float32 [S * S * 3, K]
+    slices: Mapping[str, slice]
+    sdev: np.ndarray      # float32 [K]
+    landmarks: np.ndarray  # [68, 2]
 
 
 _KNOBS = tuple(f.name for f in fields(MorphableConfig))
