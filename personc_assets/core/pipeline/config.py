@@ -34,6 +34,7 @@ class RunConfig:
     seed: int = 0
     min_face_px: int = 64
     recipe_options: Mapping[str, Any] = field(default_factory=dict)
+    novelty: Mapping[str, Any] = field(default_factory=dict)  # ``core.novelty.NoveltyConfig`` fields
     attribution_maps: bool = True         # occlusion maps in the reports (a few seconds per face)
     report_sources: str = "thumbnails"    # or "withheld": reports never show source faces
 
@@ -54,6 +55,7 @@ class RunConfig:
         d = asdict(self)
         d["backbone_options"] = dict(self.backbone_options)
         d["taus"] = dict(self.taus)
+        d["novelty"] = dict(self.novelty)
         d["encoder_options"] = {k: dict(v) for k, v in self.encoder_options.items()}
         d["recipe_options"] = dict(self.recipe_options)
         return d

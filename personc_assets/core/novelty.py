@@ -1,0 +1,204 @@
+"""The novelty step: the smallest move in a face model's appearance space that
+takes a mixed face below the guard's threshold, with a margin.
+
+A recipe mixes factors of real people; a coherent mix lies near the sources'
+centre, where a face-recognition model finds it "the same person" as several
+of them (``docs/novelty.md``). Breaking the face would also lower the score,
+so instead the step moves the face inside the backbone's low-dimensional
+appearance model (texture and eye, nose and mouth region modes, in units of
+each mode's standard deviation over the sources), where every point is a
+plausible face of that model, toward identities that no source has:
+
+    minimise   softmax_i,t cos(E(chip_t(base + J dz)), s_i)  +  prior * |z0 + dz|^2
+
+over ``dz`` with Adam, where ``E`` is dlib's ResNet (the guard's default
+encoder, rebuilt in PyTorch from dlib's own weights), ``s_i`` are the source
+embeddings (and faces already released), ``chip_t`` are dlib's 150 px chip of
+the render and of its mirror image, and the prior
+keeps the face in the model's likely region. It stops as soon as every
+similarity is ``margin`` below tau. The guard then judges the real render as
+usual: the step is a proposal, never a verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Mapping, Protocol, runtime_checkable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NoveltyConfig:
+    """Knobs of the novelty step (defaults measured in ``docs/novelty.md``)."""
+
+    #: stop when the soft maximum similarity is this far below tau
+    margin: float = 0.03
+    #: most Adam steps per candidate
+    steps: int = 80
+    #: Adam step size, in standard deviations of a mode
+    learning_rate: float = 0.12
+    #: weight of |z|^2, z = the face's coordinates in standard deviations
+    prior: float = 0.003
+    #: temperature of the soft maximum over sources and variants
+    sharpness: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.margin < 0.5:
+            raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
+        if self.steps < 0:
+            raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.learning_rate <= 0 or self.prior < 0 or self.sharpness <= 0:
+            raise ValueError("learning_rate and sharpness must be > 0 and prior >= 0, got "
+                             f"{self.learning_rate}, {self.sharpness}, {self.prior}")
+
+
+@runtime_checkable
+class LinearisedBackbone(Protocol):
+    """A backbone whose render is affine in its appearance coefficients (see
+    ``MorphableBackbone.linear_render``)."""
+
+    image_size: int
+
+    def compose(self, factors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def linear_render(self, latent: Mapping[str, np.ndarray]): ...
+
+    def offset_appearance(self, factors: Mapping[str, np.ndarray], dz: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class NoveltyResult:
+    """The moved factors and how far the step went."""
+
+    factors: dict[str, np.ndarray]
+    start_similarity: float  # max cosine to the avoided faces before the move (linearised render)
+    end_similarity: float    # ... after it
+    steps: int
+    shift: float             # |dz| in standard deviations
+    reached: bool            # end_similarity <= tau - margin
+
+
+def chip_affine(landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
+    """``[2, 3]`` matrix mapping chip pixels ``(x, y, 1)`` to image pixels: the
+    geometry of ``dlib.get_face_chip`` for dlib-68 ``landmarks [68, 2]``."""
+    import dlib
+
+    lm = np.asarray(landmarks, np.float64)
+    if lm.shape != (68, 2):
+        raise ValueError(f"landmarks must be [68, 2], got {lm.shape}")
+    left, top = np.floor(lm.min(axis=0)).astype(int)
+    right, bottom = np.ceil(lm.max(axis=0)).astype(int)
+    shape = dlib.full_object_detection(dlib.rectangle(int(left), int(top), int(right), int(bottom)),
+                                       [dlib.point(int(round(x)), int(round(y))) for x, y in lm])
+    d = dlib.get_face_chip_details(shape, size=size, padding=padding)
+    r = d.rect
+    cx, cy = (r.left() + r.right()) / 2.0, (r.top() + r.bottom()) / 2.0
+    rot = np.array([[np.cos(d.angle), -np.sin(d.angle)], [np.sin(d.angle), np.cos(d.angle)]])
+    corners = np.array([[r.left(), r.top()], [r.right(), r.top()], [r.right(), r.bottom()]])
+    image_pts = (corners - [cx, cy]) @ rot.T + [cx, cy]
+    chip_pts = np.array([[0.0, 0.0], [d.cols - 1, 0.0], [d.cols - 1, d.rows - 1]])
+    return np.linalg.solve(np.hstack([chip_pts, np.ones((3, 1))]), image_pts).T
+
+
+@lru_cache(maxsize=2)
+def _network(device: str):
+    from .encoders.dlib_torch import load_dlib_resnet
+
+    net = load_dlib_resnet(fold=True).to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+class NoveltySearch:
+    """Moves mixed faces away from ``avoid`` embeddings ``[N, 128]`` (unit dlib descriptors)."""
+
+    def __init__(self, tau: float, config: NoveltyConfig | None = None, device: str = "auto") -> None:
+        import torch
+
+        if not 0.0 < tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {tau}")
+        self.tau = float(tau)
+        self.config = config or NoveltyConfig()
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+
+    def refine(self, backbone: LinearisedBackbone, factors: Mapping[str, np.ndarray],
+               avoid: np.ndarray) -> NoveltyResult:
+        """Move ``factors``' appearance until the face is ``margin`` below tau against ``avoid``."""
+        import torch
+        from torch.nn import functional as F
+
+        from .encoders.dlib_encoder import CHIP_PADDING, CHIP_SIZE
+
+        if not isinstance(backbone, LinearisedBackbone):
+            raise TypeError(f"the novelty step needs a backbone with linear_render/offset_appearance, "
+                            f"got {type(backbone).__name__}")
+        avoid = np.asarray(avoid, np.float32)
+        if avoid.ndim != 2 or avoid.shape[1] != 128 or len(avoid) == 0:
+            raise ValueError(f"avoid must be unit dlib descriptors shaped [N, 128] with N >= 1, got {avoid.shape}")
+        cfg, dev = self.config, self.device
+        lin = backbone.linear_render(backbone.compose(factors))
+        s = backbone.image_size
+        k = lin.jacobian.shape[1]
+        grid = self._grid(chip_affine(lin.landmarks, CHIP_SIZE, CHIP_PADDING), s, CHIP_SIZE).to(dev)
+        # the chip is linear in the image: take base and Jacobian to chip space once
+        with torch.no_grad():
+            base = torch.from_numpy(lin.base).to(dev).permute(2, 0, 1)[None] * 255.0
+            chip0 = F.grid_sample(base, grid, mode="bilinear", align_corners=True).reshape(-1)
+            cols = torch.from_numpy(lin.jacobian).to(dev).T.reshape(k, s, s, 3).permute(0, 3, 1, 2) * 255.0
+            jac = F.grid_sample(cols, grid.expand(k, -1, -1, -1), mode="bilinear",
+                                align_corners=True).reshape(k, -1).T.contiguous()  # [3 * C * C, K]
+        z0 = torch.from_numpy(self._coordinates(lin, factors)).to(dev)
+        targets = torch.from_numpy(avoid).to(dev)
+        net = _network(dev)
+        dz = torch.zeros(k, device=dev, requires_grad=True)
+        opt = torch.optim.Adam([dz], lr=cfg.learning_rate)
+        goal = self.tau - cfg.margin
+        start = float("nan")
+        best = (float("inf"), torch.zeros_like(dz))
+        step = 0
+        for step in range(cfg.steps + 1):
+            chip = (chip0 + jac @ dz).clamp(0.0, 255.0).view(1, 3, CHIP_SIZE, CHIP_SIZE)
+            variants = torch.cat([chip, chip.flip(-1)])  # the face and its mirror image
+            emb = F.normalize(net(net.normalise(variants.permute(0, 2, 3, 1))), dim=1)
+            sims = emb @ targets.T
+            worst = float(sims.detach().max())
+            if step == 0:
+                start = worst
+            if worst < best[0]:
+                best = (worst, dz.detach().clone())
+            if worst <= goal or step == cfg.steps:
+                break
+            soft = torch.logsumexp(cfg.sharpness * sims.reshape(-1), 0) / cfg.sharpness
+            loss = soft + cfg.prior * ((z0 + dz) ** 2).sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        end, move = best
+        moved = backbone.offset_appearance(factors, move.cpu().numpy())
+        log.debug("novelty: %.3f -> %.3f in %d steps, |dz| %.2f", start, end, step, float(move.norm()))
+        return NoveltyResult(moved, start, end, step, float(move.norm()), end <= goal)
+
+    @staticmethod
+    def _coordinates(lin, factors: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The face's appearance coordinates ``[K]`` in standard deviations (column order)."""
+        z = np.zeros(len(lin.sdev), np.float32)
+        for name, sl in lin.slices.items():
+            vec = np.asarray(factors[name], np.float32)[: sl.stop - sl.start]
+            z[sl] = vec / np.maximum(lin.sdev[sl], 1e-12)
+        return z
+
+    @staticmethod
+    def _grid(affine: np.ndarray, image_size: int, chip_size: int):
+        """``grid_sample`` grid ``[1, chip, chip, 2]`` for a chip-to-image ``affine [2, 3]``."""
+        import torch
+
+        ys, xs = np.mgrid[0:chip_size, 0:chip_size].astype(np.float64)
+        pts = np.stack([xs, ys, np.ones_like(xs)], -1) @ affine.T
+        grid = 2.0 * pts / (image_size - 1) - 1.0
+        return torch.from_numpy(grid[None].astype(np.float32))
