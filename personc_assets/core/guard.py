@@ -1,12 +1,15 @@
 """The guard: embed each candidate with every encoder and search every source.
 
-A candidate PASSES only when exactly one face is found in it and, for every
-gating encoder, its embedding is valid and its maximum cosine similarity to
-all sources stays below that encoder's tau; ``Guard.admit`` then also
-requires it to stay below tau against every face released before it.
-Everything else — no face, several faces, an encoder raising,
-NaN or wrong-sized output, a missing or stale index — is a REJECT with the
-reason recorded. The guard fails closed.
+A candidate PASSES only when exactly one face is found in it, every gate
+passes it (the realism gate: a coherent face; the reuse gate: no region of a
+source photo) and, for every gating encoder, its embeddings are valid and its
+maximum cosine similarity to all sources stays below that encoder's tau —
+the maximum over the candidate and its benign transforms (mirror, rescale,
+small rotations, JPEG, mild blur: ``transforms``) when the guard is given
+them; ``Guard.admit`` then also requires it to stay below tau against every
+face released before it. Everything else — no face, several faces, a gate
+or an encoder raising, NaN or wrong-sized output, a missing or stale index —
+is a REJECT with the reason recorded. The guard fails closed.
 """
 
 from __future__ import annotations
@@ -14,13 +17,14 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
 from .encoders.base import Encoder
 from .faces.detect import detect_faces
 from .index import EmbeddingIndex
+from .transforms import ORIGINAL, BenignTransform, variants
 from .types import FaceObservation, check_image
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,26 @@ class GuardMember:
 
 
 @dataclass(frozen=True)
+class GateVerdict:
+    """One gate's judgement of one candidate (``score`` against ``threshold``; NaN when not measured)."""
+
+    gate: str
+    passed: bool
+    score: float
+    threshold: float
+    nearest: str | None
+    reason: str
+
+
+class Gate(Protocol):
+    """A check every candidate must pass besides the identity search (realism, photo reuse)."""
+
+    name: str
+
+    def judge(self, faces: Sequence[FaceObservation]) -> list[GateVerdict]: ...
+
+
+@dataclass(frozen=True)
 class EncoderVerdict:
     encoder: str
     encoder_version: str
@@ -55,6 +79,8 @@ class EncoderVerdict:
     gating: bool = True
     released_similarity: float = float("nan")  # max cosine to faces already released
     embedding: np.ndarray | None = field(default=None, repr=False, compare=False)
+    #: the variant (``transforms.ORIGINAL`` or a benign transform's name) that came closest
+    worst_transform: str = ORIGINAL
 
     @property
     def margin(self) -> float:
@@ -69,6 +95,7 @@ class Verdict:
     reason: str
     per_encoder: tuple[EncoderVerdict, ...]
     face: FaceObservation | None = field(default=None, repr=False, compare=False)
+    gates: tuple[GateVerdict, ...] = ()
 
     @property
     def passed(self) -> bool:
@@ -79,10 +106,14 @@ class Guard:
     """An ensemble of encoders, each with its FAISS index of source embeddings."""
 
     def __init__(self, members: Sequence[GuardMember],
-                 detector: Callable[[np.ndarray], list[FaceObservation]] = detect_faces) -> None:
+                 detector: Callable[[np.ndarray], list[FaceObservation]] = detect_faces,
+                 gates: Sequence[Gate] = (),
+                 transforms: Sequence[BenignTransform] = ()) -> None:
         if not any(m.gating for m in members):
             raise ValueError("the guard needs at least one gating encoder")
         self.members = tuple(members)
+        self.gates = tuple(gates)
+        self.transforms = tuple(transforms)
         self._detect = detector
         self._released: dict[str, list[np.ndarray]] = {m.encoder.name: [] for m in members}
 
@@ -114,6 +145,11 @@ class Guard:
                 self._released[ev.encoder].append(ev.embedding)
         return replace(verdict, per_encoder=tuple(evs))
 
+    def released_embeddings(self, encoder: str) -> np.ndarray:
+        """Embeddings ``[M, D]`` of the faces admitted so far under ``encoder`` (``[0, 0]`` when none)."""
+        seen = self._released.get(encoder, [])
+        return np.stack(seen) if seen else np.zeros((0, 0), np.float32)
+
     def check(self, candidates: Sequence[tuple[str, np.ndarray]]) -> list[Verdict]:
         """Verdicts for ``(candidate_id, image [H, W, 3])`` pairs, in order."""
         faces: list[FaceObservation | None] = []
@@ -123,7 +159,10 @@ class Guard:
             faces.append(face)
             reasons.append(reason)
         found = [i for i, f in enumerate(faces) if f is not None]
-        per_member = [self._judge_member(m, [faces[i] for i in found]) for m in self.members]
+        kept = [faces[i] for i in found]
+        per_gate = [self._judge_gate(g, kept) for g in self.gates]
+        views, view_names = self._views(kept)
+        per_member = [self._judge_member(m, kept, views, view_names) for m in self.members]
         verdicts = []
         for pos, (cid, _) in enumerate(candidates):
             if faces[pos] is None:
@@ -131,14 +170,47 @@ class Guard:
                                            REJECT, reasons[pos], m.gating) for m in self.members)
                 verdicts.append(Verdict(cid, REJECT, reasons[pos], evs, None))
                 continue
-            evs = tuple(pm[found.index(pos)] for pm in per_member)
-            failing = [ev for ev in evs if ev.gating and ev.verdict == REJECT]
+            k = found.index(pos)
+            evs = tuple(pm[k] for pm in per_member)
+            gvs = tuple(pg[k] for pg in per_gate)
+            failing = [f"{gv.gate}: {gv.reason}" for gv in gvs if not gv.passed]
+            failing += [f"{ev.encoder}: {ev.reason}" for ev in evs if ev.gating and ev.verdict == REJECT]
             if failing:
-                reason = "; ".join(f"{ev.encoder}: {ev.reason}" for ev in failing)
-                verdicts.append(Verdict(cid, REJECT, reason, evs, faces[pos]))
+                verdicts.append(Verdict(cid, REJECT, "; ".join(failing), evs, faces[pos], gvs))
             else:
-                verdicts.append(Verdict(cid, PASS, "below tau for every gating encoder", evs, faces[pos]))
+                verdicts.append(Verdict(cid, PASS, "passes every gate and is below tau for every gating encoder",
+                                        evs, faces[pos], gvs))
         return verdicts
+
+    def _judge_gate(self, gate: Gate, faces: list[FaceObservation]) -> list[GateVerdict]:
+        """The gate's verdicts; a gate that raises or miscounts rejects every face (fail closed)."""
+        if not faces:
+            return []
+        try:
+            out = list(gate.judge(faces))
+            if len(out) != len(faces):
+                raise ValueError(f"returned {len(out)} verdicts for {len(faces)} faces")
+            return out
+        except Exception as exc:
+            log.warning("gate %s failed: %s", gate.name, exc)
+            return [GateVerdict(gate.name, False, math.nan, math.nan, None,
+                                f"gate error: {type(exc).__name__}: {exc}") for _ in faces]
+
+    def _views(self, faces: list[FaceObservation]) -> tuple[list[FaceObservation | None], list[str]]:
+        """Each face followed by its benign transforms (None where a transform failed), flat."""
+        names = [ORIGINAL] + [t.name for t in self.transforms]
+        if not self.transforms:
+            return list(faces), names
+        flat: list[FaceObservation | None] = []
+        for face in faces:
+            flat.append(face)
+            for t in self.transforms:
+                try:
+                    flat.append(t.apply(face))
+                except Exception as exc:  # an unjudgeable variant fails the candidate (below)
+                    log.warning("benign transform %s failed: %s", t.name, exc)
+                    flat.append(None)
+        return flat, names
 
     def _single_face(self, cid: str, image: np.ndarray) -> tuple[FaceObservation | None, str]:
         try:
@@ -153,8 +225,11 @@ class Guard:
             return None, f"{len(found)} faces found in the candidate (exactly one required)"
         return found[0], ""
 
-    def _judge_member(self, member: GuardMember, faces: list[FaceObservation]) -> list[EncoderVerdict]:
+    def _judge_member(self, member: GuardMember, faces: list[FaceObservation],
+                      views: list[FaceObservation | None], view_names: list[str]) -> list[EncoderVerdict]:
+        """Verdicts of one encoder: the maximum similarity over each face's views."""
         enc = member.encoder
+        nv = len(view_names)
 
         def reject_all(reason: str) -> list[EncoderVerdict]:
             return [EncoderVerdict(enc.name, getattr(enc, "version", "?"), member.tau, math.nan, None,
@@ -164,38 +239,45 @@ class Guard:
             return []
         if member.index is None:
             return reject_all(f"index missing: {member.index_error or 'no index'}")
+        present = [v for v in views if v is not None]
         try:
-            vectors = np.asarray(enc.embed(faces), dtype=np.float32)
+            vectors = np.asarray(enc.embed(present), dtype=np.float32)
         except Exception as exc:
             log.warning("encoder %s failed: %s", enc.name, exc)
             return reject_all(f"encoder error: {type(exc).__name__}: {exc}")
-        expected = (len(faces), member.index.manifest.dim)
+        expected = (len(present), member.index.manifest.dim)
         if vectors.shape != expected:
             return reject_all(f"encoder returned shape {vectors.shape}, expected {expected}")
         if member.index.manifest.encoder_version != enc.version:
             return reject_all(f"index is stale: built with {member.index.manifest.encoder_version}, "
                               f"encoder is {enc.version}")
-        out: list[EncoderVerdict] = []
-        bad = ~np.all(np.isfinite(vectors), axis=1)
-        norms = np.linalg.norm(vectors, axis=1)
+        bad = ~np.all(np.isfinite(vectors), axis=1) | (np.abs(np.linalg.norm(vectors, axis=1) - 1.0) > 1e-3)
         try:
             sims, nearest = member.index.search_max(np.where(bad[:, None], 0.0, vectors), tau=member.tau)
         except Exception as exc:
             return reject_all(f"index search error: {exc}")
+        slot = np.cumsum([v is not None for v in views]) - 1  # view position -> row in vectors
+        out: list[EncoderVerdict] = []
         for i in range(len(faces)):
             base = dict(encoder=enc.name, encoder_version=enc.version, tau=member.tau, gating=member.gating)
-            if bad[i] or abs(norms[i] - 1.0) > 1e-3:
+            rows = [int(slot[i * nv + j]) if views[i * nv + j] is not None else None for j in range(nv)]
+            missing = [view_names[j] for j, r in enumerate(rows) if r is None]
+            if missing or any(bad[r] for r in rows if r is not None):
+                what = (f"transform(s) {', '.join(missing)} could not be judged" if missing
+                        else "invalid embedding (NaN, inf or not unit length)")
                 out.append(EncoderVerdict(**base, max_similarity=math.nan, nearest_source=None,
-                                          verdict=REJECT, reason="invalid embedding (NaN, inf or not unit length)"))
+                                          verdict=REJECT, reason=what))
                 continue
-            sim = float(sims[i])
+            worst = max(range(nv), key=lambda j: float(sims[rows[j]]) if math.isfinite(sims[rows[j]]) else math.inf)
+            sim, near = float(sims[rows[worst]]), nearest[rows[worst]]
+            shown = "" if worst == 0 else f" (under {view_names[worst]})"
             if not math.isfinite(sim):
                 verdict, reason = REJECT, "similarity is not finite"
             elif sim >= member.tau:
-                verdict, reason = REJECT, (f"max similarity {sim:.3f} to source {(nearest[i] or '?')[:12]} "
+                verdict, reason = REJECT, (f"max similarity {sim:.3f}{shown} to source {(near or '?')[:12]} "
                                            f"reaches tau {member.tau:.3f}")
             else:
-                verdict, reason = PASS, f"max similarity {sim:.3f} < tau {member.tau:.3f}"
-            out.append(EncoderVerdict(**base, max_similarity=sim, nearest_source=nearest[i], verdict=verdict,
-                                      reason=reason, embedding=vectors[i]))
+                verdict, reason = PASS, f"max similarity {sim:.3f}{shown} < tau {member.tau:.3f}"
+            out.append(EncoderVerdict(**base, max_similarity=sim, nearest_source=near, verdict=verdict,
+                                      reason=reason, embedding=vectors[rows[0]], worst_transform=view_names[worst]))
         return out
