@@ -12,6 +12,7 @@ Set PERSONC_REALISM_SHEET=1 to rewrite docs/realism_contact_sheet.png.
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -440,7 +441,7 @@ def judge_all(gate: RealismGate, samples: list[Sample]) -> list[Judged]:
     out = []
     for s in samples:
         t0 = time.process_time()
-        verdict = gate.judge(s.image, s.landmarks)
+        verdict = gate.judge(s.image, s.landmarks if s.landmarks.any() else None)
         out.append(Judged(s, verdict, time.process_time() - t0))
     return out
 
@@ -457,8 +458,40 @@ def judged(shared_faces) -> dict[str, list[Judged]]:
     for j in judge_all(gate, samples):
         by_kind.setdefault(j.sample.kind, []).append(j)
     if os.environ.get("PERSONC_REALISM_SHEET"):
+        by_kind["todays_renders"] = judge_all(gate, todays_renders(shared_faces))
         write_contact_sheet(by_kind, ROOT / "docs" / "realism_contact_sheet.png")
+    for kind, items in by_kind.items():
+        reasons = collections.Counter(r.split(":")[0] for j in items for r in j.verdict.reasons)
+        log.info("%-15s pass %3d/%3d  CPU median %.0f ms  reasons %s", kind, sum(j.verdict.passed for j in items),
+                 len(items), 1000 * np.median([j.cpu_s for j in items]), dict(reasons.most_common()))
     return by_kind
+
+
+def todays_renders(faces_dir: Path, count: int = 24) -> list[Sample]:
+    """Candidates of the embedded morphable backbone as it stands, mixed from the single-face photos.
+
+    Only for the contact sheet (opt-in): the backbone is being rewritten, so
+    its renders are shown, not labelled. Empty, with a log line, when the
+    backbone cannot render.
+    """
+    try:
+        from personc_assets.core.backbones import BACKBONES
+        from personc_assets.core.faces.ingest import ingest_file
+        from personc_assets.core.recipes import describe_donors, mix_factors, sample_recipes
+
+        faces = [ingest_file(p, "A" if int(p.parent.name[2:]) % 2 else "B", p.parent.name)
+                 for p in sorted(faces_dir.glob("id*/*_0*.jpg"))]
+        backbone = BACKBONES.create("morphable")
+        backbone.fit(faces)
+        factors = {f.content_hash: backbone.decompose(p.latent) for f, p in zip(faces, backbone.project(faces))}
+        recipes = sample_recipes(describe_donors(faces, factors), backbone.factor_names, count, seed=0)
+        images = backbone.synthesize([backbone.compose(mix_factors(r, factors, backbone.population_mean()))
+                                      for r in recipes])
+    except Exception as exc:  # the sheet is a report; a backbone mid-rewrite must not stop it
+        log.warning("no renders of today's backbone for the contact sheet: %s", exc)
+        return []
+    blank = np.zeros((68, 2), np.float32)
+    return [Sample(f"render_{k}", f"render_{k}", "todays_renders", img, blank) for k, img in enumerate(images)]
 
 
 def pass_rate(items: list[Judged]) -> float:
@@ -547,7 +580,7 @@ def test_gate_costs_under_100_ms_per_face(judged):
 
 
 def write_contact_sheet(by_kind: dict[str, list[Judged]], path: Path, thumb: int = 96, per_row: int = 8) -> None:
-    """A grid: one row per set, passed faces first for defects (the misses) and rejected first for real faces.
+    """A grid: one row per set, up to half of it the surprises (rejected real faces, passed defects).
 
     Each thumbnail is captioned PASS or the first failed criterion.
     """
@@ -556,8 +589,11 @@ def write_contact_sheet(by_kind: dict[str, list[Judged]], path: Path, thumb: int
     caption = 13
     rows = []
     for kind, items in by_kind.items():
-        real_like = kind in ("real", "backdrop", "group")
-        items = sorted(items, key=lambda j: j.verdict.passed == real_like)[:per_row]
+        expect_pass = kind in ("real", "backdrop", "group", "todays_renders")
+        first = [j for j in items if j.verdict.passed != expect_pass]  # the surprises
+        rest = [j for j in items if j.verdict.passed == expect_pass]
+        shown = first[:per_row // 2] + rest[:per_row - min(len(first), per_row // 2)]
+        items = (shown + first[per_row // 2:])[:per_row]
         row = Image.new("RGB", (120 + per_row * thumb, thumb + caption), "white")
         draw = ImageDraw.Draw(row)
         draw.text((4, thumb // 2 - 6), kind, fill="black")
