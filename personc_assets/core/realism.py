@@ -437,53 +437,58 @@ def feature_copy(L: np.ndarray, frame: FaceFrame, regions: Regions) -> float:
     Each eye's and the mouth's patch is searched over the judged face at
     positions centred in the skin (where no feature belongs), away from the
     feature itself and its mirror partner. A feature that appears twice
-    matches its copy closely.
+    matches its copy closely. -1 when nothing could be searched.
+    """
+    lm, iod = frame.landmarks, frame.iod
+    mouth = lm[MOUTH_OUTER]
+    feats = [(c, 0.28 * iod, 0.16 * iod, [c, frame.eyes[1 - i]]) for i, c in enumerate(frame.eyes)]
+    mouth_c = mouth.mean(axis=0)
+    feats.append((mouth_c, 0.4 * float(np.ptp(mouth[:, 0])), 0.4 * float(np.ptp(mouth[:, 1])), [mouth_c]))
+    return max(best_match_elsewhere(L, regions, *f) for f in feats)
+
+
+def best_match_elsewhere(L: np.ndarray, regions: Regions, centre: np.ndarray, half_w: float, half_h: float,
+                         exclude: list[np.ndarray]) -> float:
+    """Highest NCC of the patch at ``centre`` with any placement centred in the skin, off ``exclude``.
+
+    ``L`` is ``[H, W]``; placements whose centre lies within the patch's own
+    half-size ellipse around any point of ``exclude`` (the feature, its
+    partner) do not count. -1 when no placement is left.
     """
     import cv2
 
-    lm, iod = frame.landmarks, frame.iod
-    mouth = lm[MOUTH_OUTER]
-    feats = [(c, 0.28 * iod, 0.16 * iod) for c in frame.eyes]
-    feats.append((mouth.mean(axis=0), 0.4 * float(np.ptp(mouth[:, 0])), 0.4 * float(np.ptp(mouth[:, 1]))))
+    rows, cols = box_around(centre, half_w, half_h, L.shape)
+    tpl = L[rows, cols]
+    th, tw = tpl.shape
     ys, xs = np.nonzero(regions.inner)
-    best = -1.0
-    for i, (centre, hw, hh) in enumerate(feats):
-        rows, cols = box_around(centre, hw, hh, L.shape)
-        tpl = L[rows, cols]
-        th, tw = tpl.shape
-        # search every placement whose centre can fall in the face
-        y0, y1 = max(ys.min() - th // 2, 0), min(ys.max() + th // 2 + 1, L.shape[0])
-        x0, x1 = max(xs.min() - tw // 2, 0), min(xs.max() + tw // 2 + 1, L.shape[1])
-        area = L[y0:y1, x0:x1]
-        if th >= area.shape[0] or tw >= area.shape[1] or tpl.std() < 1e-3:
-            continue
-        ncc = cv2.matchTemplate(area, tpl, cv2.TM_CCOEFF_NORMED)
-        # top-left corners of the template → centres in image coordinates
-        cy = np.arange(ncc.shape[0])[:, None] + y0 + (rows.stop - rows.start) / 2
-        cx = np.arange(ncc.shape[1])[None, :] + x0 + (cols.stop - cols.start) / 2
-        keep = np.ones(ncc.shape, bool)
-        own = [centre] + ([frame.eyes[1 - i]] if i < 2 else [])
-        for c in own:
-            keep &= ((cx - c[0]) / hw) ** 2 + ((cy - c[1]) / hh) ** 2 > 1.0
-        keep &= regions.skin[np.clip(np.round(cy).astype(int), 0, L.shape[0] - 1).repeat(ncc.shape[1], 1),
-                             np.clip(np.round(cx).astype(int), 0, L.shape[1] - 1).repeat(ncc.shape[0], 0)]
-        if keep.any():
-            best = max(best, float(ncc[keep].max()))
-    return best
+    y0, y1 = max(ys.min() - th // 2, 0), min(ys.max() + th // 2 + 1, L.shape[0])
+    x0, x1 = max(xs.min() - tw // 2, 0), min(xs.max() + tw // 2 + 1, L.shape[1])
+    area = L[y0:y1, x0:x1]
+    if th >= area.shape[0] or tw >= area.shape[1] or tpl.std() < 1e-3:
+        return -1.0
+    ncc = cv2.matchTemplate(area, tpl, cv2.TM_CCOEFF_NORMED)
+    # each placement's top-left corner -> its centre in image coordinates
+    cy = np.arange(ncc.shape[0])[:, None] + y0 + th / 2
+    cx = np.arange(ncc.shape[1])[None, :] + x0 + tw / 2
+    keep = regions.skin[np.clip(np.round(cy).astype(int), 0, L.shape[0] - 1).repeat(ncc.shape[1], 1),
+                        np.clip(np.round(cx).astype(int), 0, L.shape[1] - 1).repeat(ncc.shape[0], 0)]
+    for c in exclude:
+        keep &= ((cx - c[0]) / half_w) ** 2 + ((cy - c[1]) / half_h) ** 2 > 1.0
+    return float(ncc[keep].max()) if keep.any() else -1.0
 
 
 # --------------------------------------------------------------------------- rims
 
 
 def ring_ridge(L: np.ndarray, centre: np.ndarray, iod: float) -> float:
-    """Strength of the darkest thin closed ring around an eye, in L* units.
+    """Strength of the strongest thin dark ring around an eye, in L* units.
 
     L* is sampled on a polar grid around the eye (radii 0.3 - 0.75 IOD
     horizontally, 0.62 of that vertically); a thin dark line shows as a ridge
-    ``(L(r - 2) + L(r + 2)) / 2 - L(r)``. The best closed path (radius moving at
-    most one step per angle) is found by dynamic programming; the score is the
-    30th percentile of the ridge along it, so the ring must go most of the
-    way round.
+    ``(L(r - 2) + L(r + 2)) / 2 - L(r)``. The best path once round the eye
+    (radius moving at most 1 px per angle step) is found by dynamic
+    programming; the score is the 30th percentile of the ridge along it, so
+    the ring must go most of the way round.
     """
     import cv2
 
@@ -500,7 +505,7 @@ def ring_ridge(L: np.ndarray, centre: np.ndarray, iod: float) -> float:
 
 
 def _best_closed_path(ridge: np.ndarray) -> float:
-    """30th percentile of ``ridge`` ``[angles, radii]`` along its best smooth path round the circle."""
+    """30th percentile of ``ridge`` ``[angles, radii]`` along its best smooth path once round (ends free)."""
     n_ang, n_rad = ridge.shape
     score = ridge[0].astype(np.float64)
     back = np.zeros((n_ang, n_rad), np.int64)
