@@ -129,13 +129,20 @@ class MorphableConfig:
     #: reuse guard rejects; kept for the privacy modes that edit the user's own photo)
     frame: str = "neutral"
     #: neutral frame: scale of the face about the crop centre (1 = the sources' alignment)
-    zoom: float = 1.45
+    zoom: float = 1.3
     #: neutral frame: face oval — forehead reach (as ``face_forehead``), grow and feather (iod)
-    oval_forehead: float = 0.85
+    oval_forehead: float = 0.6
     oval_grow: float = -0.04
     oval_feather: float = 0.22
     #: neutral frame: backdrop colour (RGB in [0, 1]), lit softly from the upper left
     backdrop: tuple[float, float, float] = (0.46, 0.48, 0.50)
+    #: fit the appearance model only on faces that no fringe, hat or glasses cover
+    #: (``faces.occluders``); covered faces still give shape and protect their person
+    bare_appearance: bool = True
+    #: neutral frame: detail restoration — gain of an unsharp mask on the face (0 = off)
+    #: and its Gaussian sigma (px); it gives back what averaging and two resamplings soften
+    sharpen: float = 1.0
+    sharpen_sigma: float = 1.5
 
     def __post_init__(self) -> None:
         if self.image_size < 64:
@@ -229,8 +236,10 @@ class MorphableBackbone:
         textures = [self._mirror_fill(self._shape_free(c, p), estimate_yaw(p))
                     for c, p in zip(crops, points)]
         iod = interocular(mean_pts)
-        self._app = fit_appearance(np.stack(textures), weights, mean_pts, cfg.detail_sigma * iod,
-                                   cfg.light_sigma * iod, cfg.max_modes)
+        bare = self._bare_faces(faces, crops, points)
+        self._app = fit_appearance(np.stack([t for t, b in zip(textures, bare) if b]),
+                                   person_weights([person_key(f) for f, b in zip(faces, bare) if b]),
+                                   mean_pts, cfg.detail_sigma * iod, cfg.light_sigma * iod, cfg.max_modes)
         factors = [self.decompose(self._encode(c, p, t)) for c, p, t in zip(crops, points, textures)]
         self._population = {
             name: np.average(np.stack([f[name] for f in factors]), axis=0,
@@ -243,6 +252,24 @@ class MorphableBackbone:
                  "texture %d modes, regions %s", len(faces), len(set(map(person_key, faces))),
                  self._shape.sym.n_modes, self._shape.asym.n_modes, self._app.texture.n_modes,
                  {k: r.pca.n_modes for k, r in self._app.regions.items()})
+
+    def _bare_faces(self, faces: Sequence[SourceFace], crops, points) -> list[bool]:
+        """Which faces the appearance model learns from (all, unless ``bare_appearance``)."""
+        if not self.config.bare_appearance:
+            return [True] * len(faces)
+        from ...faces.occluders import occluders
+
+        covered = [occluders(c, p) for c, p in zip(crops, points)]
+        bare = [not c for c in covered]
+        for face, what in zip(faces, covered):
+            if what:
+                log.info("appearance model leaves out %s (%s): it gives shape only", face.source_id,
+                         ", ".join(what))
+        if sum(bare) < 2:
+            log.warning("fewer than 2 faces free of fringe, hat and glasses: the appearance model "
+                        "learns from all %d faces and may show their occluders", len(faces))
+            return [True] * len(faces)
+        return bare
 
     def _fit_expression(self, enc: list, points: np.ndarray, weights: np.ndarray) -> None:
         """Shape-coefficient directions of mouth opening and lid aperture (fixed
@@ -543,7 +570,17 @@ class MorphableBackbone:
         texture = self._require_app().decode(self._appearance(latent))
         face = warp_image(texture, full_points(self.mean_points(), s), full_points(pts, s), self._triangles)
         oval = self._oval(pts)
-        return oval * face + (1.0 - oval) * self._backdrop()
+        return self._restore(oval * face + (1.0 - oval) * self._backdrop(), oval)
+
+    def _restore(self, image: np.ndarray, oval: np.ndarray) -> np.ndarray:
+        """Unsharp mask on the face only (linear in ``image``): ``image + g * oval * (image - blur)``."""
+        cfg = self.config
+        if cfg.sharpen <= 0:
+            return image
+        import cv2
+
+        blur = cv2.GaussianBlur(image, (0, 0), cfg.sharpen_sigma)
+        return image + cfg.sharpen * oval * (image - blur)
 
     def render_landmarks(self, latent: Latent) -> np.ndarray:
         """Landmarks ``[68, 2]`` of the face as ``synthesize`` draws it (neutral frame)."""
@@ -573,8 +610,8 @@ class MorphableBackbone:
         oval = self._oval(pts)
         coeffs = self._appearance(latent)
         texture = app.decode(coeffs)
-        base = oval * cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR,
-                                borderMode=cv2.BORDER_REPLICATE) + (1.0 - oval) * self._backdrop()
+        base = self._restore(oval * cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR,
+                                              borderMode=cv2.BORDER_REPLICATE) + (1.0 - oval) * self._backdrop(), oval)
         sdevs, slices, k = self._appearance_layout()
         zero = {name: np.zeros_like(v) for name, v in coeffs.items()}
         at_zero = app.decode(zero)
@@ -584,8 +621,8 @@ class MorphableBackbone:
                 step = {n: v.copy() for n, v in zero.items()}
                 step[name][i] = sd
                 delta = app.decode(step) - at_zero  # decoding is affine: this is one column
-                columns.append((oval * cv2.remap(delta, map_x, map_y, cv2.INTER_LINEAR,
-                                                 borderMode=cv2.BORDER_CONSTANT)).reshape(-1))
+                moved = oval * cv2.remap(delta, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+                columns.append(self._restore(moved, oval).reshape(-1))
         jacobian = (np.stack(columns, axis=1) if columns else np.zeros((s * s * 3, 0))).astype(np.float32)
         return LinearRender(base.astype(np.float32), jacobian, slices,
                             np.concatenate([sdevs[n] for n in APPEARANCE_FACTORS]).astype(np.float32), pts)
