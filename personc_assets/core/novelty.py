@@ -9,12 +9,13 @@ appearance model (texture and eye, nose and mouth region modes, in units of
 each mode's standard deviation over the sources), where every point is a
 plausible face of that model, toward identities that no source has:
 
-    minimise   softmax_i,t cos(E(chip_t(base + J dz)), s_i)  +  prior * |z0 + dz|^2
+    minimise   softmax_i cos(E(chip(base + J dz)), s_i)  +  prior * |z0 + dz|^2
 
 over ``dz`` with Adam, where ``E`` is dlib's ResNet (the guard's default
 encoder, rebuilt in PyTorch from dlib's own weights), ``s_i`` are the source
-embeddings (and faces already released), ``chip_t`` are dlib's 150 px chip of
-the render and of its mirror image, and the prior
+embeddings (and faces already released), ``chip`` is dlib's 150 px chip of
+the render (the mirror image and other benign changes are left to the guard,
+which judges every candidate under them; ``margin`` leaves room for them), and the prior
 keeps the face in the model's likely region. It stops as soon as every
 similarity is ``margin`` below tau. The guard then judges the real render as
 usual: the step is a proposal, never a verdict.
@@ -41,7 +42,7 @@ class NoveltyConfig:
     #: most Adam steps per candidate
     steps: int = 80
     #: Adam step size, in standard deviations of a mode
-    learning_rate: float = 0.12
+    learning_rate: float = 0.15
     #: weight of |z|^2, z = the face's coordinates in standard deviations
     prior: float = 0.003
     #: temperature of the soft maximum over sources and variants
@@ -164,8 +165,7 @@ class NoveltySearch:
         step = 0
         for step in range(cfg.steps + 1):
             chip = (chip0 + jac @ dz).clamp(0.0, 255.0).view(1, 3, CHIP_SIZE, CHIP_SIZE)
-            variants = torch.cat([chip, chip.flip(-1)])  # the face and its mirror image
-            emb = F.normalize(net(net.normalise(variants.permute(0, 2, 3, 1))), dim=1)
+            emb = F.normalize(net(net.normalise(chip.permute(0, 2, 3, 1))), dim=1)
             sims = emb @ targets.T
             worst = float(sims.detach().max())
             if step == 0:
