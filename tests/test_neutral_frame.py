@@ -1,0 +1,137 @@
+"""Whole-frame synthesis: the neutral frame, its linearisation and the novelty step.
+
+Fast tests run on procedurally drawn faces (``test_morphable.synthetic_face``);
+the novelty test on real photos (../shared/faces) checks that the step takes a
+mixed face below dlib's tau as the guard measures it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from personc_assets.core.backbones import BACKBONES
+from personc_assets.core.backbones.morphable import MorphableBackbone
+from personc_assets.core.novelty import NoveltyConfig, NoveltySearch, chip_affine
+from test_morphable import synthetic_face
+
+
+@pytest.fixture(scope="module")
+def faces():
+    return [synthetic_face(i, "AB"[i % 2], f"p{i // 2}") for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def fitted(faces) -> MorphableBackbone:
+    bb = BACKBONES.create("morphable")
+    bb.fit(faces)
+    return bb
+
+
+def _oval(bb: MorphableBackbone, latent) -> np.ndarray:
+    return bb._oval(bb.render_landmarks(latent))[..., 0]
+
+
+def test_neutral_frame_shows_no_pixel_of_the_context_photo(fitted, faces):
+    # why: a release must not be an edited source photo: hair, clothes, backdrop come from nobody
+    latents = [p.latent for p in fitted.project(faces[:2])]
+    swapped = dict(latents[0])
+    swapped["context"], swapped["context_points"] = latents[1]["context"], latents[1]["context_points"]
+    swapped["pose"], swapped["yaw"] = latents[1]["pose"], latents[1]["yaw"]
+    a, b = fitted.synthesize([latents[0], swapped])
+    assert np.array_equal(a, b), "the neutral render must not depend on the context donor's photo"
+    outside = _oval(fitted, latents[0]) < 1e-3
+    backdrop = np.round(fitted._backdrop() * 255).astype(np.int16)
+    assert outside.mean() > 0.15  # the drawn faces are large: about a fifth of the frame is backdrop
+    assert np.abs(a.astype(np.int16)[outside] - backdrop[outside]).max() <= 1
+
+
+def test_context_frame_stays_available_and_differs(faces):
+    # why: the privacy modes edit the user's own photo on purpose and ask for it by name
+    bb = BACKBONES.create("morphable", frame="context")
+    bb.fit(faces)
+    latent = bb.project(faces[:1])[0].latent
+    render = bb.synthesize([latent])[0]
+    crop = faces[0].aligned
+    assert np.abs(render.astype(float) - crop).mean() < 12  # the photo around the face is kept
+    with pytest.raises(ValueError, match="frame"):
+        BACKBONES.create("morphable", frame="collage")
+
+
+def test_linear_render_predicts_the_render(fitted, faces):
+    # why: the novelty step optimises the linearised render; it must be the image synthesize draws
+    factors = fitted.decompose(fitted.project(faces[:1])[0].latent)
+    lin = fitted.linear_render(fitted.compose(factors))
+    render = fitted.synthesize([fitted.compose(factors)])[0].astype(np.float32) / 255
+    assert np.abs(lin.base - render).mean() < 2 / 255
+    face = _oval(fitted, fitted.compose(factors)) > 0.5
+    dz = np.random.default_rng(0).normal(0, 2.0, lin.jacobian.shape[1]).astype(np.float32)
+    moved = fitted.synthesize([fitted.compose(fitted.offset_appearance(factors, dz))])[0].astype(np.float32) / 255
+    predicted = np.clip(lin.base + (lin.jacobian @ dz).reshape(lin.base.shape), 0, 1)
+    change = np.abs(moved - render)[face].mean()
+    assert change > 3 / 255, "the move must change the face"
+    assert np.abs(predicted - moved)[face].mean() < 0.25 * change
+    assert np.array_equal(fitted.offset_appearance(factors, np.zeros_like(dz))["texture"], factors["texture"])
+    with pytest.raises(ValueError, match="dz must be shaped"):
+        fitted.offset_appearance(factors, dz[:-1])
+
+
+def test_chip_geometry_matches_dlib(faces):
+    # why: the novelty step embeds its own chips; they must be the chips the guard's encoder sees
+    import torch
+    from torch.nn import functional as F
+
+    from personc_assets.core.encoders.dlib_encoder import dlib_chip
+    from personc_assets.core.faces.detect import face_from_landmarks
+
+    face = faces[0]
+    obs = face_from_landmarks(face.aligned, face.landmarks)
+    ref = dlib_chip(obs).astype(np.float32)
+    grid = NoveltySearch._grid(chip_affine(face.landmarks, 150, 0.25), 256, 150)
+    image = torch.from_numpy(face.aligned.astype(np.float32)).permute(2, 0, 1)[None]
+    mine = F.grid_sample(image, grid, mode="bilinear", align_corners=True)[0].permute(1, 2, 0).numpy()
+    assert np.abs(mine - ref).mean() < 1.5
+
+
+def test_novelty_config_is_validated():
+    # why: a negative margin would aim at or above tau and the step would stop too early
+    with pytest.raises(ValueError, match="margin"):
+        NoveltyConfig(margin=-0.1)
+    with pytest.raises(ValueError, match="tau"):
+        NoveltySearch(1.5)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_faces
+def test_novelty_step_takes_a_mixed_face_below_tau(shared_faces):
+    # why: a coherent mix of real people sits near them; the step must move it below tau (as the
+    # guard measures it: detection, landmarks, dlib chip) while the face stays a coherent face
+    from personc_assets.core.encoders import ENCODERS
+    from personc_assets.core.faces.detect import detect_faces
+    from personc_assets.core.faces.ingest import ingest_file
+    from personc_assets.core.realism import RealismGate
+    from personc_assets.core.recipes import describe_donors, mix_factors, sample_recipes
+
+    people = sorted(p for p in shared_faces.glob("id0*") if p.is_dir())
+    faces = [ingest_file(photo, "AB"[i % 2], person.name)
+             for i, person in enumerate(people) for photo in sorted(person.glob("*.jpg"))[:2]
+             if "mirror" not in photo.name]
+    encoder = ENCODERS.create("dlib")
+    sources = np.stack([encoder.embed(detect_faces(f.aligned)[:1])[0] for f in faces])
+    bb = BACKBONES.create("morphable")
+    bb.fit(faces)
+    factors = {f.content_hash: bb.decompose(p.latent) for f, p in zip(faces, bb.project(faces))}
+    donors = describe_donors(faces, factors, labels={f.content_hash: f.label for f in faces})
+    search = NoveltySearch(encoder.default_tau)
+    gate = RealismGate()
+    results = []
+    for recipe in sample_recipes(donors, bb.factor_names, 3, seed=5):
+        res = search.refine(bb, mix_factors(recipe, factors, bb.population_mean()), sources)
+        image = bb.synthesize([bb.compose(res.factors)])[0]
+        found = detect_faces(image)
+        assert len(found) == 1
+        sim = float((sources @ encoder.embed(found)[0]).max())
+        results.append((res, sim, gate.judge(image).passed))
+    assert all(sim < encoder.default_tau for _, sim, _ in results), [r[1] for r in results]
+    assert all(res.end_similarity <= res.start_similarity for res, _, _ in results)
+    assert sum(ok for _, _, ok in results) >= 2, "the moved faces must stay coherent faces"
