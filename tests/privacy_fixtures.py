@@ -2,7 +2,9 @@
 
 Ingest every labelled photo (group A; the group does not matter here), fit the
 embedded backbone, decompose every source, embed the sources with dlib and
-build the guard. Built once per test session (about 40 s on a 2-core CPU).
+build the guard. The backbone renders in the "context" frame (the face pasted
+into its own photo), as the privacy modes ask for it. Built once per test
+session (about 40 s on a 2-core CPU).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from personc_assets.core.encoders import ENCODERS
 from personc_assets.core.faces.ingest import ingest_folders
 from personc_assets.core.guard import Guard, GuardMember
 from personc_assets.core.index import EmbeddingIndex
-from personc_assets.core.privacy.population import IdentityProbe, Population
+from personc_assets.core.privacy.population import IdentityProbe, Population, context_frame
 
 
 @dataclass
@@ -44,10 +46,11 @@ class World:
 def build_world(shared: Path) -> World:
     result = ingest_folders({"A": shared}, 64)
     faces = tuple(f for f in result.faces if f.label.startswith("id"))
-    backbone = BACKBONES.create("morphable")
-    backbone.fit(faces)
+    fitted = BACKBONES.create("morphable")
+    fitted.fit(faces)
+    backbone = context_frame(fitted)
     factors = {f.content_hash: backbone.decompose(p.latent) for f, p in zip(faces, backbone.project(faces))}
-    pop = Population(backbone, backbone.state_hash(), faces, factors, {f.content_hash: f.label for f in faces})
+    pop = Population(backbone, fitted.state_hash(), faces, factors, {f.content_hash: f.label for f in faces})
     encoder = ENCODERS.create("dlib")
     probe = IdentityProbe([encoder])
     emb = probe.embed_sources(faces)

@@ -8,6 +8,9 @@ spread ``sd[f]`` of every identity factor over the sources; it defines the
 "unit of change" of the disentanglement ranking, the whitened coordinates of
 the attribute directions and the scale of cancelable codes.
 
+``context_frame`` asks a backbone for the render that keeps the photo's own
+surroundings: the privacy modes edit the user's own photo on purpose.
+
 ``IdentityProbe`` turns images into L2-normalised embeddings with every
 encoder of a run: one dlib HOG detection per image (best face), one embedding
 per encoder, memoised by pixel hash (renders are often embedded twice, and a
@@ -16,6 +19,8 @@ dlib descriptor costs 80-170 ms on a CPU).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -37,6 +42,33 @@ def _default_locator(image: np.ndarray) -> list[FaceObservation]:
     from ..faces.detect import detect_faces
 
     return detect_faces(image)
+
+
+CONTEXT_FRAME = "context"
+
+
+def context_frame(backbone: Backbone) -> Backbone:
+    """``backbone`` rendering in the ``"context"`` frame: the face pasted into its own photo.
+
+    The privacy modes keep the user's hair, clothes and background by design
+    (anonymize, cancelable with ``context="own"``, DP releases), while the
+    main pipeline renders faces alone on a plain backdrop. A backbone without
+    frames (StyleGAN2) is returned as is; one with a ``with_frame`` method is
+    asked through it; otherwise a shallow copy shares the fitted model and
+    carries a config whose ``frame`` is ``"context"``. The fitted state is
+    the same either way (the frame only changes how ``synthesize`` draws).
+    """
+    with_frame = getattr(backbone, "with_frame", None)
+    if callable(with_frame):
+        return with_frame(CONTEXT_FRAME)
+    config = getattr(backbone, "config", None)
+    if not dataclasses.is_dataclass(config) or "frame" not in {f.name for f in dataclasses.fields(config)}:
+        return backbone
+    if getattr(config, "frame") == CONTEXT_FRAME:
+        return backbone
+    framed = copy.copy(backbone)
+    framed.config = dataclasses.replace(config, frame=CONTEXT_FRAME)  # type: ignore[attr-defined]
+    return framed
 
 
 @dataclass(frozen=True)
@@ -87,8 +119,9 @@ class Population:
         return {f: np.mean([np.asarray(self.factors[h][f], np.float64) for h in hs], axis=0)
                 for f in self.factor_names}
 
-    def scale(self) -> "FactorScale":
-        return FactorScale.from_population(self)
+    def scale(self, hashes: Sequence[str] | None = None) -> "FactorScale":
+        """Person-weighted scale of all sources, or of ``hashes`` only (e.g. everyone but one person)."""
+        return FactorScale.from_population(self, hashes=hashes)
 
 
 @dataclass(frozen=True)
@@ -104,11 +137,18 @@ class FactorScale:
     rms: Mapping[str, float]
 
     @classmethod
-    def from_population(cls, pop: Population, floor: float = 1e-6) -> "FactorScale":
-        w = person_weights([pop.persons[h] for h in pop.hashes])
+    def from_population(cls, pop: Population, floor: float = 1e-6,
+                        hashes: Sequence[str] | None = None) -> "FactorScale":
+        """Scale over ``hashes`` (default: every source; at least two photos)."""
+        hashes = tuple(pop.hashes if hashes is None else hashes)
+        unknown = [h[:10] for h in hashes if h not in pop.factors]
+        if unknown or len(hashes) < 2:
+            raise ValueError(f"a factor scale needs at least two known sources, got {len(hashes)} "
+                             f"(unknown: {unknown}); pass content hashes of decomposed sources")
+        w = person_weights([pop.persons[h] for h in hashes])
         mu, sd, rms = {}, {}, {}
         for f in pop.factor_names:
-            x = np.stack([np.asarray(pop.factors[h][f], np.float64).ravel() for h in pop.hashes])
+            x = np.stack([np.asarray(pop.factors[h][f], np.float64).ravel() for h in hashes])
             m = np.average(x, axis=0, weights=w)
             var = np.average((x - m) ** 2, axis=0, weights=w)
             mu[f] = m
