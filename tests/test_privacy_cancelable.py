@@ -1,73 +1,113 @@
-"""Cancelable templates on real photos: the four required properties, plus discriminability."""
+"""Cancelable templates on real photos: the measured properties, the gate that refuses when they fall
+short, and irreversibility on every template made."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from privacy_fixtures import build_world
-from personc_assets.core.privacy.cancelable import CancelableEnroller, CancelableKeyError, measure_properties
+from personc_assets.core.privacy.cancelable import (ASSESSMENT_KEYS, CancelableEnroller, CancelableKeyError,
+                                                    CancelableUnavailableError)
 
 pytestmark = [pytest.mark.shared_faces, pytest.mark.slow]
-KEYS = ("correct horse battery staple", "tuna lamp violet 42 orbit")
+#: Measured on ../shared/faces (7 people x 2 photos, assessment keys, dlib tau 0.90) at this change;
+#: docs/privacy_modes.md has the table. These are defect reports: strict, so a fix turns them into failures.
+SHORTFALL = ("measured on the embedded morphable backbone: keyed reflections keep factor-space distances "
+             "exactly, but dlib finds the backbone's synthetic faces 0.85-0.94 alike whoever they come from, so "
+             "{} (docs/privacy_modes.md); the mode refuses instead of making such templates")
 
 
 @pytest.fixture(scope="module")
 def measured(shared_faces):
     world = build_world(shared_faces)
     enroller = CancelableEnroller(world.pop, world.guard, world.probe)
-    photos = {p: world.photos(p)[:2] for p in world.pop.person_keys()[:3]}
-    props, templates = measure_properties(enroller, photos, KEYS, world.person_embeddings())
-    by = {p.prop: p for p in props}
+    assessment = enroller.assess()  # every person with two photos, two keys: the gate's own measurement
+    templates = list(assessment.templates)
+    by = {p.prop: p for p in assessment.scores}
     print()
-    for p in props:
-        print(p.summary())
-    print("templates released:", sum(t.passed for t in templates), "of", len(templates),
-          "betas:", sorted(t.beta for t in templates))
-    return world, enroller, by, templates
+    for p in assessment.scores:
+        print(p.describe())
+    print("templates passing the guard:", sum(t.passed for t in templates), "of", len(templates))
+    print("assessment:", assessment.reason())
+    return world, enroller, assessment, by, templates
 
 
+def test_properties_are_measured_on_real_templates(measured):
+    # why: a property is only as good as its measurement; every pair of every person must be scored
+    world, _, _, by, templates = measured
+    n = len({t.input_hash for t in templates}) // 2
+    assert n == len(world.pop.person_keys()) and len(templates) == 4 * n
+    want = {"consistency": 2 * n, "unlinkability": 2 * n, "revocability": 2 * n, "irreversibility": 4 * n,
+            "discriminability": n * (n - 1)}
+    assert {p: len(s.scores) for p, s in by.items()} == want
+    assert all(np.isfinite(s.scores).all() for s in by.values()), "a template showed no face"
+    assert len({t.template_id for t in templates}) == len(templates), "one template per photo and key"
+
+
+def test_enrol_refuses_with_the_measured_reason_exactly_when_a_property_falls_short(measured):
+    # why: if the backbone cannot reach the properties, the mode must say so with figures, never produce
+    # templates silently; if it can, it must enrol
+    world, enroller, assessment, _, _ = measured
+    face = world.pop.faces[0]
+    if assessment.passed:
+        assert enroller.enroll(face, "a fresh key for this test").key_id
+        return
+    with pytest.raises(CancelableUnavailableError) as err:
+        enroller.enroll(face, "a fresh key for this test")
+    for failing in assessment.failures():
+        assert failing.describe() in str(err.value)
+
+
+def test_irreversibility_on_every_template(measured):
+    # why: nothing that passes may match the person or any source; a template that does must be refused
+    # and say why. Checked on all templates made, against embeddings computed apart from the guard
+    world, _, _, by, templates = measured
+    own = world.person_embeddings()["dlib"]
+    every = world.source_embeddings["dlib"]
+    close = 0
+    for t in templates:
+        e = t.embeddings["dlib"]
+        to_person = float((own[world.pop.persons[t.input_hash]] @ e).max())
+        to_sources = float((every @ e).max())
+        if t.passed:
+            assert to_person < world.tau, (t.template_id, to_person)
+            assert to_sources < world.tau, (t.template_id, to_sources)
+        else:
+            assert "reaches tau" in t.reason
+        close += to_sources >= world.tau
+    assert close == sum(not t.passed for t in templates), "the guard and the recomputed maxima disagree"
+    print("irreversibility over all templates:", by["irreversibility"].describe())
+
+
+@pytest.mark.xfail(strict=True, reason=SHORTFALL.format("two photos of one person under one key score "
+                                                        "0.865-0.937 (86% at or above tau)"))
 def test_identity_consistency(measured):
     # why: two photos of one person under one key must still match, or the template is useless
-    _, _, by, _ = measured
+    _, _, _, by, _ = measured
     assert by["consistency"].ok_rate == 1.0
 
 
-@pytest.mark.xfail(strict=False, reason="regression found 2026-12-04, not fixed: the key's code face is drawn "
-                   "from a seed that hashes the fitted backbone's float arrays, so current dependency versions "
-                   "draw other codes; with them one person's templates under two keys are 0.956-0.967 alike "
-                   "under dlib (tau 0.90) and no template is released (0 of 12). It passed on the landed "
-                   "versions. Code faces must differ between keys by construction, not by luck of the draw")
+@pytest.mark.xfail(strict=True, reason=SHORTFALL.format("one face under two keys scores 0.849-0.934 (86% below "
+                                                        "tau), old template vs re-enrolment 0.827-0.937 (79%)"))
 def test_unlinkability_and_revocability(measured):
     # why: templates under two keys must not be linkable, so a leaked template can be replaced
-    _, _, by, _ = measured
+    _, _, _, by, _ = measured
     assert by["unlinkability"].ok_rate == 1.0
     assert by["revocability"].ok_rate == 1.0
 
 
-def test_irreversibility_of_released_templates(measured):
-    # why: nothing released may match the person; refused templates are the ones that would have
-    world, _, by, templates = measured
-    emb = world.person_embeddings()["dlib"]
-    released = [t for t in templates if t.passed]
-    for t in released:
-        person = world.pop.persons[t.input_hash]
-        assert float((emb[person] @ t.embeddings["dlib"]).max()) < world.tau
-    refused = [t for t in templates if not t.passed]
-    assert all(t.reason for t in refused)
-    print("irreversibility over all templates (released or not):", by["irreversibility"].summary())
-
-
-@pytest.mark.xfail(strict=True, reason="known limitation on the embedded backbone: at the betas that hide "
-                   "the person, every face under one key collapses onto the key's code face")
+@pytest.mark.xfail(strict=True, reason=SHORTFALL.format("two people under one key score 0.816-0.917 "
+                                                        "(90% below tau)"))
 def test_discriminability_under_one_key(measured):
-    # why: documents the measured trade-off; turns into a failure (strict) when a better transform fixes it
-    _, _, by, _ = measured
-    assert by["discriminability"].ok_rate >= 0.9
+    # why: templates that make two people match cannot tell people apart
+    _, _, _, by, _ = measured
+    assert by["discriminability"].ok_rate == 1.0
 
 
 def test_revoked_key_is_refused(measured):
     # why: after revocation the old key must not make new templates
-    world, enroller, _, _ = measured
+    world, enroller, _, _, _ = measured
     face = world.pop.faces[0]
     with pytest.raises(CancelableKeyError, match="revoked"):
-        enroller.enroll(face, KEYS[0], revoked=[enroller.code(KEYS[0]).key_id])
+        enroller.enroll(face, ASSESSMENT_KEYS[0], revoked=[enroller.transform(ASSESSMENT_KEYS[0]).key_id])

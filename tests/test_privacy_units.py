@@ -11,7 +11,10 @@ import pytest
 
 from personc_assets.core.lineage.store import LineageStore
 from personc_assets.core.privacy.attributes import AttributeDirection
-from personc_assets.core.privacy.cancelable import (CancelableKeyError, CancelableKnobs, derive_seed, key_id)
+from personc_assets.core.privacy.cancelable import (Assessment, CancelableEnroller, CancelableKeyError, CancelableKnobs,
+                                                    CancelableUnavailableError, PropertyScores, code_key, derive_seed,
+                                                    factor_transform, key_id, key_transform)
+from personc_assets.core.privacy.population import FactorScale
 from personc_assets.core.privacy.disentangle import FactorRanking, FactorSensitivity
 from personc_assets.core.privacy.anonymize import AnonymizeKnobs, strength_alphas
 from personc_assets.core.privacy.dp import (BudgetExceededError, DPSpec, PrivacyBudget, PrivacyLedger,
@@ -49,12 +52,67 @@ def test_key_id_is_a_hash_of_a_hash_and_never_the_key():
     assert key_id(key) != key_id(key + "!") and key not in key_id(key)
 
 
-def test_seed_is_keyed_and_bound_to_the_backbone_state():
-    # why: the same key must give the same code on one model, another key or model another code
-    k = "correct horse battery staple"
-    assert derive_seed(k, "s1") == derive_seed(k, "s1")
-    assert derive_seed(k, "s1") != derive_seed(k, "s2")
-    assert derive_seed(k, "s1") != derive_seed("another long passphrase", "s1")
+KEY = "correct horse battery staple"
+
+
+def _scale(dims: dict[str, int], spread: float = 1.0, seed: int = 0) -> FactorScale:
+    rng = np.random.default_rng(seed)
+    return FactorScale({f: rng.normal(0, spread, d) for f, d in dims.items()},
+                       {f: rng.uniform(0.5, 2.0, d) * spread for f, d in dims.items()},
+                       {f: 1.0 for f in dims})
+
+
+def test_seed_is_the_key_alone_with_a_known_answer():
+    # why: a seed that hashed the fitted backbone changed every template after a dependency upgrade;
+    # the draw must depend on the key bytes only, identically on every platform and version
+    import hashlib
+    import hmac
+
+    assert code_key(KEY) == hmac.new(KEY.encode(), b"personc/cancelable/v2|code", hashlib.sha256).digest()
+    assert code_key(KEY).hex() == "ce596eaa48d1aeb8ad3779573dd02636b90562819d9e3d3d07a6c377bdbc19a9"
+    assert derive_seed(KEY) == 14869037322385600184
+    _, signs = factor_transform(KEY, "geometry", 36, 1)
+    assert signs[:16].astype(int).tolist() == [-1, -1, -1, -1, -1, 1, -1, 1, -1, 1, 1, 1, 1, -1, -1, 1]
+    sources, signs = factor_transform(KEY, "geometry", 8, 4)
+    assert sources.tolist() == [1, 2, 3, 0, 5, 7, 6, 4] and signs.astype(int).tolist() == [1, -1, -1, -1, -1, -1, -1, 1]
+    assert derive_seed(KEY) != derive_seed("another long passphrase")
+
+
+def test_transform_ignores_the_fitted_floats():
+    # why: two fits of one backbone (another library version) differ in their floats; the key's draw must not
+    dims = {"geometry": 36, "texture": 36, "mouth": 37}
+    a = key_transform(KEY, _scale(dims, seed=1), tuple(dims))
+    b = key_transform(KEY, _scale(dims, spread=3.0, seed=2), tuple(dims))
+    for f in dims:
+        assert np.array_equal(a.sources[f], b.sources[f]) and np.array_equal(a.signs[f], b.signs[f])
+    # each factor draws from its own stream: another factor's presence or size changes nothing
+    alone = key_transform(KEY, _scale({"texture": 36}), ("texture",))
+    assert np.array_equal(alone.signs["texture"], a.signs["texture"])
+
+
+def test_transform_keeps_distances_and_two_keys_are_as_far_apart_as_two_people():
+    # why: consistency and discriminability rest on the transform being an isometry; unlinkability and
+    # revocability on two keys moving one face as far apart as two different people are
+    dims = {"geometry": 36, "symmetry": 36, "texture": 36, "eyes": 37, "nose": 36, "mouth": 37}
+    names = tuple(dims)
+    scale = _scale(dims)
+    for block in (1, 2, 4):
+        knobs = CancelableKnobs(block=block)
+        t1 = key_transform(KEY, scale, names, knobs)
+        t2 = key_transform("tuna lamp violet 42 orbit", scale, names, knobs)
+        rng = np.random.default_rng(7)
+        people = [{f: (scale.mu[f] + scale.sd[f] * rng.standard_normal(d)).astype(np.float32)
+                   for f, d in dims.items()} for _ in range(200)]
+        z = [scale.whiten(p, names) for p in people]
+        y1 = [scale.whiten(t1.apply(p, scale, names), names) for p in people]
+        y2 = [scale.whiten(t2.apply(p, scale, names), names) for p in people]
+        for i in range(0, 200, 2):  # pairs of people: distances kept under one key (float32 rounding aside)
+            assert np.linalg.norm(y1[i] - y1[i + 1]) == pytest.approx(np.linalg.norm(z[i] - z[i + 1]), rel=1e-4)
+        two_keys = np.mean([np.sum((a - b) ** 2) for a, b in zip(y1, y2)])
+        two_people = np.mean([np.sum((z[i] - z[i + 1]) ** 2) for i in range(0, 200, 2)])
+        to_face = np.mean([np.sum((a - b) ** 2) for a, b in zip(y1, z)])
+        assert two_keys == pytest.approx(two_people, rel=0.15), block
+        assert to_face == pytest.approx(two_people, rel=0.15), block
 
 
 def test_short_keys_are_refused_with_the_reason():
@@ -64,11 +122,48 @@ def test_short_keys_are_refused_with_the_reason():
 
 
 def test_cancelable_knobs_are_validated():
-    # why: a decreasing ladder or an unknown context mode would silently change what is enforced
-    with pytest.raises(ValueError, match="increasing"):
-        CancelableKnobs(beta_ladder=(1.0, 0.9))
+    # why: an empty block or an unknown context mode would silently change what is enforced
+    with pytest.raises(ValueError, match="block"):
+        CancelableKnobs(block=0)
     with pytest.raises(ValueError, match="context"):
         CancelableKnobs(context="mirror")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_ok_rate"):
+        CancelableKnobs(min_ok_rate=0.0)
+
+
+def _assessment(consistency: tuple[float, ...]) -> Assessment:
+    scores = (PropertyScores("consistency", "dlib", "match", 0.9, consistency),
+              PropertyScores("unlinkability", "dlib", "no_match", 0.9, (0.80, 0.85)),
+              PropertyScores("revocability", "dlib", "no_match", 0.9, (0.80, 0.85)),
+              PropertyScores("irreversibility", "dlib", "no_match", 0.9, (0.95,)),  # enforced per template
+              PropertyScores("discriminability", "dlib", "no_match", 0.9, (0.70,)))
+    return Assessment("state", "signed-permutation/v2/block=1", 2, 1.0, scores)
+
+
+def test_assessment_names_each_failing_property_and_counts_faceless_templates_as_misses():
+    # why: a refusal must say what was measured; a template without a face is useless, not "unlinkable"
+    assert _assessment((0.95, 0.93)).passed
+    bad = _assessment((0.95, 0.85))
+    assert not bad.passed and [p.prop for p in bad.failures()] == ["consistency"]
+    assert "consistency (dlib): 50% of 2 pairs at or above tau 0.90" in bad.reason()
+    assert "irreversibility" not in bad.reason()
+    faceless = _assessment((0.95, math.nan))
+    assert faceless.scores[0].ok_rate == 0.5 and not faceless.passed
+    assert "1 without a face" in faceless.reason()
+
+
+def test_enrol_refuses_an_unusable_backbone_and_a_revoked_key_first(monkeypatch):
+    # why: when the measured properties fall short nothing may be made; a revoked key is refused before
+    # anything is measured (it says what to do)
+    from types import SimpleNamespace
+
+    pop = SimpleNamespace(factor_names=("texture",), hashes=("h",))
+    enroller = CancelableEnroller(pop, None, None, scale=_scale({"texture": 4}))  # type: ignore[arg-type]
+    monkeypatch.setattr(enroller, "assess", lambda: _assessment((0.95, 0.85)))
+    with pytest.raises(CancelableUnavailableError, match=r"refused: .*consistency \(dlib\): 50%"):
+        enroller.enroll(SimpleNamespace(content_hash="h"), KEY)  # type: ignore[arg-type]
+    with pytest.raises(CancelableKeyError, match="revoked"):
+        enroller.enroll(SimpleNamespace(content_hash="h"), KEY, revoked=[key_id(KEY)])  # type: ignore[arg-type]
 
 
 def test_strength_replaces_factors_in_ranking_order():

@@ -9,7 +9,10 @@ Each runs (or reuses) the pipeline's ingest/backbone/index steps on the configur
 sources (the demo sources when none are given), writes PNGs under
 ``<out>/privacy/<mode>/`` and lineage rows into ``<out>/personc.duckdb``, and
 prints a JSON summary. The cancelable key is read from an environment variable,
-never from the command line (shell history) and never stored.
+never from the command line (shell history) and never stored. ``cancelable enroll``
+first measures whether templates on this backbone keep their properties and
+exits 3, with the measured figures, when they do not. ``dp`` prints what its
+epsilon covers and what it does not.
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def run_anonymize(args: argparse.Namespace) -> int:
 
 
 def run_cancelable(args: argparse.Namespace) -> int:
-    from ..core.privacy.cancelable import CancelableKeyError
+    from ..core.privacy.cancelable import CancelableKeyError, CancelableUnavailableError
 
     key = os.environ.get(args.key_env)
     if not key:
@@ -113,6 +116,11 @@ def run_cancelable(args: argparse.Namespace) -> int:
     except CancelableKeyError as exc:
         logger.error("%s", exc)
         return 2
+    except CancelableUnavailableError as exc:
+        # measured refusal: the properties are recorded in privacy_cancelable_assessment
+        logger.error("%s", exc)
+        _print({"refused": str(exc)})
+        return 3
 
 
 def run_dp(args: argparse.Namespace) -> int:

@@ -72,7 +72,8 @@ class CancelableConfig(Config):
 def cancelable_templates(context: AssetExecutionContext, config: CancelableConfig, personc: PersonCConfig,
                          duckdb: DuckDBResource, source_images: dict, factor_decompositions: dict,
                          embedding_indexes: dict) -> MaterializeResult:
-    """Keyed synthetic templates (key never stored, only its id), guard-checked, revocable."""
+    """Keyed synthetic templates (key never stored, only its id), guard-checked, revocable. Fails, with the
+    measured figures, when the backbone cannot give templates their properties (nothing is made then)."""
     key = os.environ.get(config.key_env)
     if not key:
         raise ValueError(f"environment variable {config.key_env} is not set: export the secret key there "
@@ -81,7 +82,8 @@ def cancelable_templates(context: AssetExecutionContext, config: CancelableConfi
         ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
         out = steps.run_cancelable(ctx, store, context.run_id, key, config.context, config.limit)
     return MaterializeResult(value=out, metadata={"key_id": out["key_id"], "passed": out["passed"],
-                                                  "faces": out["faces"]})
+                                                  "faces": out["faces"],
+                                                  "assessment": md_table(out["assessment"])})
 
 
 class DPConfig(Config):

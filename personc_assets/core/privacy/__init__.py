@@ -10,18 +10,20 @@
 from .anonymize import Anonymized, AnonymizeKnobs, Anonymizer, measure_strength_curve, strength_alphas
 from .attributes import (AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError,
                          fit_direction)
-from .cancelable import (CancelableEnroller, CancelableKeyError, CancelableKnobs, Template, derive_seed, key_id,
+from .cancelable import (Assessment, CancelableEnroller, CancelableKeyError, CancelableKnobs,
+                         CancelableUnavailableError, KeyTransform, Template, derive_seed, key_id, key_transform,
                          measure_properties)
 from .disentangle import FactorRanking, rank_factors
 from .dp import BudgetExceededError, DPSpec, PrivacyBudget, PrivacyLedger, measure_accuracy, privatize_factors
 from .lineage import PRIVACY_TABLES, ensure_privacy_schema
-from .population import FactorScale, IdentityProbe, Population
+from .population import FactorScale, IdentityProbe, Population, context_frame
 
 __all__ = [
-    "AgeGenderLabeller", "Anonymized", "AnonymizeKnobs", "Anonymizer", "AttributeDirection", "BudgetExceededError",
-    "CancelableEnroller", "CancelableKeyError", "CancelableKnobs", "DPSpec", "FaceAttributes", "FactorRanking",
-    "FactorScale", "IdentityProbe", "LabellerUnavailableError", "PRIVACY_TABLES", "Population", "PrivacyBudget",
-    "PrivacyLedger", "Template", "derive_seed", "ensure_privacy_schema", "fit_direction", "key_id",
-    "measure_accuracy", "measure_properties", "measure_strength_curve", "privatize_factors", "rank_factors",
-    "strength_alphas",
+    "AgeGenderLabeller", "Anonymized", "AnonymizeKnobs", "Anonymizer", "Assessment", "AttributeDirection",
+    "BudgetExceededError", "CancelableEnroller", "CancelableKeyError", "CancelableKnobs",
+    "CancelableUnavailableError", "DPSpec", "FaceAttributes", "FactorRanking", "FactorScale", "IdentityProbe",
+    "KeyTransform", "LabellerUnavailableError", "PRIVACY_TABLES", "Population", "PrivacyBudget", "PrivacyLedger",
+    "Template", "context_frame", "derive_seed", "ensure_privacy_schema", "fit_direction", "key_id",
+    "key_transform", "measure_accuracy", "measure_properties", "measure_strength_curve", "privatize_factors",
+    "rank_factors", "strength_alphas",
 ]

@@ -14,7 +14,7 @@ from ..lineage.store import LineageStore, Writer
 
 PRIVACY_TABLES: tuple[str, ...] = (
     "privacy_factor_ranking", "privacy_anonymized", "privacy_keys", "privacy_cancelable",
-    "privacy_attribute_directions", "privacy_dp_ledger", "privacy_dp_releases")
+    "privacy_cancelable_assessment", "privacy_attribute_directions", "privacy_dp_ledger", "privacy_dp_releases")
 
 
 def privacy_schema_sql() -> str:

@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS privacy_cancelable (
     key_id          VARCHAR,
     input_hash      VARCHAR,
     backbone_state  VARCHAR,
-    beta            DOUBLE,
+    beta            DOUBLE,                -- v1 (code-face blend) templates only; NULL from v2 on
     context_mode    VARCHAR,
     passed          BOOLEAN,
     reason          VARCHAR,
@@ -66,6 +66,31 @@ CREATE TABLE IF NOT EXISTS privacy_cancelable (
     run_id          VARCHAR,
     code_version    VARCHAR,
     created_at      TIMESTAMP
+);
+ALTER TABLE privacy_cancelable ADD COLUMN IF NOT EXISTS transform VARCHAR;  -- e.g. signed-permutation/v2/block=1
+
+-- The required properties measured before any template is made; a failing
+-- required property refuses the whole run (the reason names it).
+CREATE TABLE IF NOT EXISTS privacy_cancelable_assessment (
+    assessment_id   VARCHAR,               -- hash of backbone state + transform + encoders
+    backbone_state  VARCHAR,
+    transform       VARCHAR,
+    encoder         VARCHAR,
+    property        VARCHAR,               -- consistency, unlinkability, revocability, irreversibility, discriminability
+    want            VARCHAR,               -- 'match' (>= tau) or 'no_match' (< tau)
+    tau             DOUBLE,
+    n               INTEGER,               -- pairs with a face in both templates
+    no_face         INTEGER,               -- pairs where a template shows no face (counted as misses)
+    min_score       DOUBLE,
+    median_score    DOUBLE,
+    max_score       DOUBLE,
+    ok_rate         DOUBLE,
+    required        BOOLEAN,
+    passed          BOOLEAN,
+    persons         INTEGER,
+    run_id          VARCHAR,
+    created_at      TIMESTAMP,
+    PRIMARY KEY (assessment_id, encoder, property)
 );
 
 CREATE TABLE IF NOT EXISTS privacy_attribute_directions (

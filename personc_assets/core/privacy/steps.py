@@ -21,10 +21,11 @@ from ..lineage.store import LineageStore, now
 from ..pipeline import indexing, judging, modeling, sources
 from ..pipeline.config import RunConfig, Workspace
 from ..versioning import code_version, config_hash
+from .cancelable import Assessment
 from .attributes import AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError, fit_direction
 from .disentangle import FactorRanking, FactorSensitivity, rank_factors
 from .lineage import ensure_privacy_schema, upsert
-from .population import IdentityProbe, Population
+from .population import IdentityProbe, Population, context_frame
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, s
     """Build the context from the main pipeline's asset values."""
     sset = sources.SourceSet.from_dict(source_images)
     ref = modeling.BackboneRef(**factor_decompositions["backbone"])
-    backbone = ref.load()
+    backbone = context_frame(ref.load())  # the modes edit the user's own photo: they ask for its frame
     faces = tuple(sset.load_faces())
     factors = {h: load_npz(Path(p)) for h, p in factor_decompositions["factors"].items()}
     persons = indexing.persons_by_embedding(indexing.source_embeddings(store, sset, embedding_indexes),
@@ -195,16 +196,27 @@ def revoke_key(store: LineageStore, key: str, reason: str) -> str:
 
 def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: str,
                    context: str = "own", limit: int | None = 3, inputs: Sequence[Path] = ()) -> dict[str, Any]:
-    """Enrol ``inputs`` (or ``limit`` sources) under ``key``; refuses revoked keys."""
+    """Enrol ``inputs`` (or ``limit`` sources) under ``key``.
+
+    Refuses a revoked key (``CancelableKeyError``) and, after recording the
+    measured properties, a backbone on which they fall short
+    (``CancelableUnavailableError``, with the figures): nothing is made then.
+    """
     from ..faces.ingest import ingest_file
-    from .cancelable import CancelableEnroller, CancelableKnobs
+    from .cancelable import CancelableEnroller, CancelableKeyError, CancelableKnobs, CancelableUnavailableError
 
     enroller = CancelableEnroller(ctx.pop, ctx.guard, ctx.probe, CancelableKnobs(context=context))  # type: ignore[arg-type]
-    faces = [ingest_file(Path(p), "A", Path(p).stem) for p in inputs] if inputs else _select(ctx, limit)
+    kid = enroller.transform(key).key_id
     revoked = revoked_keys(store)
+    if kid in revoked:
+        raise CancelableKeyError(f"key {kid} has been revoked; enrol again with a new key")
+    assessment = enroller.assess()
+    record_assessment(store, assessment, [(e.name, e.version) for e in ctx.probe.encoders], run_id)
+    if not assessment.passed:
+        raise CancelableUnavailableError(assessment.reason())
+    faces = [ingest_file(Path(p), "A", Path(p).stem) for p in inputs] if inputs else _select(ctx, limit)
     folder = ctx.folder("cancelable")
     rows, out = [], []
-    kid = enroller.code(key).key_id
     for face in faces:
         tpl = enroller.enroll(face, key, revoked=revoked)
         path = folder / f"{tpl.template_id}.png"
@@ -212,20 +224,39 @@ def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: s
             atomic_save_png(path, tpl.image)
             atomic_save_npz(path.with_suffix(".npz"), **{e: v for e, v in tpl.embeddings.items()})
         rows.append({"template_id": tpl.template_id, "key_id": tpl.key_id, "input_hash": face.content_hash,
-                     "backbone_state": ctx.pop.backbone_state, "beta": tpl.beta, "context_mode": context,
+                     "backbone_state": ctx.pop.backbone_state, "beta": None, "transform": tpl.transform,
+                     "context_mode": context,
                      "passed": tpl.passed, "reason": tpl.reason, "sim_original_json": _json(dict(tpl.sim_original)),
                      "max_sim_sources_json": _json(dict(tpl.max_sim_sources)),
                      "image_path": str(path) if tpl.passed else None,
                      "status": "active" if tpl.passed else "refused", "run_id": run_id,
                      "code_version": code_version(), "created_at": now()})
-        out.append({k: rows[-1][k] for k in ("template_id", "input_hash", "beta", "passed", "reason", "image_path")}
-                   | {"sim_original": dict(tpl.sim_original)})
+        out.append({k: rows[-1][k] for k in ("template_id", "input_hash", "transform", "passed", "reason",
+                                             "image_path")} | {"sim_original": dict(tpl.sim_original)})
     with store.transaction() as tx:
         if not tx.query("SELECT 1 FROM privacy_keys WHERE key_id = ?", [kid]):
             upsert(tx, "privacy_keys", [{"key_id": kid, "first_seen": now(), "revoked": False, "revoked_at": None,
                                          "revoked_reason": None}])
         upsert(tx, "privacy_cancelable", rows)
-    return {"key_id": kid, "templates": out, "passed": sum(r["passed"] for r in rows), "faces": len(rows)}
+    return {"key_id": kid, "templates": out, "passed": sum(r["passed"] for r in rows), "faces": len(rows),
+            "assessment": assessment.rows()}
+
+
+def record_assessment(store: LineageStore, assessment: Assessment, encoders: Sequence[tuple[str, str]],
+                      run_id: str) -> str:
+    """Write ``assessment`` into ``privacy_cancelable_assessment``; returns its id."""
+    aid = "cxa-" + config_hash({"state": assessment.backbone_state, "transform": assessment.transform,
+                                "encoders": list(encoders), "persons": assessment.persons})[:16]
+    t = now()
+    rows = [{"assessment_id": aid, "backbone_state": assessment.backbone_state, "transform": assessment.transform,
+             "encoder": r["encoder"], "property": r["property"], "want": r["want"], "tau": r["tau"], "n": r["n"],
+             "no_face": r["no_face"], "min_score": r["min"], "median_score": r["median"], "max_score": r["max"],
+             "ok_rate": None if r["ok_rate"] is None or math.isnan(r["ok_rate"]) else r["ok_rate"],
+             "required": r["required"], "passed": r["passed"], "persons": assessment.persons, "run_id": run_id,
+             "created_at": t} for r in assessment.rows()]
+    with store.transaction() as tx:
+        upsert(tx, "privacy_cancelable_assessment", rows)
+    return aid
 
 
 # ----------------------------------------------------------------------------- dp
