@@ -265,3 +265,33 @@ def test_ledger_run_budget_and_delta_budget(tmp_path):
         ledger.charge("b", "run", "r2", [g])
     with pytest.raises(BudgetExceededError, match="delta"):
         ledger.charge("a", "other", "r3", [g])
+
+
+def test_dp_parameters_fitted_with_the_released_person_are_refused():
+    # why: the epsilon bound needs direction, offset and clip range independent of the face they privatise
+    from types import SimpleNamespace
+
+    from personc_assets.core.privacy.attributes import FaceAttributes, fit_direction
+    from personc_assets.core.privacy.dp import check_held_out
+
+    rng = np.random.default_rng(3)
+    persons = {f"h{i}": f"p{i // 2}" for i in range(8)}  # four people, two photos each
+    male = {"p0", "p2"}
+    pop = SimpleNamespace(hashes=tuple(persons), persons=persons, factor_names=("texture",),
+                          factors={h: {"texture": rng.normal(1.0 if p in male else -1.0, 0.3, 2)}
+                                   for h, p in persons.items()})
+    labels = {h: FaceAttributes("male" if p in male else "female", 90, 30, 50, (0, 0, 1, 1))
+              for h, p in persons.items()}
+    scale = FactorScale({"texture": np.zeros(2)}, {"texture": np.ones(2)}, {"texture": 1.0})
+    with pytest.raises(ValueError, match="include person 'p1'"):
+        fit_direction(pop, scale, labels, "gender", "v", train=pop.hashes, held_out="p1")
+    train = tuple(h for h, p in persons.items() if p != "p1")
+    d = fit_direction(pop, scale, labels, "gender", "v", train=train, held_out="p1")
+    assert d.held_out == "p1" and d.n_persons == 3 and d.n_train == 6
+    assert AttributeDirection.from_npz(d.to_npz()).held_out == "p1"
+    check_held_out([DPSpec(d, "laplace", 1.0)], "p1")
+    with pytest.raises(ValueError, match="not fitted without person 'p2'"):
+        check_held_out([DPSpec(d, "laplace", 1.0)], "p2")
+    everyone = fit_direction(pop, scale, labels, "gender", "v")
+    with pytest.raises(ValueError, match="not fitted without person 'p1'"):
+        check_held_out([DPSpec(everyone, "laplace", 1.0)], "p1")

@@ -25,7 +25,10 @@ person-balanced sample weights, as InterFaceGAN does with SVM/logistic
 boundaries in GAN latent spaces. The boundary's unit normal ``n`` gives each
 face a coordinate ``t = n . z - offset`` (positive: "male" / "older"); moving
 ``z`` along ``n`` moves the attribute. Accuracy is reported on the training
-set and leave-one-person-out.
+set and leave-one-person-out. ``train`` restricts the fit to some photos:
+the DP mode fits each person's direction (and scale) without any photo of
+that person (``held_out``), so nothing its epsilon rests on is fitted on the
+face it privatises.
 """
 
 from __future__ import annotations
@@ -152,6 +155,8 @@ class AttributeDirection:
     train_accuracy: float
     cv_accuracy: float        # leave-one-person-out (NaN with fewer than 3 persons)
     labeller_version: str
+    held_out: str | None = None  # person whose photos were left out of the fit (None: fitted on all)
+    n_persons: int = 0           # persons in the fit
 
     def __post_init__(self) -> None:
         n = np.asarray(self.normal, np.float64)
@@ -173,7 +178,8 @@ class AttributeDirection:
 
     def to_npz(self) -> dict[str, np.ndarray]:
         meta = {k: getattr(self, k) for k in ("attribute", "offset", "positive", "negative", "split", "coord_sd",
-                                               "n_train", "train_accuracy", "cv_accuracy", "labeller_version")}
+                                               "n_train", "train_accuracy", "cv_accuracy", "labeller_version",
+                                               "held_out", "n_persons")}
         return {"normal": self.normal.astype(np.float64), "names": np.array(self.names),
                 "meta": np.array(json.dumps(meta))}
 
@@ -186,19 +192,26 @@ class AttributeDirection:
 
 def fit_direction(pop: Population, scale: FactorScale, labels: Mapping[str, FaceAttributes],
                   attribute: Attribute, labeller_version: str, c: float = 1.0,
-                  names: Sequence[str] | None = None) -> AttributeDirection:
-    """Logistic boundary for ``attribute`` over the sources that have labels.
+                  names: Sequence[str] | None = None, train: Sequence[str] | None = None,
+                  held_out: str | None = None) -> AttributeDirection:
+    """Logistic boundary for ``attribute`` over the sources (or the ``train`` hashes) that have labels.
 
     Gender: male vs female. Age: older vs younger than the median of the
     persons' mean ages (so both sides hold people). Samples are weighted so
     that every person counts once; ``c`` is the inverse L2 strength.
+    ``held_out`` names the person whose photos ``train`` leaves out; a
+    training photo of that person is an error.
     """
     from sklearn.linear_model import LogisticRegression
 
     if attribute not in ATTRIBUTES:
         raise ValueError(f"unknown attribute {attribute!r}; known: {', '.join(ATTRIBUTES)}")
     names = tuple(names or pop.factor_names)
-    hashes = [h for h in pop.hashes if labels.get(h) is not None]
+    pool = pop.hashes if train is None else tuple(train)
+    if held_out is not None and any(pop.persons[h] == held_out for h in pool):
+        raise ValueError(f"the training photos include person {held_out!r}, who is to be held out; "
+                         "pass train without that person's photos")
+    hashes = [h for h in pool if labels.get(h) is not None]
     if len(hashes) < 4:
         raise ValueError(f"only {len(hashes)} labelled sources; fitting a direction needs at least 4")
     persons = [pop.persons[h] for h in hashes]
@@ -230,7 +243,7 @@ def fit_direction(pop: Population, scale: FactorScale, labels: Mapping[str, Face
     mu_t = np.average(t, weights=w)
     coord_sd = float(np.sqrt(np.average((t - mu_t) ** 2, weights=w)))
     return AttributeDirection(attribute, names, normal, offset, positive, negative, split, coord_sd,
-                              len(hashes), train_acc, cv, labeller_version)
+                              len(hashes), train_acc, cv, labeller_version, held_out, len(set(persons)))
 
 
 def _leave_one_person_out(x: np.ndarray, y: np.ndarray, w: np.ndarray, persons: Sequence[str],

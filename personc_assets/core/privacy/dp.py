@@ -25,6 +25,12 @@ is released as is: this mode hides *where on the attribute axis* a face sits,
 not who it is. Several directions are released one after the other
 (adaptive sequential composition: epsilons and deltas add up).
 
+The bound holds only if nothing the mechanism uses depends on the face it
+privatises: the direction, its offset and the clip width (``coord_sd``) are
+therefore fitted without any photo of that face's person (the steps fit one
+set per person). ``guarantee`` says, in words that travel with every
+release, what the epsilon covers and what it does not.
+
 Ledger
 ------
 ``PrivacyLedger`` keeps every charge in ``privacy_dp_ledger`` (epsilon, delta,
@@ -193,6 +199,40 @@ class PrivacyLedger:
         if refused:
             raise BudgetExceededError(f"release refused: {refused}. Raise the budget knowingly or stop releasing "
                                       "this face")
+
+
+# --------------------------------------------------------------------------- guarantee
+
+DP_COVERS = ("the position of each released face along the privatised attribute directions: the direction, "
+             "its offset and the clip range are fitted without any photo of that face's person, so replacing "
+             "the face by any other face changes the probability of any released coordinate by at most a factor "
+             "exp(epsilon) (plus delta for the Gaussian mechanism); each release is charged to the face's budget "
+             "and the charges add up")
+DP_DOES_NOT_COVER: tuple[str, ...] = (
+    "the rest of the face: identity, hair, clothes, background and every factor component orthogonal to the "
+    "directions are released as they are, and they show the attribute too (gender and age are visible in much "
+    "more than one coordinate); the image is the person's own face",
+    "the face-model backbone and the face's factor coordinates: the backbone is fitted on all sources, this "
+    "face included, and what its fit reveals about the face is not bounded by epsilon",
+    "the other people: each person's direction is fitted on everyone else's photos and labels, and a release "
+    "moves the face along that direction, which reveals something about those people (no epsilon for them)",
+)
+
+
+def guarantee(attributes: Sequence[str], mechanism: str, epsilon: float, delta: float) -> dict[str, object]:
+    """What one release's epsilon covers and what it does not (JSON-ready); epsilon and delta per attribute."""
+    return {"per_release": {"epsilon": float(epsilon) * len(attributes), "delta": float(delta) * len(attributes)},
+            "mechanism": mechanism, "attributes": list(attributes),
+            "covers": DP_COVERS, "does_not_cover": list(DP_DOES_NOT_COVER)}
+
+
+def check_held_out(specs: Sequence[DPSpec], person: str) -> None:
+    """Refuse specs whose directions were fitted with photos of ``person`` (the face being privatised)."""
+    bad = [s.direction.attribute for s in specs if s.direction.held_out != person]
+    if bad:
+        raise ValueError(f"the {', '.join(bad)} direction(s) were not fitted without person {person!r}; the "
+                         "epsilon would not cover what they learned from this face. Fit them with "
+                         "held_out=person and train=everyone else's photos")
 
 
 # --------------------------------------------------------------------------- releases
