@@ -102,7 +102,9 @@ def dp_attribute_releases(context: AssetExecutionContext, config: DPConfig, pers
                           duckdb: DuckDBResource, source_images: dict, factor_decompositions: dict,
                           embedding_indexes: dict) -> MaterializeResult:
     """Faces whose position along learned age/gender directions is released with OpenDP noise after
-    clipping (real sensitivity); every charge is in the DuckDB privacy ledger, which refuses once spent."""
+    clipping (real sensitivity), with directions fitted without the released person; every charge is in the
+    DuckDB privacy ledger, which refuses once spent. Releases are watermarked, marked synthetic and listed in
+    the manifest; epsilon covers the attribute coordinates only (see the guarantee metadata)."""
     with lineage(duckdb) as store:
         ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
         out = steps.run_dp(ctx, store, context.run_id, config.attributes, config.epsilon, config.mechanism,
@@ -110,7 +112,8 @@ def dp_attribute_releases(context: AssetExecutionContext, config: DPConfig, pers
                            limit=config.limit)
     return MaterializeResult(value=out, metadata={"released": len(out["releases"]), "refused": len(out["refused"]),
                                                   "run_epsilon_spent": out["run_epsilon_spent"],
-                                                  "releases": md_table(out["releases"])})
+                                                  "releases": md_table(out["releases"]),
+                                                  "guarantee": MetadataValue.json(out["guarantee"])})
 
 
 def _job(name: str, keys: list[str], description: str):

