@@ -111,3 +111,29 @@ def test_revoked_key_is_refused(measured):
     face = world.pop.faces[0]
     with pytest.raises(CancelableKeyError, match="revoked"):
         enroller.enroll(face, ASSESSMENT_KEYS[0], revoked=[enroller.transform(ASSESSMENT_KEYS[0]).key_id])
+
+
+def test_the_pipeline_step_records_the_measurement_and_makes_nothing_when_refused(measured, tmp_path):
+    # why: the step behind `personc cancelable enroll` and the Dagster asset must refuse loudly with the
+    # figures (recorded in the lineage), never write templates the properties do not back
+    from personc_assets.core.lineage.store import LineageStore
+    from personc_assets.core.pipeline.config import RunConfig, Workspace
+    from personc_assets.core.privacy import steps
+    from personc_assets.core.privacy.lineage import ensure_privacy_schema
+
+    world, _, assessment, _, _ = measured
+    ws = Workspace(tmp_path)
+    store = ensure_privacy_schema(LineageStore.open(ws.db_path))
+    ctx = steps.PrivacyContext(RunConfig(out_dir=str(tmp_path)), ws, world.pop, world.guard, world.probe)
+    if assessment.passed:
+        out = steps.run_cancelable(ctx, store, "cxl-run", "a fresh key for this test", limit=2)
+        assert out["faces"] == 2
+        return
+    with pytest.raises(CancelableUnavailableError, match="refused"):
+        steps.run_cancelable(ctx, store, "cxl-run", "a fresh key for this test", limit=2)
+    rows = store.query("SELECT property, ok_rate, passed FROM privacy_cancelable_assessment WHERE run_id = 'cxl-run'")
+    assert {r[0] for r in rows} == {"consistency", "unlinkability", "revocability", "irreversibility",
+                                    "discriminability"}
+    assert {r[0] for r in rows if not r[2]} == {p.prop for p in assessment.failures()}
+    assert store.query("SELECT count(*) FROM privacy_cancelable")[0][0] == 0
+    assert not (tmp_path / "privacy" / "cancelable").exists()
