@@ -9,14 +9,16 @@ appearance model (texture and eye, nose and mouth region modes, in units of
 each mode's standard deviation over the sources), where every point is a
 plausible face of that model, toward identities that no source has:
 
-    minimise   softmax_i cos(E(chip(base + J dz)), s_i)  +  prior * |z0 + dz|^2
+    minimise   softmax_i,v cos(E(v(chip(base + J dz))), s_i)  +  prior * |dz|^2
+               + detail * relu(1 - D(dz) / D(0))^2
 
 over ``dz`` with Adam, where ``E`` is dlib's ResNet (the guard's default
 encoder, rebuilt in PyTorch from dlib's own weights), ``s_i`` are the source
-embeddings (and faces already released), ``chip`` is dlib's 150 px chip of
-the render (the mirror image and other benign changes are left to the guard,
-which judges every candidate under them; ``margin`` leaves room for them), and the prior
-keeps the face in the model's likely region. It stops as soon as every
+embeddings (and faces already released), ``v`` is the chip itself and its
+mirror image (the other benign changes are left to the guard; ``margin``
+leaves room for them), the prior keeps the face near the recipe's mix, and
+``D`` — the fine detail of the face — may not fall: a likeness lowered by
+blurring is a broken face, not a new one. It stops as soon as every
 similarity is ``margin`` below tau. The guard then judges the real render as
 usual: the step is a proposal, never a verdict.
 """
@@ -43,8 +45,15 @@ class NoveltyConfig:
     steps: int = 80
     #: Adam step size, in standard deviations of a mode
     learning_rate: float = 0.15
-    #: weight of |z|^2, z = the face's coordinates in standard deviations
+    #: weight of |dz|^2: stay near the recipe's mix (its factors stay recognisable, and
+    #: the mix is a likely face of the model); a pull toward the mean face instead would
+    #: smooth every face toward the same soft average
     prior: float = 0.003
+    #: weight of the detail term: the face's fine detail (band-pass energy of the chip)
+    #: may not fall below the mix's — lowering the likeness by blurring is breaking the face
+    detail: float = 1.0
+    #: check the mirror image too (the guard judges it; most misses were mirrors without it)
+    mirror: bool = True
     #: temperature of the soft maximum over sources and variants
     sharpness: float = 60.0
 
@@ -53,7 +62,7 @@ class NoveltyConfig:
             raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if self.learning_rate <= 0 or self.prior < 0 or self.sharpness <= 0:
+        if self.learning_rate <= 0 or self.prior < 0 or self.sharpness <= 0 or self.detail < 0:
             raise ValueError("learning_rate and sharpness must be > 0 and prior >= 0, got "
                              f"{self.learning_rate}, {self.sharpness}, {self.prior}")
 
@@ -106,6 +115,24 @@ def chip_affine(landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
     return np.linalg.solve(np.hstack([chip_pts, np.ones((3, 1))]), image_pts).T
 
 
+def _detail_energy(chip):
+    """Mean squared band-pass (image minus a 1.5 px Gaussian blur) of a chip ``[1, 3, C, C]``'s
+    grey levels inside the central face ellipse: what blurring takes away."""
+    import torch
+    from torch.nn import functional as F
+
+    grey = chip.mean(dim=1, keepdim=True)
+    x = torch.arange(-4, 5, dtype=chip.dtype, device=chip.device)
+    g = torch.exp(-x ** 2 / (2 * 1.5 ** 2))
+    g = g / g.sum()
+    blur = F.conv2d(F.conv2d(F.pad(grey, (4, 4, 4, 4), mode="reflect"), g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
+    c = chip.shape[-1]
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, c, device=chip.device),
+                            torch.linspace(-1, 1, c, device=chip.device), indexing="ij")
+    face = ((xx / 0.6) ** 2 + (yy / 0.75) ** 2 <= 1.0).to(chip.dtype)
+    return (((grey - blur) ** 2)[0, 0] * face).sum() / face.sum()
+
+
 @lru_cache(maxsize=2)
 def _network(device: str):
     from .encoders.dlib_torch import load_dlib_resnet
@@ -154,7 +181,6 @@ class NoveltySearch:
             cols = torch.from_numpy(lin.jacobian).to(dev).T.reshape(k, s, s, 3).permute(0, 3, 1, 2) * 255.0
             jac = F.grid_sample(cols, grid.expand(k, -1, -1, -1), mode="bilinear",
                                 align_corners=True).reshape(k, -1).T.contiguous()  # [3 * C * C, K]
-        z0 = torch.from_numpy(self._coordinates(lin, factors)).to(dev)
         targets = torch.from_numpy(avoid).to(dev)
         net = _network(dev)
         dz = torch.zeros(k, device=dev, requires_grad=True)
@@ -165,7 +191,11 @@ class NoveltySearch:
         step = 0
         for step in range(cfg.steps + 1):
             chip = (chip0 + jac @ dz).clamp(0.0, 255.0).view(1, 3, CHIP_SIZE, CHIP_SIZE)
-            emb = F.normalize(net(net.normalise(chip.permute(0, 2, 3, 1))), dim=1)
+            variants = torch.cat([chip, chip.flip(-1)]) if cfg.mirror else chip
+            emb = F.normalize(net(net.normalise(variants.permute(0, 2, 3, 1))), dim=1)
+            energy = _detail_energy(chip)
+            if step == 0:
+                energy0 = energy.detach()
             sims = emb @ targets.T
             worst = float(sims.detach().max())
             if step == 0:
@@ -175,7 +205,8 @@ class NoveltySearch:
             if worst <= goal or step == cfg.steps:
                 break
             soft = torch.logsumexp(cfg.sharpness * sims.reshape(-1), 0) / cfg.sharpness
-            loss = soft + cfg.prior * ((z0 + dz) ** 2).sum()
+            loss = (soft + cfg.prior * (dz ** 2).sum()
+                    + cfg.detail * torch.relu(1.0 - energy / energy0) ** 2)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -183,15 +214,6 @@ class NoveltySearch:
         moved = backbone.offset_appearance(factors, move.cpu().numpy())
         log.debug("novelty: %.3f -> %.3f in %d steps, |dz| %.2f", start, end, step, float(move.norm()))
         return NoveltyResult(moved, start, end, step, float(move.norm()), end <= goal)
-
-    @staticmethod
-    def _coordinates(lin, factors: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The face's appearance coordinates ``[K]`` in standard deviations (column order)."""
-        z = np.zeros(len(lin.sdev), np.float32)
-        for name, sl in lin.slices.items():
-            vec = np.asarray(factors[name], np.float32)[: sl.stop - sl.start]
-            z[sl] = vec / np.maximum(lin.sdev[sl], 1e-12)
-        return z
 
     @staticmethod
     def _grid(affine: np.ndarray, image_size: int, chip_size: int):
