@@ -9,11 +9,15 @@ from .resources import PersonCConfig
 
 
 @asset_check(asset="guard_verdicts", blocking=True,
-             additional_ins={"embedding_indexes": AssetIn("embedding_indexes")})
+             additional_ins={"embedding_indexes": AssetIn("embedding_indexes"),
+                             "source_images": AssetIn("source_images")})
 def released_faces_below_tau(personc: PersonCConfig, guard_verdicts: dict,
-                             embedding_indexes: dict) -> AssetCheckResult:
-    """Every released PNG, re-read from disk and re-embedded, stays below tau for every encoder."""
-    rows = judging.recheck_released_files(personc.run_config(), embedding_indexes, guard_verdicts["released"])
+                             embedding_indexes: dict, source_images: dict) -> AssetCheckResult:
+    """Every released PNG, re-read from disk, passes the whole guard again: a coherent face, no
+    reused source photo, below tau for every encoder under every benign transform."""
+    rows = judging.recheck_released_files(personc.run_config(), personc.workspace(),
+                                          sources.SourceSet.from_dict(source_images), embedding_indexes,
+                                          guard_verdicts["released"])
     failed = [r for r in rows if r["verdict"] != "PASS"]
     return AssetCheckResult(
         passed=not failed, severity=AssetCheckSeverity.ERROR,

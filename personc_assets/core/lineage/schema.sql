@@ -133,6 +133,22 @@ CREATE TABLE IF NOT EXISTS verdicts (
     PRIMARY KEY (candidate_id, encoder)
 );
 
+-- which variant (the image itself or a benign transform of it) came closest to a source
+ALTER TABLE verdicts ADD COLUMN IF NOT EXISTS worst_transform VARCHAR;
+
+-- gates besides identity: 'realism' (a coherent face) and 'reuse' (no region of a source photo)
+CREATE TABLE IF NOT EXISTS gate_verdicts (
+    candidate_id    VARCHAR,
+    gate            VARCHAR,
+    score           DOUBLE,                -- realism: failed criteria; reuse: evidence / threshold
+    threshold       DOUBLE,                -- reject at score >= threshold
+    nearest_source  VARCHAR,               -- reuse: the source photo the evidence points to
+    verdict         VARCHAR,
+    reason          VARCHAR,
+    run_id          VARCHAR,
+    PRIMARY KEY (candidate_id, gate)
+);
+
 CREATE TABLE IF NOT EXISTS candidate_verdicts (
     candidate_id    VARCHAR PRIMARY KEY,
     verdict         VARCHAR,               -- ensemble PASS / REJECT

@@ -23,7 +23,7 @@ import duckdb
 
 TABLES = ("runs", "sources", "quarantine", "duplicates", "latents", "factors", "embeddings",
           "indexes", "recipes", "candidates", "verdicts", "candidate_verdicts", "ics", "releases",
-          "revocations", "release_audits")
+          "revocations", "release_audits", "gate_verdicts")
 
 #: Re-applied after every write to ``releases``: a revoked face stays revoked.
 _STICKY_REVOCATIONS = (

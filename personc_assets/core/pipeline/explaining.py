@@ -26,7 +26,6 @@ from ..explain import (AttributionPanel, DonorPanel, DonorRecord, EncoderRecord,
                        write_run_report)
 from ..faces.detect import detect_faces
 from ..lineage.store import LineageStore
-from ..recipes import mix_factors
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
 from . import reaudit
@@ -56,7 +55,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
         t0 = time.perf_counter()
         image = np.asarray(Image.open(rel["file"]).convert("RGB"))
         recipe = factory.stored_recipe(store, rel["candidate_id"])
-        mixed = mix_factors(recipe, factory.factors, factory.mean)
+        mixed = factory.stored_factors(store, rel["candidate_id"], recipe)
         targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel["nearest"].values() if h]]))
         target_ids = [entries[h]["source_id"] for h in targets]
         donor_emb = {enc.name: embed_sources(enc, [faces[h] for h in targets], store, run_id) for enc in encoders}

@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_save_png, load_npz
+from ..atomic import atomic_save_npz, atomic_save_png, load_npz
+from ..novelty import LinearisedBackbone, NoveltyConfig, NoveltySearch
 from ..faces.loading import pixel_hash
 from ..lineage.store import LineageStore, now
 from ..recipes import (describe_donors, mix_factors, new_roles, recipe_from_json, recipe_json,
@@ -69,6 +70,24 @@ class CandidateFactory:
                                       classes=index_summary.get("source_classes") or None)
         self.person_of = {d.content_hash: d.person for d in self.donors}
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
+        self.novelty, self.protected = self._novelty_search(store, sources, index_summary)
+
+    def _novelty_search(self, store: LineageStore, sources: SourceSet,
+                        index_summary: dict[str, Any]) -> tuple[NoveltySearch | None, np.ndarray]:
+        """The novelty step against every guarded source under dlib (None when the backbone
+        is not linearisable, dlib does not guard, or the step is switched off)."""
+        knobs = NoveltyConfig(**dict(self.cfg.novelty))
+        by_name = {i["encoder"]: i for i in index_summary["indexes"]}
+        dlib = by_name.get("dlib")
+        if knobs.steps == 0 or dlib is None or not isinstance(self.backbone, LinearisedBackbone):
+            return None, np.zeros((0, 128), np.float32)
+        hashes = sources.guarded_hashes()
+        found = store.embeddings(dlib["encoder_version"], hashes)
+        missing = [h[:10] for h in hashes if h not in found]
+        if missing:
+            raise RuntimeError(f"dlib embeddings of guarded sources {missing} are missing from the store; "
+                               "re-materialize embedding_indexes")
+        return NoveltySearch(float(dlib["tau"]), knobs), np.stack([found[h] for h in hashes]).astype(np.float32)
 
     def recipe(self, slot: int, attempt: int, released: Sequence[Recipe] = ()) -> Recipe:
         """The recipe of ``(slot, attempt)``, dealt so that it differs from every
@@ -96,6 +115,15 @@ class CandidateFactory:
         assert best is not None
         return best[1]
 
+    def stored_factors(self, store: LineageStore, candidate_id: str, recipe: Recipe) -> dict[str, np.ndarray]:
+        """The factors that made a candidate: saved beside its PNG (they include the
+        novelty step's move), else re-mixed from its recipe (candidates made without it)."""
+        rows = store.query("SELECT image_path FROM candidates WHERE candidate_id = ?", [candidate_id])
+        path = Path(rows[0][0]).with_suffix(".npz") if rows and rows[0][0] else None
+        if path is not None and path.exists():
+            return dict(load_npz(path))
+        return mix_factors(recipe, self.factors, self.mean)
+
     def stored_recipe(self, store: LineageStore, candidate_id: str) -> Recipe:
         """The recipe that made ``candidate_id``, as recorded in the lineage."""
         rows = store.query("SELECT r.recipe_id, r.recipe_json FROM candidates c JOIN recipes r USING (recipe_id) "
@@ -109,11 +137,25 @@ class CandidateFactory:
                              f"(got {recipe.recipe_id[:12]}): the lineage was altered")
         return recipe
 
-    def make(self, slots: Sequence[tuple[int, int]],
-             released: Sequence[Recipe] = ()) -> list[tuple[int, Candidate]]:
-        """Candidates for ``(slot, attempt)`` pairs, synthesized in one batch."""
+    def make(self, slots: Sequence[tuple[int, int]], released: Sequence[Recipe] = (),
+             released_embeddings: np.ndarray | None = None) -> list[tuple[int, Candidate]]:
+        """Candidates for ``(slot, attempt)`` pairs, synthesized in one batch.
+
+        Each recipe's mix goes through the novelty step (when on), away from
+        every guarded source and every face released so far
+        (``released_embeddings [M, 128]``, dlib).
+        """
         recipes = [self.recipe(s, a, released) for s, a in slots]
         mixed = [mix_factors(r, self.factors, self.mean) for r in recipes]
+        if self.novelty is not None:
+            avoid = self.protected
+            if released_embeddings is not None and len(released_embeddings):
+                avoid = np.concatenate([avoid, np.asarray(released_embeddings, np.float32)])
+            moved = [self.novelty.refine(self.backbone, m, avoid) for m in mixed]  # type: ignore[arg-type]
+            for (s, a), res in zip(slots, moved):
+                log.info("slot %d attempt %d: novelty step %.3f -> %.3f in %d steps (|dz| %.2f)",
+                         s, a, res.start_similarity, res.end_similarity, res.steps, res.shift)
+            mixed = [res.factors for res in moved]
         latents = [self.backbone.compose(m) for m in mixed]
         images = self.backbone.synthesize(latents)
         return [(s, Candidate(candidate_id(self.gen_id, s, a), r, a, img, lat, mix))
@@ -126,6 +168,9 @@ class CandidateFactory:
             path = self.ws.candidates / self.gen_id / f"{c.candidate_id}.png"
             if not path.exists():
                 atomic_save_png(path, c.image)
+            factors_path = path.with_suffix(".npz")
+            if c.factors and not factors_path.exists():
+                atomic_save_npz(factors_path, **{k: np.asarray(v) for k, v in c.factors.items()})
             out.append({"candidate_id": c.candidate_id, "slot": slot, "attempt": c.attempt,
                         "recipe_id": c.recipe.recipe_id, "image_path": str(path),
                         "donors": list(c.recipe.donors())})

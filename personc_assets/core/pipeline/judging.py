@@ -15,7 +15,10 @@ from typing import Any, Callable
 import numpy as np
 
 from ..atomic import load_npz
+from ..gates import RealismCheck, ReuseCheck, reuse_photos, thresholds_for_sources
 from ..guard import REJECT, Guard, GuardMember, Verdict
+from ..reuse import ReuseIndex
+from ..transforms import BENIGN_TRANSFORMS
 from ..index import EmbeddingIndex, IndexManifest
 from ..lineage.store import LineageStore, now
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
@@ -30,6 +33,27 @@ from .sources import SourceSet
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
+
+
+def reuse_index(ws: Workspace, sources: SourceSet) -> ReuseIndex:
+    """The reuse check's index of every guarded source photo (original and aligned crop),
+    built once per source set and kept beside the other indexes."""
+    path = ws.indexes / f"reuse-{sources.source_set_hash[:16]}.npz"
+    if path.exists():
+        return ReuseIndex.load(path)
+    index = ReuseIndex.build(reuse_photos(f for batch in sources.iter_guarded_faces() for f in batch))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    index.save(path)
+    return index
+
+
+def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, index_summary: dict[str, Any]) -> Guard:
+    """The guard that decides releases: the identity ensemble under benign transforms, after
+    the realism gate (a coherent face) and the reuse gate (no region of a source photo)."""
+    identity = build_guard(cfg, index_summary)
+    realism = thresholds_for_sources(f for batch in sources.iter_faces() for f in batch)
+    gates = (RealismCheck(realism), ReuseCheck(reuse_index(ws, sources)))
+    return Guard(identity.members, gates=gates, transforms=BENIGN_TRANSFORMS)
 
 
 def build_guard(cfg: RunConfig, index_summary: dict[str, Any]) -> Guard:
@@ -61,7 +85,13 @@ def verdict_rows(v: Verdict, run_id: str) -> list[dict[str, Any]]:
     return [{"candidate_id": v.candidate_id, "encoder": ev.encoder, "encoder_version": ev.encoder_version,
              "gating": ev.gating, "max_similarity": _num(ev.max_similarity), "nearest_source": ev.nearest_source,
              "released_similarity": _num(ev.released_similarity), "tau": ev.tau, "verdict": ev.verdict,
-             "reason": ev.reason, "run_id": run_id} for ev in v.per_encoder]
+             "reason": ev.reason, "worst_transform": ev.worst_transform, "run_id": run_id} for ev in v.per_encoder]
+
+
+def gate_rows(v: Verdict, run_id: str) -> list[dict[str, Any]]:
+    return [{"candidate_id": v.candidate_id, "gate": g.gate, "score": _num(g.score), "threshold": _num(g.threshold),
+             "nearest_source": g.nearest, "verdict": "PASS" if g.passed else REJECT, "reason": g.reason,
+             "run_id": run_id} for g in v.gates]
 
 
 def _num(x: float) -> float | None:
@@ -74,7 +104,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
     """Judge the first attempts, regenerate rejected slots, release the passes."""
     from PIL import Image
 
-    guard = build_guard(cfg, index_summary)
+    guard = build_release_guard(cfg, ws, sources, index_summary)
     factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
     pending: list[tuple[int, Candidate]] = []
     for row in first["candidates"]:
@@ -89,13 +119,14 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         marked, unmarkable = _watermark_all([c for _, c in pending])
         verdicts = guard.check([(c.candidate_id, marked.get(c.candidate_id, c.image)) for _, c in pending])
         retry = []
-        round_rows, cand_rows, release_rows = [], [], []
+        round_rows, cand_rows, release_rows, gate_round = [], [], [], []
         for (slot, cand), verdict in zip(pending, verdicts):
             if cand.candidate_id in unmarkable:  # a release must carry its watermark: fail closed
                 reason = unmarkable[cand.candidate_id] + ("" if verdict.passed else f"; {verdict.reason}")
                 verdict = replace(verdict, verdict=REJECT, reason=reason)
             verdict = guard.admit(verdict)
             round_rows += verdict_rows(verdict, run_id)
+            gate_round += gate_rows(verdict, run_id)
             cand_rows.append({"candidate_id": cand.candidate_id, "verdict": verdict.verdict,
                               "reason": verdict.reason, "run_id": run_id})
             attempts.append(_attempt_summary(slot, cand, verdict))
@@ -110,11 +141,12 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
                 log.warning("slot %d: all %d attempts rejected", slot, cfg.max_attempts)
         with store.transaction() as tx:
             tx.upsert("verdicts", round_rows)
+            tx.upsert("gate_verdicts", gate_round)
             tx.upsert("candidate_verdicts", cand_rows)
             tx.upsert("releases", release_rows)
         if progress:
             progress(len(released), cfg.num_samples, f"{len(attempts)} candidates judged")
-        pending = factory.make(retry, released_recipes) if retry else []
+        pending = factory.make(retry, released_recipes, guard.released_embeddings("dlib")) if retry else []
         if pending:
             factory.save(store, pending, run_id)
     leakage = {enc: sum((r["similarity"][enc] or 0.0) >= r["tau"][enc] for r in released) / max(1, len(released))
@@ -165,7 +197,7 @@ def _release(ws: Workspace, slot: int, cand: Candidate, marked: np.ndarray, v: V
     return {"row": row, "summary": summary}
 
 
-def recheck_released_files(cfg: RunConfig, index_summary: dict[str, Any],
+def recheck_released_files(cfg: RunConfig, ws: Workspace, sources: SourceSet, index_summary: dict[str, Any],
                            released: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Re-read each released PNG from disk and run the full guard on it again.
 
@@ -174,7 +206,7 @@ def recheck_released_files(cfg: RunConfig, index_summary: dict[str, Any],
     """
     from PIL import Image
 
-    guard = build_guard(cfg, index_summary)
+    guard = build_release_guard(cfg, ws, sources, index_summary)
     images = [(r["release_id"], np.asarray(Image.open(r["file"]).convert("RGB"))) for r in released]
     return [{"release_id": v.candidate_id, "verdict": v.verdict, "reason": v.reason,
              **{f"sim_{ev.encoder}": _num(ev.max_similarity) for ev in v.per_encoder},
