@@ -32,6 +32,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from .gates import REUSE, ReuseCheck, reuse_photos
+from .reuse import ReuseIndex
+from .transforms import BENIGN_TRANSFORMS
 from .encoders.base import Encoder
 from .faces.ingest import IngestResult, MIN_FACE_PX, Quarantined, ingest_folders
 from .faces.walk import ListedFile, list_files
@@ -97,7 +100,8 @@ def guard_for_sources(encoders: Sequence[Encoder], taus: Mapping[str, TauChoice]
         members.append(GuardMember(enc, index, taus[enc.name].tau, gating=gating))
         used.append(GuardedEncoder(enc.name, enc.version, taus[enc.name].tau, taus[enc.name].why, gating,
                                    index.manifest.kind, index.manifest.count))
-    return Guard(members), used
+    reuse = ReuseCheck(ReuseIndex.build(reuse_photos(faces)))
+    return Guard(members, gates=(reuse,), transforms=BENIGN_TRANSFORMS), used
 
 
 @dataclass(frozen=True)
@@ -204,9 +208,11 @@ def row_from_verdict(candidate: str, v: Verdict, source_names: Mapping[str, str]
     results = tuple(EncoderResult(ev.encoder, _number(ev.max_similarity),
                                   source_names.get(ev.nearest_source or "", ev.nearest_source),
                                   ev.tau, ev.verdict, ev.gating, ev.reason) for ev in v.per_encoder)
+    reused = any(g.gate == REUSE and not g.passed and math.isfinite(g.score) and g.score >= g.threshold
+                 for g in v.gates)
     if v.verdict == PASS:
         status = CLEAR
-    elif any(r.gating and r.leaks for r in results):
+    elif reused or any(r.gating and r.leaks for r in results):
         status = LEAK
     else:
         status = UNVERIFIED
