@@ -81,6 +81,39 @@ def test_graph_releases_faces_below_tau_with_full_lineage(shared_run):
     assert all(e["run_id"] in manifest["runs"] and e["status"] == "released" for e in manifest["releases"].values())
 
 
+def test_releases_are_new_photos_that_hold_in_the_wild(shared_run):
+    # why: a release must not be an edited source photo (a person or a copy detector would find the
+    # source), must be a coherent face, and must stay below tau after mirroring, rescaling, JPEG, blur
+    from personc_assets.core.encoders import ENCODERS
+    from personc_assets.core.faces.detect import detect_faces
+    from personc_assets.core.faces.loading import decode_image
+    from personc_assets.core.realism import RealismGate
+    from personc_assets.core.reuse import ReuseIndex
+    from personc_assets.core.transforms import variants
+
+    out = shared_run["out"]
+    guard = json.loads((out / "state" / "guard_verdicts.json").read_text())
+    photos = sorted((shared_run["root"] / "sources").rglob("*.jpg"))
+    reuse = ReuseIndex.build([(p.stem, decode_image(p).pixels) for p in photos])
+    encoder = ENCODERS.create("dlib")
+    sources = np.stack([encoder.embed(detect_faces(decode_image(p).pixels)[:1])[0] for p in photos])
+    for rel in guard["released"]:
+        image = np.asarray(Image.open(rel["file"]).convert("RGB"))
+        match = reuse.check(image)
+        assert not match.reused, f"{rel['release_id']} reuses {match.nearest}: {match.reason}"
+        assert RealismGate().judge(image).passed
+        found = detect_faces(image)
+        assert len(found) == 1
+        views = variants(found[0])
+        assert len(views) == 8
+        sims = sources @ encoder.embed([v for _, v in views]).T  # [sources, views]
+        assert sims.max() < rel["tau"]["dlib"], dict(zip([n for n, _ in views], sims.max(axis=0).round(3)))
+    with duckdb.connect(str(out / "personc.duckdb"), read_only=True) as conn:
+        gates = conn.execute("SELECT g.gate, g.verdict FROM gate_verdicts g JOIN releases r USING (candidate_id)"
+                             ).fetchall()
+    assert sorted(gates) == sorted([("realism", "PASS"), ("reuse", "PASS")] * len(guard["released"]))
+
+
 def test_rematerializing_does_not_duplicate_rows(shared_run):
     # why: lineage tables are keyed; a second identical run must upsert, not append
     before = table_counts(shared_run["out"] / "personc.duckdb")
