@@ -92,7 +92,8 @@ def blur_face(image: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     """
     h, w = image.shape[:2]
     shrink = max(1.0, (box[2] - box[0]) / 24)
-    small = cv2.resize(image, (max(1, round(w / shrink)), max(1, round(h / shrink))), interpolation=cv2.INTER_AREA)
+    small = cv2.resize(image, (max(1, round(w / shrink)), max(1, round(h / shrink))),
+                       interpolation=cv2.INTER_AREA)
     blurred = cv2.resize(cv2.GaussianBlur(small, (0, 0), (box[2] - box[0]) / 6 / shrink), (w, h),
                          interpolation=cv2.INTER_LINEAR)
     return _blend(image, blurred, face_mask(image.shape, box))

@@ -28,6 +28,7 @@ exactly when reused. Errors always raise — the caller fails closed.
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -48,8 +49,8 @@ GRID = 4  # tiles per side for the part hashes
 HASH_BYTES = 8  # imagehash.phash with hash_size=8: 64 bits
 KNN = 10  # neighbours per candidate descriptor in the one FLANN search
 RATIO = 0.8  # Lowe's ratio test, applied per source image
-RANSAC_PX = 1.5  # reprojection threshold in source pixels: copies land on the pixel, the same face in another photo does not
-SCALE_RANGE = (1 / 16, 16.0)  # a similarity outside this is no copy
+RANSAC_PX = 1.5  # in source pixels: a copy lands on the pixel, the same face in another photo does not
+SCALE_RANGE = (1 / 16, 16.0)  # a fit that shrinks or grows more than this is no copy
 FLANN_TREES, FLANN_CHECKS = 4, 16  # randomized kd-trees; leaves searched per query
 FLANN_SEED = 0  # OpenCV's RNG seeds the kd-trees: fixed, so every build of an index answers alike
 
@@ -71,7 +72,8 @@ class ReuseThresholds:
     def __post_init__(self) -> None:
         tiles = GRID * GRID
         if self.min_inliers < 3:
-            raise ValueError(f"min_inliers={self.min_inliers}: a similarity needs 3 or more matches to be evidence")
+            raise ValueError(f"min_inliers={self.min_inliers}: a similarity fit needs 3 or more matches "
+                             "to be evidence")
         if not 0 <= self.max_hash_distance < 4 * HASH_BYTES:
             raise ValueError(f"max_hash_distance={self.max_hash_distance} must lie in [0, {4 * HASH_BYTES}) "
                              "(unrelated images differ in about half of the 64 bits)")
@@ -85,10 +87,10 @@ REUSE_THRESHOLDS = ReuseThresholds()
 
 @dataclass(frozen=True)
 class ReuseMatch:
-    """A candidate judged against one source photo (the nearest, from ``check``)."""
+    """A candidate judged against one source (``check``: the one with the highest score)."""
 
     score: float  # strongest evidence / its threshold; >= 1 means reused
-    nearest: str | None  # the source id the evidence points to
+    nearest: str  # the source id
     inliers: int  # RANSAC inliers to that source's best image (0: too few matches to fit)
     hash_distance: int  # whole-frame phash distance, 0..64
     tiles: int  # tiles matching their place, 0..GRID * GRID
@@ -113,7 +115,7 @@ class _Features:
     tile_std: np.ndarray
 
 
-def shrink_gray(image: np.ndarray, what: str = "image") -> np.ndarray:
+def _shrink_gray(image: np.ndarray, what: str) -> np.ndarray:
     """Grey ``[h, w]`` uint8 of an RGB ``[H, W, 3]`` image, longest side at most ``MAX_SIDE``."""
     import cv2
 
@@ -153,14 +155,15 @@ def _sift(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keypoints ``[N, 2]`` float32 and descriptors ``[N, 128]`` uint8 (rounded, so saved = fresh)."""
     import cv2
 
-    keypoints, desc = cv2.SIFT_create(nfeatures=SIFT_FEATURES, contrastThreshold=SIFT_CONTRAST).detectAndCompute(gray, None)
+    sift = cv2.SIFT_create(nfeatures=SIFT_FEATURES, contrastThreshold=SIFT_CONTRAST)
+    keypoints, desc = sift.detectAndCompute(gray, None)
     if desc is None or not keypoints:
         return np.zeros((0, 2), np.float32), np.zeros((0, 128), np.uint8)
     xy = np.array([kp.pt for kp in keypoints], dtype=np.float32)
     return xy, np.clip(np.rint(desc), 0, 255).astype(np.uint8)
 
 
-def extract(gray: np.ndarray) -> _Features:
+def _extract(gray: np.ndarray) -> _Features:
     """All features of one shrunk grey image ``[h, w]``."""
     xy, desc = _sift(gray)
     tile_hash, tile_std = _tiles(gray)
@@ -195,7 +198,7 @@ def _ratio_matches(idx: np.ndarray, dist: np.ndarray, kp_entry: np.ndarray) -> t
     return rows, idx[rows, cols]
 
 
-def similarity_inliers(src: np.ndarray, dst: np.ndarray) -> int:
+def _similarity_inliers(src: np.ndarray, dst: np.ndarray) -> int:
     """Matches ``src`` ``[M, 2]`` → ``dst`` ``[M, 2]`` that fit one RANSAC similarity.
 
     Counted at distinct points on both sides (rounded to the pixel), so many
@@ -218,10 +221,10 @@ def similarity_inliers(src: np.ndarray, dst: np.ndarray) -> int:
     return min(len(np.unique(np.rint(src[inl]), axis=0)), len(np.unique(np.rint(dst[inl]), axis=0)))
 
 
-def _hash_ratio(distance: np.ndarray, thresholds: ReuseThresholds) -> np.ndarray:
+def _hash_ratio(distance: np.ndarray, th: ReuseThresholds) -> np.ndarray:
     """Whole-frame hash evidence: 1 at the threshold, 0 at chance (32 of 64 bits differ)."""
     chance = 4 * HASH_BYTES
-    return np.clip((chance - distance) / (chance - thresholds.max_hash_distance), 0.0, None)
+    return np.clip((chance - distance) / (chance - th.max_hash_distance), 0.0, None)
 
 
 _KEYS = ("extraction", "source_ids", "entry_source", "entry_mirrored", "kp_xy", "kp_entry",
@@ -233,6 +236,7 @@ class ReuseIndex:
 
     Build it with ``ReuseIndex.build`` (or ``load``); ``check`` judges one
     candidate, ``rank`` lists every source for it, strongest evidence first.
+    Safe to share between threads (the FLANN search runs under a lock).
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], thresholds: ReuseThresholds = REUSE_THRESHOLDS) -> None:
@@ -243,6 +247,7 @@ class ReuseIndex:
         self.thresholds = thresholds
         self._entries = [np.flatnonzero(arrays["entry_source"] == s) for s in range(len(arrays["source_ids"]))]
         self._flann = None
+        self._lock = threading.Lock()
         if len(arrays["desc"]):
             cv2.setRNGSeed(FLANN_SEED)
             self._flann = cv2.flann_Index(arrays["desc"].astype(np.float32),
@@ -270,8 +275,8 @@ class ReuseIndex:
                 raise ValueError(f"photos[{i}] has id {sid!r}; ids must be non-empty strings")
             if sid not in ids:
                 ids.append(sid)
-            gray = shrink_gray(image, f"source photo {sid!r} (photos[{i}])")
-            feats += [extract(gray), extract(np.ascontiguousarray(gray[:, ::-1]))]
+            gray = _shrink_gray(image, f"source photo {sid!r} (photos[{i}])")
+            feats += [_extract(gray), _extract(np.ascontiguousarray(gray[:, ::-1]))]
             entry_source += [ids.index(sid)] * 2
         log.info("reuse index: %d images of %d sources, %d keypoints", len(photos), len(ids),
                  sum(len(f.xy) for f in feats))
@@ -315,14 +320,15 @@ class ReuseIndex:
         if self._flann is None or len(feats.desc) == 0:
             return out
         k = min(KNN, len(self._a["desc"]))
-        idx, dist = self._flann.knnSearch(feats.desc.astype(np.float32), k,
-                                          params=dict(checks=FLANN_CHECKS))
+        with self._lock:  # FLANN is not documented as thread-safe
+            idx, dist = self._flann.knnSearch(feats.desc.astype(np.float32), k,
+                                              params=dict(checks=FLANN_CHECKS))
         rows, src_rows = _ratio_matches(idx, dist, self._a["kp_entry"])
         ent = self._a["kp_entry"][src_rows]
         counts = np.bincount(ent, minlength=entries)
         for e in np.flatnonzero(counts >= self.thresholds.min_inliers):
             sel = ent == e
-            out[e] = similarity_inliers(feats.xy[rows[sel]], self._a["kp_xy"][src_rows[sel]])
+            out[e] = _similarity_inliers(feats.xy[rows[sel]], self._a["kp_xy"][src_rows[sel]])
         return out
 
     def _tiles(self, feats: _Features) -> np.ndarray:
@@ -333,7 +339,7 @@ class ReuseIndex:
         return ((distance <= th.max_tile_distance) & textured).sum(axis=1)
 
     def _evidence(self, image: np.ndarray) -> _Evidence:
-        feats = extract(shrink_gray(image, "candidate"))
+        feats = _extract(_shrink_gray(image, "candidate"))
         th = self.thresholds
         inliers = self._inliers(feats)
         hash_distance = _popcount(self._a["whole"] ^ feats.whole[None])
@@ -398,31 +404,39 @@ def _pack(ids: list[str], feats: list[_Features], entry_source: list[int]) -> di
     }
 
 
+_DTYPES = {"extraction": "float64", "entry_source": "int32", "entry_mirrored": "bool", "kp_xy": "float32",
+           "kp_entry": "int32", "desc": "uint8", "whole": "uint8", "tile_hash": "uint8", "tile_std": "float32"}
+
+
 def _check_arrays(a: dict[str, np.ndarray]) -> None:
     """Refuse a damaged, foreign or stale index, naming what is wrong."""
     missing, unexpected = set(_KEYS) - set(a), set(a) - set(_KEYS)
     if missing or unexpected:
         raise ValueError(f"not a reuse index: missing {sorted(missing)}, unexpected {sorted(unexpected)} "
                          "— rebuild it with ReuseIndex.build")
-    if not np.array_equal(a["extraction"], _EXTRACTION):
+    if a["extraction"].shape != _EXTRACTION.shape or not np.array_equal(a["extraction"], _EXTRACTION):
         raise ValueError(f"reuse index was built with extraction settings {a['extraction'].tolist()}, "
                          f"this code uses {_EXTRACTION.tolist()} — rebuild it with ReuseIndex.build")
-    dtypes = {"extraction": "float64", "entry_source": "int32", "entry_mirrored": "bool", "kp_xy": "float32",
-              "kp_entry": "int32", "desc": "uint8", "whole": "uint8", "tile_hash": "uint8", "tile_std": "float32"}
-    wrong = [f"{k} is {a[k].dtype}, not {t}" for k, t in dtypes.items() if a[k].dtype != np.dtype(t)]
+    wrong = [f"{k} is {a[k].dtype}, not {t}" for k, t in _DTYPES.items() if a[k].dtype != np.dtype(t)]
     if a["source_ids"].dtype.kind != "U":
         wrong.append(f"source_ids is {a['source_ids'].dtype}, not str")
     if wrong:
         raise ValueError(f"reuse index has arrays of the wrong type ({'; '.join(wrong)}) — rebuild it")
+    _check_shapes(a)
+
+
+def _check_shapes(a: dict[str, np.ndarray]) -> None:
     n_src, n_ent, n_kp = len(a["source_ids"]), len(a["entry_source"]), len(a["kp_xy"])
     tiles = GRID * GRID
-    shapes = {"entry_mirrored": (n_ent,), "kp_xy": (n_kp, 2), "kp_entry": (n_kp,), "desc": (n_kp, 128),
-              "whole": (n_ent, HASH_BYTES), "tile_hash": (n_ent, tiles, HASH_BYTES),
-              "tile_std": (n_ent, tiles)}
+    shapes = {"source_ids": (n_src,), "entry_source": (n_ent,), "entry_mirrored": (n_ent,),
+              "kp_xy": (n_kp, 2), "kp_entry": (n_kp,), "desc": (n_kp, 128), "whole": (n_ent, HASH_BYTES),
+              "tile_hash": (n_ent, tiles, HASH_BYTES), "tile_std": (n_ent, tiles)}
     bad = [f"{k} {a[k].shape} != {s}" for k, s in shapes.items() if a[k].shape != s]
-    if n_src == 0 or bad:
-        raise ValueError(f"reuse index is inconsistent ({n_src} sources; {', '.join(bad) or 'no sources'}) "
-                         "— rebuild it with ReuseIndex.build")
-    if n_ent and (a["entry_source"].min() < 0 or a["entry_source"].max() >= n_src
-                  or a["kp_entry"].min(initial=0) < 0 or a["kp_entry"].max(initial=0) >= n_ent):
-        raise ValueError("reuse index refers to sources or images it does not hold — rebuild it")
+    if bad:
+        raise ValueError(f"reuse index is inconsistent ({', '.join(bad)}) — rebuild it with ReuseIndex.build")
+    if n_src == 0 or not np.array_equal(np.unique(a["entry_source"]), np.arange(n_src)):
+        held = np.unique(a["entry_source"]).tolist()
+        raise ValueError(f"reuse index holds {n_src} sources but images of sources {held}: every source "
+                         "needs images and every image a source — rebuild it")
+    if n_kp and (a["kp_entry"].min() < 0 or a["kp_entry"].max() >= n_ent):
+        raise ValueError("reuse index has keypoints of images it does not hold — rebuild it")
