@@ -151,3 +151,28 @@ def test_links_inside_the_folder_are_followed_and_loops_reported(folders, shared
     assert "3 candidates: 2 leak(s), 1 unverified, 0 clear" in out
     assert next(l for l in out.splitlines() if l.startswith("up ")).split()[1] == "UNVERIFIED"
     assert "symlink_loop" in out
+
+
+def test_an_edited_copy_of_a_source_photo_leaks_even_with_another_face(folders, tmp_path, capsys):
+    # why: a source photo whose face was swapped for a stranger's keeps the source's hair, clothes and
+    # backdrop; identity alone would call it clear, the reuse gate must not
+    import numpy as np
+    from PIL import Image
+
+    from personc_assets.core.faces.detect import detect_faces
+
+    source = np.asarray(Image.open(folders["sources"] / "id05_01.jpg").convert("RGB")).copy()
+    stranger = np.asarray(Image.open(folders["strangers"] / "id04_02.jpg").convert("RGB"))
+    x0, y0, x1, y1 = detect_faces(source)[0].box
+    sx0, sy0, sx1, sy1 = detect_faces(stranger)[0].box
+    face = Image.fromarray(stranger[sy0:sy1, sx0:sx1]).resize((x1 - x0, y1 - y0))
+    source[y0:y1, x0:x1] = np.asarray(face)  # the stranger's face pasted into the source photo
+    cand = tmp_path / "cand"
+    cand.mkdir()
+    Image.fromarray(source).save(cand / "swapped.jpg", quality=90)
+    code = _cli(["--sources", str(folders["sources"]), "--candidates", str(cand), "--db", str(folders["db"]),
+                 "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    row = doc["rows"][0]
+    assert code == audit_cli.EXIT_LEAK and row["status"] == "leak", row
+    assert "reuse" in row["reason"], row["reason"]
