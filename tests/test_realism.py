@@ -26,8 +26,9 @@ import pytest
 
 from personc_assets.core import realism
 from personc_assets.core.realism import (
-    DEFAULT_THRESHOLDS, LIMITS, RealismGate, RealismThresholds, RealismVerdict, calibrate,
-    echo_peak, echo_score, gradients, limits_from_scores, power_cepstrum, ring_ridge)
+    DEFAULT_THRESHOLDS, LIMITS, RealismGate, RealismThresholds, RealismVerdict, calibrate, colour_blob,
+    echo_peak, echo_score, face_frame, face_regions, gradients, limits_from_scores, planes, power_cepstrum,
+    ring_ridge)
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -375,6 +376,70 @@ def test_cepstral_echo_finds_a_doubled_patch():
         assert echo_peak(power_cepstrum(doubled)) > echo_peak(power_cepstrum(plain)), shift
 
 
+def test_joint_echo_tells_a_doubled_patch_from_parallel_lines():
+    # why: an eyelid and its crease are parallel lines a few px apart, which echo in the y-gradient
+    # alone; a doubled eye echoes at the same shift in both gradients, and only that may score high
+    whole = (slice(0, 40), slice(0, 40))
+    for seed in range(4):
+        plain = _texture(seed)
+        lines = 0.3 * plain + 50
+        for y in (14, 20):  # a lid and its crease, 6 px apart
+            lines[y:y + 2, 4:36] -= 40
+        lines = cv2.GaussianBlur(lines, (0, 0), 0.8)
+        doubled = 0.5 * plain + 0.5 * np.roll(plain, (1, 5), axis=(0, 1))
+        echoes = [echo_score(*gradients(x), *whole) for x in (lines, doubled)]
+        assert echoes[0] < echoes[1] - 1.5, (seed, echoes)
+
+
+def _skin_face(seed: int = 0) -> tuple[np.ndarray, realism.FaceFrame, realism.Regions]:
+    """Smooth skin in Lab ``[256, 256, 3]`` (lit from one side, faint noise), the mean face's frame and regions."""
+    lm = _canonical_landmarks()
+    frame = face_frame(lm, (60, 60, 200, 220))
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:256, 0:256].astype(np.float32)
+    lab = np.zeros((256, 256, 3), np.float32)
+    lab[..., 0] = 65 + 10 * (xx / 256 - 0.5) - 8 * (yy / 256 - 0.5)
+    lab[..., 1], lab[..., 2] = 14.0, 18.0
+    lab += cv2.GaussianBlur(rng.normal(0, 2, (256, 256, 3)).astype(np.float32), (0, 0), 1.0)
+    return lab, frame, face_regions(frame, (256, 256))
+
+
+def _lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    return np.clip(cv2.cvtColor(lab, cv2.COLOR_LAB2RGB) * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _disc(centre: tuple[int, int], radius: int = 12) -> np.ndarray:
+    mask = np.zeros((256, 256), np.float32)
+    cv2.circle(mask, centre, radius, 1.0, -1)
+    return cv2.GaussianBlur(mask, (0, 0), 2.5)
+
+
+def test_colour_blob_sees_a_patch_that_lightness_and_the_other_half_do_not_explain():
+    # why: the patches colour_patch misses are skin-hued (more or less saturated) at unchanged lightness;
+    # shadows change lightness with chroma, and make-up or light on both cheeks is not a patch
+    lab, frame, regions = _skin_face()
+    lm = frame.landmarks
+    cheek = (int(frame.eyes[0][0]), int((frame.eyes[0][1] + lm[48, 1]) / 2))
+    mirror = (int(round(2 * lm[realism.MIDLINE_68, 0].mean() - cheek[0])), cheek[1])
+    nose = (int(lm[30, 0]), int(lm[30, 1]))
+    along = np.array([14.0, 18.0]) / np.hypot(14.0, 18.0)  # the skin's own hue
+
+    def tinted(mask: np.ndarray) -> np.ndarray:
+        out = lab.copy()
+        out[..., 1:] += 12.0 * mask[..., None] * along
+        return _lab_to_rgb(out)
+
+    def blob(image: np.ndarray) -> float:
+        return colour_blob(planes(image), frame, regions)
+
+    shadow = _lab_to_rgb(lab).astype(np.float32) * (1 - 0.25 * _disc(cheek)[..., None])
+    plain, patch = blob(_lab_to_rgb(lab)), blob(tinted(_disc(cheek)))
+    assert plain < 1.0 and patch > 6.0, (plain, patch)
+    assert blob(tinted(_disc(nose))) > 6.0                       # on the midline, no mirror image to excuse it
+    assert blob(tinted(_disc(cheek) + _disc(mirror))) < 0.3 * patch  # the same on both cheeks
+    assert blob(np.clip(shadow + 0.5, 0, 255).astype(np.uint8)) < 0.3 * patch
+
+
 def test_ring_ridge_sees_a_faint_ring_and_not_a_plain_eye():
     # why: the ghosted-rim criterion must respond to a thin ring at 30% contrast, not to smooth skin or a dot
     face = np.full((128, 128), 60.0, np.float32)
@@ -411,12 +476,12 @@ def test_calibrate_names_a_face_it_cannot_measure():
 #: Rejection floors per defect, a little under the rates measured when the defaults were set
 #: (docs/realism_gate.md): a drop below them is a regression of the criterion that catches it.
 DEFECT_FLOORS = {
-    "doubled_eyes": 0.85,
+    "doubled_eyes": 0.90,
     "ghost_glasses": 0.88,
-    "melted_mouth": 0.88,
+    "melted_mouth": 0.95,
     "seam": 0.95,
-    "extra_feature": 0.85,
-    "colour_patch": 0.65,
+    "extra_feature": 0.90,
+    "colour_patch": 0.92,
 }
 #: The criterion that should catch most of each defect (its reason names it).
 DEFECT_CRITERIA = {
@@ -424,8 +489,8 @@ DEFECT_CRITERIA = {
     "ghost_glasses": {"eye_rim"},
     "melted_mouth": {"mouth_detail", "mouth_contrast", "mouth_echo", "detail_ratio"},
     "seam": {"seam", "colour_patch", "lr_colour", "landmark_error"},
-    "extra_feature": {"feature_copy", "nose_echo"},
-    "colour_patch": {"colour_patch", "lr_colour"},
+    "extra_feature": {"feature_copy", "nose_echo", "colour_blob"},
+    "colour_patch": {"colour_patch", "colour_blob", "lr_colour"},
 }
 
 
@@ -532,17 +597,16 @@ def test_rejections_name_the_criterion_made_for_the_defect(judged):
 
 @pytest.mark.shared_faces
 def test_overall_rejection_of_broken_renders(judged):
-    # why: the gate's headline figure; measured 88.7% when the defaults were set (docs/realism_gate.md)
+    # why: the gate's headline figure; measured 96.4% when the defaults were set (docs/realism_gate.md)
     broken = [j for d in DEFECTS for j in judged[d]]
-    assert 1 - pass_rate(broken) >= 0.87
+    assert 1 - pass_rate(broken) >= 0.94
 
 
 @pytest.mark.shared_faces
-@pytest.mark.xfail(strict=True, reason="target of issue 14 is 90% of broken renders rejected; colour patches "
-                   "(~70%) hold it at 88.7% (docs/realism_gate.md)")
 def test_ninety_percent_of_broken_renders_rejected(judged):
+    # why: issue 14's requirement for the realism gate: at least 90% of broken renders rejected
     broken = [j for d in DEFECTS for j in judged[d]]
-    assert 1 - pass_rate(broken) >= 0.90
+    assert 1 - pass_rate(broken) >= 0.90, f"{1 - pass_rate(broken):.1%} of {len(broken)} broken renders rejected"
 
 
 @pytest.mark.shared_faces

@@ -22,13 +22,16 @@ Criteria (lengths in inter-ocular distances, IOD; colours in CIE Lab):
   or a mouth gap in the mouth, found photometrically where the landmarks say.
 - ``eye_echo`` / ``mouth_echo`` / ``nose_echo``: a peak of the power
   cepstrum at a shift of a few pixels — the signature of a feature overlaid
-  on a shifted copy of itself (doubled eyes, a doubled mouth or nose).
+  on a shifted copy of itself (doubled eyes, a doubled mouth or nose); for
+  the eyes, at the same shift in both gradients.
 - ``feature_copy``: an eye or the mouth found again where skin should be.
 - ``eye_rim``: a thin dark ring round both eyes (a ghosted glasses rim).
 - ``sharpness``, ``detail_ratio``, ``mouth_detail``: band-pass energy of the
   face, and of its least detailed feature and of the mouth relative to it
   (a smeared or melted feature).
 - ``colour_patch``: a patch of skin whose hue differs from its surroundings.
+- ``colour_blob``: a compact blob in the central skin whose chroma neither
+  the skin around it, nor its lightness, nor the other face half explains.
 - ``seam``: a long, straight, abrupt colour step across the skin.
 - ``lr_colour`` / ``lr_shape``: the two cheeks of one colour; the shape close
   enough to its mirror image.
@@ -66,8 +69,17 @@ MOUTH_INNER = np.arange(60, 68)
 MIN_SIZE = 128
 #: How far above the brows the judged face reaches, in IOD (the forehead).
 FOREHEAD_IOD = 0.5
-#: Shifts (px) at which a doubled feature is looked for in the cepstrum.
+#: Shifts (px) at which a doubled eye is looked for in the cepstrum.
 ECHO_MIN_PX, ECHO_MAX_PX = 2.5, 9.0
+#: Shifts (px) searched for a doubled mouth and nose: shorter ones are the lips' and nose's own
+#: parallel edges.
+MOUTH_ECHO_PX, NOSE_ECHO_PX = (4.0, 11.0), (6.0, 14.0)
+#: Half-width and half-height (IOD) of each eye's echo patch, round the eye centre.
+EYE_BOX_IOD = (0.45, 0.28)
+#: How far (IOD) the mouth's echo patch reaches past the mouth's corners and lips, sideways and up/down.
+MOUTH_BOX_IOD = (0.12, 0.25)
+#: Half-width and half-height (IOD) of the nose's echo patch.
+NOSE_BOX_IOD = (0.45, 0.35)
 #: 68-point indices of (right outer, right inner, left inner, left outer) eye corners.
 EYE_CORNERS_68 = np.array([36, 39, 42, 45])
 
@@ -88,9 +100,9 @@ class RealismThresholds:
     max_eye_model_disagreement: float = 0.179  # dlib 5-point vs 68-point eye corners, IOD
     min_eye_contrast: float = 6.92            # cheek L* minus the darkest tenth of the weaker eye
     min_mouth_contrast: float = 9.24          # lip a* over the cheeks', or mouth-gap darkness in L*
-    max_eye_echo: float = 11.3                # cepstral echo of an eye at 2.5-9 px (z-units, x + y)
-    max_mouth_echo: float = 8.67              # cepstral echo of the mouth's x-gradient at 3-11 px
-    max_nose_echo: float = 5.59               # cepstral echo of the nose's x-gradient at 5-13 px
+    max_eye_echo: float = 8.47                # joint cepstral echo of an eye's x and y gradients at 2.5-9 px (z)
+    max_mouth_echo: float = 6.31              # cepstral echo of the mouth's x-gradient at 4-11 px
+    max_nose_echo: float = 5.71               # cepstral echo of the nose's x-gradient at 6-14 px
     max_feature_copy: float = 0.792           # NCC of an eye or the mouth found again in the skin
     max_eye_rim: float = 3.36                 # ridge strength of a ring round both eyes, L*
     min_sharpness: float = 2.43               # band-pass RMS of the inner face, L*
@@ -98,6 +110,7 @@ class RealismThresholds:
     min_detail_ratio: float = 0.430           # least detailed feature's band-pass RMS / the face's
     min_mouth_detail: float = 1.18            # the mouth's band-pass RMS / the face's
     max_colour_patch: float = 7.97            # local a*b* anomaly of the skin (hue-weighted)
+    max_colour_blob: float = 7.57             # blob of chroma that L* does not explain, central skin, a*b*
     max_seam: float = 7.25                    # long straight hard colour step in the skin
     max_lr_colour: float = 15.5               # chroma difference of the two cheeks, a*b*
     max_lr_shape: float = 0.424               # landmarks vs their mirror image, IOD
@@ -390,8 +403,44 @@ def echo_peak(cepstrum: np.ndarray, r_min: float = ECHO_MIN_PX, r_max: float = E
 
 
 def echo_score(gx: np.ndarray, gy: np.ndarray, rows: slice, cols: slice) -> float:
-    """Echo of the x- and y-gradient patches (sum of their ``echo_peak``): a doubled feature."""
-    return echo_peak(power_cepstrum(gx[rows, cols])) + echo_peak(power_cepstrum(gy[rows, cols]))
+    """Joint echo of the x- and y-gradient patches: a doubled feature.
+
+    A copy shifted by ``d`` echoes at the same quefrency ``d`` in both
+    gradients, while a lid or a crease (a line) echoes in one of them only:
+    the score is the highest point of the sum of their ``radial_z`` cepstra
+    at ``ECHO_MIN_PX`` - ``ECHO_MAX_PX``.
+    """
+    zx, ring = radial_z(power_cepstrum(gx[rows, cols]), ECHO_MIN_PX, ECHO_MAX_PX)
+    zy, _ = radial_z(power_cepstrum(gy[rows, cols]), ECHO_MIN_PX, ECHO_MAX_PX)
+    return float((zx + zy)[ring].max())
+
+
+def radial_z(cepstrum: np.ndarray, r_min: float, r_max: float, surround: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
+    """The centred ``cepstrum`` ``[2h, 2w]`` with its fall-off removed, in z-units; and the ring ``r_min`` - ``r_max``.
+
+    Every cepstrum falls off with quefrency, whatever the image; the median
+    of each whole-pixel radius from ``r_min`` to ``r_max + surround`` is
+    subtracted so that a peak is measured against its own radius, then the
+    result is divided by its spread over those radii.
+    """
+    radius = _radius_grid(cepstrum.shape)
+    bins = np.rint(radius).astype(np.int64)
+    z = cepstrum.astype(np.float64)
+    for r in range(int(math.floor(r_min)), int(r_max + surround) + 1):
+        at = bins == r
+        z[at] -= np.median(cepstrum[at])
+    around = (radius >= r_min - 0.5) & (radius <= r_max + surround)
+    return z / (float(z[around].std()) + 1e-9), (radius >= r_min) & (radius <= r_max)
+
+
+@lru_cache(maxsize=16)
+def _radius_grid(shape: tuple[int, int]) -> np.ndarray:
+    """Distance ``[2h, 2w]`` of each quefrency of a centred cepstrum from zero (read-only)."""
+    h, w = shape[0] // 2, shape[1] // 2
+    yy, xx = np.mgrid[-h:h, -w:w]
+    grid = np.hypot(yy, xx)
+    grid.flags.writeable = False
+    return grid
 
 
 def gradients(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -403,8 +452,9 @@ def gradients(L: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def eye_boxes(frame: FaceFrame, shape: tuple[int, int]) -> list[tuple[slice, slice]]:
-    """Patches round the two eyes (0.76 x 0.48 IOD)."""
-    return [box_around(c, 0.38 * frame.iod, 0.24 * frame.iod, shape) for c in frame.eyes]
+    """Patches round the two eyes (``EYE_BOX_IOD``)."""
+    half_w, half_h = EYE_BOX_IOD
+    return [box_around(c, half_w * frame.iod, half_h * frame.iod, shape) for c in frame.eyes]
 
 
 def echo_scores(L: np.ndarray, frame: FaceFrame) -> dict[str, float]:
@@ -413,18 +463,20 @@ def echo_scores(L: np.ndarray, frame: FaceFrame) -> dict[str, float]:
     The eyes use both gradients (``echo_score``). The mouth and the nose are
     lines parallel to each other (lips, the sides of the nose), which echo
     naturally across them; only their x-gradient (corners, teeth, nostrils)
-    is used, over longer shifts (3-11 and 5-13 px).
+    is used, over longer shifts (``MOUTH_ECHO_PX``, ``NOSE_ECHO_PX``). Each
+    box reaches past its feature (``*_BOX_IOD``) so that a copy of it shifted
+    by the longest of those shifts still lies mostly inside.
     """
     gx, gy = gradients(L)
     lm, iod = frame.landmarks, frame.iod
     eyes = max(echo_score(gx, gy, rows, cols) for rows, cols in eye_boxes(frame, L.shape))
     mouth = lm[MOUTH_OUTER]
-    rows, cols = box_around(mouth.mean(axis=0), 0.5 * float(np.ptp(mouth[:, 0])) + 0.12 * iod,
-                            0.5 * float(np.ptp(mouth[:, 1])) + 0.15 * iod, L.shape)
-    mouth_echo = echo_peak(power_cepstrum(gx[rows, cols]), 3.0, 11.0)
+    rows, cols = box_around(mouth.mean(axis=0), 0.5 * float(np.ptp(mouth[:, 0])) + MOUTH_BOX_IOD[0] * iod,
+                            0.5 * float(np.ptp(mouth[:, 1])) + MOUTH_BOX_IOD[1] * iod, L.shape)
+    mouth_echo = echo_peak(power_cepstrum(gx[rows, cols]), *MOUTH_ECHO_PX)
     nose_centre = lm[[27, 30, 31, 35]].mean(axis=0) + np.array([0.0, 0.1 * iod])
-    rows, cols = box_around(nose_centre, 0.32 * iod, 0.35 * iod, L.shape)
-    nose_echo = echo_peak(power_cepstrum(gx[rows, cols]), 5.0, 13.0)
+    rows, cols = box_around(nose_centre, NOSE_BOX_IOD[0] * iod, NOSE_BOX_IOD[1] * iod, L.shape)
+    nose_echo = echo_peak(power_cepstrum(gx[rows, cols]), *NOSE_ECHO_PX)
     return {"eye_echo": eyes, "mouth_echo": mouth_echo, "nose_echo": nose_echo}
 
 
@@ -595,6 +647,133 @@ def colour_scores(p: Planes, frame: FaceFrame, regions: Regions) -> dict[str, fl
     return {"colour_patch": patch, "lr_colour": float(np.linalg.norm(right - left))}
 
 
+#: Gaussian scale (IOD) of the smooth skin model ``colour_blob`` compares each pixel with.
+BLOB_MODEL_IOD = 0.45
+#: Gaussian scale (IOD) over which ``colour_blob`` averages what the skin model leaves.
+BLOB_IOD = 0.12
+#: ``colour_blob`` centres lie this far (IOD) inside the judged face's outline and outside
+#: the eyes' outlines: hair, backdrop and eye make-up meet the skin there.
+BLOB_OUTLINE_IOD, BLOB_EYE_IOD = 0.2, 0.3
+#: Rounds of the robust skin model, and the Cauchy weight's scale in robust (MAD) units.
+BLOB_ROUNDS, BLOB_CAUCHY = 3, 2.5
+#: Half-width (IOD) of the band round the face's midline where a blob has no mirror image to differ from.
+MIRROR_FREE_IOD = 0.15
+#: 68-point indices on the face's midline: nose bridge and tip, lip centres, chin.
+MIDLINE_68 = np.array([27, 28, 29, 30, 33, 51, 57, 8])
+
+
+def colour_blob(p: Planes, frame: FaceFrame, regions: Regions) -> float:
+    """Strongest compact blob of skin colour that lightness does not explain, in a*b* units
+    (the largest value of ``colour_blob_map`` at a centre it allows)."""
+    strength, centres = colour_blob_map(p, frame, regions)
+    if not centres.any():
+        raise RealismError("colour_blob", "no central skin is left to search")
+    return float(strength[centres].max())
+
+
+def colour_blob_map(p: Planes, frame: FaceFrame, regions: Regions) -> tuple[np.ndarray, np.ndarray]:
+    """Blob strength ``[H/2, W/2]`` (a*b* units) and the mask ``[H/2, W/2]`` of centres judged.
+
+    Measured at half resolution: the chroma that neither the skin around a
+    pixel nor its lightness explains (``unexplained_chroma``) is averaged over
+    blobs (Gaussian, sigma ``BLOB_IOD``) and compared with the blob at its
+    mirror position (``unmirrored``). Centres are judged in the central skin
+    only (``BLOB_OUTLINE_IOD``, ``BLOB_EYE_IOD``).
+    """
+    import cv2
+
+    h, w = p.lab.shape[:2]
+    size = (w // 2, h // 2)
+    lab = cv2.resize(p.lab, size, interpolation=cv2.INTER_AREA)
+    skin = cv2.resize(regions.skin.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.99
+    if skin.sum() < 50:
+        raise RealismError("colour_blob", "skin region is too small to measure")
+    iod = 0.5 * frame.iod
+    chroma = unexplained_chroma(lab, skin, iod)
+    s = skin.astype(np.float32)
+    support = cv2.GaussianBlur(s, (0, 0), BLOB_IOD * iod)
+    blob = cv2.GaussianBlur(chroma * s[..., None], (0, 0), BLOB_IOD * iod) / np.maximum(support, 1e-6)[..., None]
+    inner = cv2.resize(regions.inner.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
+    centres = skin & (support > 0.5) & shrink(inner, BLOB_OUTLINE_IOD * iod)
+    for idx in (RIGHT_EYE, LEFT_EYE):
+        centres &= ~polygon_mask(centres.shape, 0.5 * frame.landmarks[idx], BLOB_EYE_IOD * iod)
+    return unmirrored(blob, support, 0.5 * frame.landmarks, iod), centres
+
+
+def unexplained_chroma(lab: np.ndarray, skin: np.ndarray, iod: float) -> np.ndarray:
+    """Chroma residual ``[H, W, 2]`` (along, across the skin's hue) of ``lab`` ``[H, W, 3]`` over ``skin`` ``[H, W]``.
+
+    Each pixel is written as L*, chroma along the skin's own hue (its median
+    a*b*) and chroma across it, and compared with a smooth skin model: the
+    Gaussian-weighted mean (sigma ``BLOB_MODEL_IOD``) of the skin around it.
+    The model is fitted robustly: in each of ``BLOB_ROUNDS`` rounds a pixel
+    far from it counts less (Cauchy weight at ``BLOB_CAUCHY`` robust scales,
+    the scale being 1.48 x the median residual), so a patch does not pull the
+    model towards itself. Shading, highlights and hair change lightness and
+    saturation together: the part of the along-hue residual that the L*
+    residual predicts (one slope per face, weighted least squares) is removed.
+    """
+    import cv2
+
+    ab = lab[..., 1:]
+    median = np.median(ab[skin], axis=0)
+    norm = float(np.linalg.norm(median))
+    if norm < 1e-3:
+        raise RealismError("colour_blob", "the skin has no hue (a grey image?)")
+    along = median / norm
+    across = np.array([-along[1], along[0]])
+    lhc = np.stack([lab[..., 0], ab @ along, ab @ across], axis=-1).astype(np.float32)  # L*, along, across
+    sigma = BLOB_MODEL_IOD * iod
+    weight = skin.astype(np.float32)
+    for _ in range(BLOB_ROUNDS):
+        model = (cv2.GaussianBlur(lhc * weight[..., None], (0, 0), sigma)
+                 / np.maximum(cv2.GaussianBlur(weight, (0, 0), sigma), 1e-6)[..., None])
+        res = lhc - model
+        w_skin, dl = weight[skin], res[..., 0][skin]
+        slope = float((w_skin * dl * res[..., 1][skin]).sum() / max(float((w_skin * dl * dl).sum()), 1e-6))
+        chroma = np.stack([res[..., 1] - slope * res[..., 0], res[..., 2]], axis=-1)
+        size = np.hypot(chroma[..., 0], chroma[..., 1])
+        scale = 1.4826 * float(np.median(size[skin])) + 1e-3
+        weight = skin / (1.0 + (size / (BLOB_CAUCHY * scale)) ** 2)
+    return chroma
+
+
+def unmirrored(blob: np.ndarray, support: np.ndarray, landmarks: np.ndarray, iod: float) -> np.ndarray:
+    """Strength ``[H, W]`` of blob vectors ``[H, W, 2]`` that their mirror image does not share.
+
+    A colour found at the same place on both face halves is anatomy, make-up
+    or light (reddish nose wings, a shadow from the side), not a patch: off
+    the midline a blob's strength is at most its difference from the blob at
+    its mirror position, where that position is skin (``support`` ``[H, W]``
+    over 0.5). The midline is the vertical through the nose, lips and chin
+    (``landmarks`` ``[68, 2]`` in this image's pixels; the canonical frame is
+    upright); within ``MIRROR_FREE_IOD`` of it a blob is its own mirror
+    image, so the skin model alone judges, and the mirror test blends in over
+    the next ``MIRROR_FREE_IOD``.
+    """
+    import cv2
+
+    h, w = support.shape
+    mid = float(landmarks[MIDLINE_68, 0].mean())
+    xx, yy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    mx = 2 * mid - xx
+    partner = cv2.remap(blob.astype(np.float32), mx, yy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
+    partner_skin = cv2.remap(support, mx, yy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT) > 0.5
+    free = MIRROR_FREE_IOD * iod
+    mix = np.clip((np.abs(xx - mid) - free) / free, 0.0, 1.0) * partner_skin
+    own = np.hypot(blob[..., 0], blob[..., 1])
+    diff = np.hypot(blob[..., 0] - partner[..., 0], blob[..., 1] - partner[..., 1])
+    return np.minimum(own, (1.0 - mix) * own + mix * diff)
+
+
+def shrink(mask: np.ndarray, px: float) -> np.ndarray:
+    """``mask`` ``[H, W]`` eroded by a disc of radius ``px`` (boolean)."""
+    import cv2
+
+    k = 2 * max(1, int(round(px))) + 1
+    return cv2.erode(mask.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))).astype(bool)
+
+
 #: Shortest straight step counted as a seam, in IOD (pasted regions span the face).
 SEAM_MIN_IOD = 0.8
 #: Lab weights of the seam's colour step: shading changes L*, a seam changes colour.
@@ -712,6 +891,7 @@ def measure(image: np.ndarray, expected_landmarks: np.ndarray | None = None) -> 
     scores["eye_rim"] = rim_score(p, frame)
     scores.update(sharpness_scores(p, frame, regions))
     scores.update(colour_scores(p, frame, regions))
+    scores["colour_blob"] = colour_blob(p, frame, regions)
     scores["seam"] = seam_score(p, frame, regions)
     scores["lr_shape"] = lr_shape(frame)
     return scores
