@@ -57,9 +57,13 @@ class ReuseCheck:
         return [GateVerdict(self.name, not m.reused, float(m.score), 1.0, m.nearest, m.reason) for m in matches]
 
 
-#: Limits never widened for a source set: a source wearing glasses is real, but a rim in a
-#: *render* is a ghost of them (glasses are carried by no factor whole).
-FIXED_LIMITS = frozenset({"max_eye_rim"})
+#: Limits that describe how a photo was taken (focus, light, pose), not whether a face is
+#: coherent: only these widen to a run's own sources. Defect limits (doubled features, copied
+#: features, glasses rims, colour patches and blobs, seams, feature detail) never widen — a
+#: source's warm light patches or glasses are real, their ghosts in a render are defects.
+WIDENED_LIMITS = frozenset({"min_sharpness", "max_sharpness", "max_lr_colour", "max_template_error",
+                            "max_eye_model_disagreement", "max_lr_shape", "min_eye_contrast",
+                            "min_mouth_contrast"})
 
 
 def thresholds_for_sources(faces: Iterable[SourceFace],
@@ -69,8 +73,8 @@ def thresholds_for_sources(faces: Iterable[SourceFace],
     The defaults are calibrated on ../shared/faces; a run's own photos (small
     crops of a group photo, a studio portrait) can lie outside them, and a
     render need not be more typical than the real faces it is made from —
-    "inside the sources' range". Limits only ever widen to a real source's
-    value, never past it, and ``FIXED_LIMITS`` never widen.
+    "inside the sources' range". Only ``WIDENED_LIMITS`` widen, and only to a
+    real source's value, never past it.
     """
     scores = []
     for face in faces:
@@ -82,7 +86,7 @@ def thresholds_for_sources(faces: Iterable[SourceFace],
     for f in fields(base):
         kind, score = LIMITS[f.name]
         values = [s[score] for s in scores if score in s]
-        if not values or f.name in FIXED_LIMITS:
+        if not values or f.name not in WIDENED_LIMITS:
             continue
         current = getattr(base, f.name)
         updates[f.name] = max(current, max(values)) if kind == "max" else min(current, min(values))

@@ -1,0 +1,92 @@
+"""The guard's gates and benign transforms, with stand-in encoders (see test_guard)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from personc_assets.core import gates
+from personc_assets.core.guard import PASS, REJECT, GateVerdict, Guard, GuardMember
+from personc_assets.core.realism import DEFAULT_THRESHOLDS
+from personc_assets.core.transforms import BenignTransform
+from personc_assets.core.types import FaceObservation, SourceFace
+from test_guard import CLOSE_TO_S0, UNLIKE_ALL, TableEncoder, image_for, index_for, one_face
+
+
+class FixedGate:
+    def __init__(self, name: str, passed: bool):
+        self.name, self._passed = name, passed
+
+    def judge(self, faces):
+        return [GateVerdict(self.name, self._passed, 0.0 if self._passed else 2.0, 1.0, "s0",
+                            "fine" if self._passed else "reused region") for _ in faces]
+
+
+class RaisingGate:
+    name = "broken"
+
+    def judge(self, faces):
+        raise RuntimeError("detector crashed")
+
+
+def _guard(*gate_list, transforms=()):
+    enc = TableEncoder()
+    return Guard([GuardMember(enc, index_for(enc), 0.5)], detector=one_face, gates=gate_list,
+                 transforms=transforms)
+
+
+def test_a_failing_gate_rejects_a_face_unlike_every_source():
+    # why: a face-swapped copy of a source photo is nobody by identity; the reuse gate must still stop it
+    v = _guard(FixedGate("reuse", False)).check([("c", image_for(UNLIKE_ALL))])[0]
+    assert v.verdict == REJECT and "reuse: reused region" in v.reason
+    assert [g.gate for g in v.gates] == ["reuse"] and v.per_encoder[0].verdict == PASS
+    assert _guard(FixedGate("reuse", True)).check([("c", image_for(UNLIKE_ALL))])[0].verdict == PASS
+
+
+def test_a_gate_that_raises_rejects_fail_closed():
+    # why: a crashed realism or reuse check must never count as "checked and fine"
+    v = _guard(RaisingGate()).check([("c", image_for(UNLIKE_ALL))])[0]
+    assert v.verdict == REJECT and "gate error: RuntimeError" in v.reason
+
+
+def _to_close(image: np.ndarray) -> np.ndarray:
+    return image_for(CLOSE_TO_S0)  # a change of the image that lands it near a source
+
+
+def _fails(image: np.ndarray) -> np.ndarray:
+    raise ValueError("cannot transform")
+
+
+def test_the_worst_benign_transform_decides(monkeypatch):
+    # why: a face that is only new in one exact rendering is found again after a mirror or a JPEG
+    monkeypatch.setattr("personc_assets.core.transforms.landmarks_in_box",
+                        lambda image, box: np.zeros((68, 2), np.float32))
+    guard = _guard(transforms=(BenignTransform("harmless", lambda im: im.copy()),
+                               BenignTransform("re-encode", _to_close)))
+    v = guard.check([("c", image_for(UNLIKE_ALL))])[0]
+    ev = v.per_encoder[0]
+    assert v.verdict == REJECT and ev.worst_transform == "re-encode"
+    assert abs(ev.max_similarity - 0.6) < 1e-6 and "under re-encode" in ev.reason
+    plain = _guard(transforms=(BenignTransform("harmless", lambda im: im.copy()),)).check(
+        [("c", image_for(UNLIKE_ALL))])[0]
+    assert plain.verdict == PASS and plain.per_encoder[0].worst_transform in ("original", "harmless")
+    broken = _guard(transforms=(BenignTransform("broken", _fails),)).check([("c", image_for(UNLIKE_ALL))])[0]
+    assert broken.verdict == REJECT and "could not be judged" in broken.reason
+
+
+def _source(seed: int) -> SourceFace:
+    image = np.full((256, 256, 3), 128, np.uint8)
+    return SourceFace(f"{seed:064x}", "A", f"p{seed}", f"p{seed}.png", image, np.zeros((68, 2), np.float32))
+
+
+def test_realism_limits_widen_to_the_sources_only_for_how_photos_were_taken(monkeypatch):
+    # why: a soft, warm-lit source set must not make its own faces "incoherent", but its real glasses
+    # or light patches must not license ghosted rims or colour blobs in renders
+    base = DEFAULT_THRESHOLDS
+    scores = {"sharpness": base.min_sharpness - 1.0, "eye_rim": base.max_eye_rim + 5.0,
+              "colour_blob": base.max_colour_blob + 4.0, "lr_colour": base.max_lr_colour + 3.0}
+    monkeypatch.setattr(gates, "measure", lambda image: dict(scores))
+    widened = gates.thresholds_for_sources([_source(1), _source(2)])
+    assert widened.min_sharpness == scores["sharpness"]
+    assert widened.max_lr_colour == scores["lr_colour"]
+    assert widened.max_eye_rim == base.max_eye_rim and widened.max_colour_blob == base.max_colour_blob
+    assert widened.max_sharpness == base.max_sharpness  # the sources were not sharper: unchanged
