@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -149,12 +149,22 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         pending = factory.make(retry, released_recipes, guard.released_embeddings("dlib")) if retry else []
         if pending:
             factory.save(store, pending, run_id)
-    leakage = {enc: sum((r["similarity"][enc] or 0.0) >= r["tau"][enc] for r in released) / max(1, len(released))
-               for enc in cfg.audit_encoders}
+    leakage, unverified = audit_rates(released, cfg.audit_encoders)
     return {"generation_id": factory.gen_id, "released": released, "attempts": attempts,
-            "audit_leakage_rate": leakage,
+            "audit_leakage_rate": leakage, "audit_unverified": unverified,
             "num_samples": cfg.num_samples, "max_attempts": cfg.max_attempts,
             "pass_rate": sum(a["verdict"] == "PASS" for a in attempts) / max(1, len(attempts))}
+
+
+def audit_rates(released: list[dict[str, Any]],
+                audit_encoders: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per audit-only encoder: the share of releases it finds at or above its tau, and how many
+    releases it could not measure (an encoder that failed is unverified, never "no leak")."""
+    n = max(1, len(released))
+    leakage = {enc: sum(r["similarity"][enc] is not None and r["similarity"][enc] >= r["tau"][enc]
+                        for r in released) / n for enc in audit_encoders}
+    unverified = {enc: sum(r["similarity"][enc] is None for r in released) for enc in audit_encoders}
+    return leakage, unverified
 
 
 def _watermark_all(candidates: list[Candidate]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
