@@ -84,3 +84,12 @@ def test_grayscale_photo_makes_the_guard_reject_a_second_photo_of_its_person(run
                                        np.stack([np.asarray(cached[h], np.float32) for h in sset.hashes()]))
     control = Guard([GuardMember(encoder, donors_only, encoder.default_tau)]).check(candidate)[0]
     assert control.verdict == PASS, control.reason
+
+
+def test_an_index_over_another_source_set_rejects_every_candidate(run, shared_faces):
+    # why: an index that matches its own summary but not the current sources protects the wrong people
+    candidate = [("second", photo_pixels(shared_faces / SECOND))]
+    verdict = build_guard(run["cfg"], run["indexes"], source_set_hash="0" * 64).check(candidate)[0]
+    assert verdict.verdict == REJECT and "stale" in verdict.reason
+    current = build_guard(run["cfg"], run["indexes"], run["sset"].source_set_hash).check(candidate)[0]
+    assert "stale" not in current.reason

@@ -50,15 +50,20 @@ def reuse_index(ws: Workspace, sources: SourceSet) -> ReuseIndex:
 def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, index_summary: dict[str, Any]) -> Guard:
     """The guard that decides releases: the identity ensemble under benign transforms, after
     the realism gate (a coherent face) and the reuse gate (no region of a source photo)."""
-    identity = build_guard(cfg, index_summary)
+    identity = build_guard(cfg, index_summary, sources.source_set_hash)
     realism = thresholds_for_sources(f for batch in sources.iter_faces() for f in batch)
     gates = (RealismCheck(realism), ReuseCheck(reuse_index(ws, sources)))
     return Guard(identity.members, gates=gates, transforms=BENIGN_TRANSFORMS)
 
 
-def build_guard(cfg: RunConfig, index_summary: dict[str, Any]) -> Guard:
-    """The ensemble: each encoder with its index (a missing or stale index → every check rejects)."""
+def build_guard(cfg: RunConfig, index_summary: dict[str, Any], source_set_hash: str | None = None) -> Guard:
+    """The ensemble: each encoder with its index (a missing or stale index → every check rejects).
+
+    ``source_set_hash`` is the current ``source_images`` hash: an index built over another
+    source set is stale even when it matches its own summary. None trusts the summary.
+    """
     encoders, _ = build_encoders(cfg)
+    current = source_set_hash or index_summary["source_set_hash"]
     by_name = {i["encoder"]: i for i in index_summary["indexes"]}
     unknown = set(cfg.audit_encoders) - {e.name for e in encoders}
     if unknown:
@@ -71,7 +76,7 @@ def build_guard(cfg: RunConfig, index_summary: dict[str, Any]) -> Guard:
         if info is None:
             members.append(GuardMember(enc, None, enc.default_tau, gating, f"no index built for {enc.name}"))
             continue
-        expect = IndexManifest(enc.name, enc.version, index_summary["source_set_hash"], info["count"], enc.dim)
+        expect = IndexManifest(enc.name, enc.version, current, info["count"], enc.dim)
         try:
             index = EmbeddingIndex.load(Path(info["index_path"]), expect)
             members.append(GuardMember(enc, index, info["tau"], gating))
