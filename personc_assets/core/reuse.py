@@ -17,7 +17,7 @@ stored mirrored too, so a mirrored candidate matches its original):
     Perceptual hashes (``imagehash.phash``) of the whole frame and of a
     ``GRID x GRID`` grid of tiles, compared at the same place. Catch copies in
     the same framing whose texture SIFT finds too little of; tiles without
-    texture (a plain backdrop) never count.
+    texture (a plain backdrop) never count, nor does a frame without any.
 
 A candidate is REUSED when any evidence reaches its threshold in
 ``REUSE_THRESHOLDS`` (calibration: ``docs/reuse_guard.md``). ``ReuseMatch.score``
@@ -227,8 +227,20 @@ def _hash_ratio(distance: np.ndarray, th: ReuseThresholds) -> np.ndarray:
     return np.clip((chance - distance) / (chance - th.max_hash_distance), 0.0, None)
 
 
-_KEYS = ("extraction", "source_ids", "entry_source", "entry_mirrored", "kp_xy", "kp_entry",
-         "desc", "whole", "tile_hash", "tile_std")
+#: The .npz layout: array name -> dtype (``source_ids`` are str). ``E`` images (two per
+#: photo given: as is, mirrored), ``N`` keypoints, ``S`` sources.
+_DTYPES = {
+    "extraction": "float64",  # [6] settings the features were taken with (_EXTRACTION)
+    "entry_source": "int32",  # [E] source of each image
+    "entry_mirrored": "bool",  # [E]
+    "kp_xy": "float32",  # [N, 2] keypoint positions in the shrunk image
+    "kp_entry": "int32",  # [N] image of each keypoint
+    "desc": "uint8",  # [N, 128] SIFT descriptors
+    "whole": "uint8",  # [E, 8] packed frame hash
+    "tile_hash": "uint8",  # [E, GRID * GRID, 8] packed tile hashes
+    "tile_std": "float32",  # [E, GRID * GRID] grey std of each tile
+}
+_KEYS = ("source_ids", *_DTYPES)
 
 
 class ReuseIndex:
@@ -344,7 +356,11 @@ class ReuseIndex:
         inliers = self._inliers(feats)
         hash_distance = _popcount(self._a["whole"] ^ feats.whole[None])
         tiles = self._tiles(feats)
-        ratios = np.stack([inliers / th.min_inliers, tiles / th.min_tiles, _hash_ratio(hash_distance, th)])
+        # a frame without one textured tile hashes to noise: its whole-frame hash is no evidence
+        textured = ((self._a["tile_std"].max(axis=1) >= th.min_tile_std)
+                    & (feats.tile_std.max() >= th.min_tile_std))
+        ratios = np.stack([inliers / th.min_inliers, tiles / th.min_tiles,
+                           np.where(textured, _hash_ratio(hash_distance, th), 0.0)])
         source_score = np.full(len(self), -np.inf)
         np.maximum.at(source_score, self._a["entry_source"], ratios.max(axis=0))
         return _Evidence(inliers, hash_distance, tiles, ratios, source_score)
@@ -402,10 +418,6 @@ def _pack(ids: list[str], feats: list[_Features], entry_source: list[int]) -> di
         "tile_hash": np.stack([f.tile_hash for f in feats]),
         "tile_std": np.stack([f.tile_std for f in feats]),
     }
-
-
-_DTYPES = {"extraction": "float64", "entry_source": "int32", "entry_mirrored": "bool", "kp_xy": "float32",
-           "kp_entry": "int32", "desc": "uint8", "whole": "uint8", "tile_hash": "uint8", "tile_std": "float32"}
 
 
 def _check_arrays(a: dict[str, np.ndarray]) -> None:
