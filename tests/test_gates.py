@@ -100,3 +100,14 @@ def test_an_audit_only_encoder_that_failed_is_unverified_not_clear():
                 {"similarity": {"dlib": 0.7, "arcface": 0.5}, "tau": {"dlib": 0.9, "arcface": 0.35}}]
     leakage, unverified = audit_rates(released, ["arcface"])
     assert unverified == {"arcface": 1} and leakage == {"arcface": 0.5}
+
+
+def test_faces_released_before_are_remembered():
+    # why: releases were de-duplicated within one run only; a later run could release the same face again
+    guard = _guard()
+    earlier = image_for(UNLIKE_ALL)
+    assert guard.remember([("pc-old", earlier)]) == []
+    again = guard.admit(guard.check([("c", earlier)])[0])
+    assert again.verdict == REJECT and "already released" in again.reason
+    other = guard.admit(guard.check([("d", image_for(np.array([0, 0, 0, 0, 0, 1.0, 0, 0])))])[0])
+    assert other.verdict == PASS

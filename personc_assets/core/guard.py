@@ -117,6 +117,29 @@ class Guard:
         self._detect = detector
         self._released: dict[str, list[np.ndarray]] = {m.encoder.name: [] for m in members}
 
+    def remember(self, images: Sequence[tuple[str, np.ndarray]]) -> list[str]:
+        """Treat faces released before (other runs, other batches) as released: later candidates
+        must stay below tau against them. Returns the ids whose face could not be found or
+        embedded (the caller reports them)."""
+        missed = []
+        faces: list[FaceObservation] = []
+        for rid, image in images:
+            face, _ = self._single_face(rid, image)
+            if face is None:
+                missed.append(rid)
+            else:
+                faces.append(face)
+        for m in self.members:
+            if not faces:
+                break
+            try:
+                vectors = np.asarray(m.encoder.embed(faces), dtype=np.float32)
+            except Exception as exc:
+                log.warning("encoder %s could not embed earlier releases: %s", m.encoder.name, exc)
+                raise
+            self._released[m.encoder.name].extend(vectors)
+        return missed
+
     def admit(self, verdict: Verdict) -> Verdict:
         """Release a passing candidate unless it is too close to a face released before.
 

@@ -111,6 +111,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
 
     guard = build_release_guard(cfg, ws, sources, index_summary)
     factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
+    _remember_earlier_releases(guard, store, factory.gen_id)
     pending: list[tuple[int, Candidate]] = []
     for row in first["candidates"]:
         recipe = factory.stored_recipe(store, row["candidate_id"])
@@ -159,6 +160,29 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
             "audit_leakage_rate": leakage, "audit_unverified": unverified,
             "num_samples": cfg.num_samples, "max_attempts": cfg.max_attempts,
             "pass_rate": sum(a["verdict"] == "PASS" for a in attempts) / max(1, len(attempts))}
+
+
+def _remember_earlier_releases(guard: Guard, store: LineageStore, generation: str) -> None:
+    """Releases of other generations (earlier runs, other seeds) in this lineage become faces the
+    new ones must differ from. This generation's own releases are left out: re-running the same
+    configuration rewrites them instead of rejecting them as their own duplicates."""
+    from PIL import Image
+
+    rows = store.query("SELECT r.release_id, r.file FROM releases r JOIN candidates c USING (candidate_id) "
+                       "WHERE r.status = 'released' AND c.generation_id IS DISTINCT FROM ?", [generation])
+    images = []
+    for rid, file in rows:
+        path = Path(file)
+        if not path.is_file():
+            log.error("earlier release %s is recorded at %s but the file is gone: new faces cannot be "
+                      "compared with it; restore it or revoke the release", rid, file)
+            continue
+        images.append((rid, np.asarray(Image.open(path).convert("RGB"))))
+    missed = guard.remember(images)
+    if missed:
+        log.error("earlier releases %s show no single face: new faces cannot be compared with them", missed)
+    if images:
+        log.info("new faces must also differ from %d earlier releases", len(images))
 
 
 def audit_rates(released: list[dict[str, Any]],
