@@ -111,3 +111,28 @@ def test_faces_released_before_are_remembered():
     assert again.verdict == REJECT and "already released" in again.reason
     other = guard.admit(guard.check([("d", image_for(np.array([0, 0, 0, 0, 0, 1.0, 0, 0])))])[0])
     assert other.verdict == PASS
+
+
+def test_a_release_file_appears_only_after_its_row_is_committed(tmp_path):
+    # why: a crash between writing a released PNG and committing its row left unrecorded PNGs in
+    # released/; staged files are published after the commit, and recovery sorts out the rest
+    from personc_assets.core.lineage.store import LineageStore
+    from personc_assets.core.pipeline.config import Workspace
+    from personc_assets.core.pipeline.judging import publish_staged, recover_staged, staged_path
+
+    ws = Workspace(tmp_path / "out")
+    store = LineageStore.open(ws.db_path)
+    committed, crashed = ws.released / "pc-a.png", ws.released / "pc-b.png"
+    for final in (committed, crashed):
+        staged_path(ws, final).parent.mkdir(parents=True, exist_ok=True)
+        staged_path(ws, final).write_bytes(b"png")
+    assert not committed.exists() and not crashed.exists()  # nothing public before the commit
+    with store.transaction() as tx:
+        tx.upsert("releases", [{"release_id": "pc-a", "candidate_id": "ca", "file": str(committed),
+                                "status": "released"}])
+    recover_staged(ws, store)  # as the next run does after a crash
+    assert committed.read_bytes() == b"png", "a committed release is published"
+    assert not crashed.exists() and not staged_path(ws, crashed).exists(), "an unrecorded one is dropped"
+    staged_path(ws, crashed).write_bytes(b"png2")
+    publish_staged(ws, [str(crashed)])
+    assert crashed.read_bytes() == b"png2"

@@ -8,6 +8,7 @@ released as a PNG marked as synthetic.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -109,6 +110,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
     """Judge the first attempts, regenerate rejected slots, release the passes."""
     from PIL import Image
 
+    recover_staged(ws, store)
     guard = build_release_guard(cfg, ws, sources, index_summary)
     factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
     _remember_earlier_releases(guard, store, factory.gen_id)
@@ -150,6 +152,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
             tx.upsert("gate_verdicts", gate_round)
             tx.upsert("candidate_verdicts", cand_rows)
             tx.upsert("releases", release_rows)
+        publish_staged(ws, [r["file"] for r in release_rows])  # only once their rows are committed
         if progress:
             progress(len(released), cfg.num_samples, f"{len(attempts)} candidates judged")
         pending = factory.make(retry, released_recipes, guard.released_embeddings("dlib")) if retry else []
@@ -160,6 +163,39 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
             "audit_leakage_rate": leakage, "audit_unverified": unverified,
             "num_samples": cfg.num_samples, "max_attempts": cfg.max_attempts,
             "pass_rate": sum(a["verdict"] == "PASS" for a in attempts) / max(1, len(attempts))}
+
+
+STAGING = ".staging"
+
+
+def staged_path(ws: Workspace, final: Path) -> Path:
+    """Where a release PNG waits until its row is committed."""
+    return ws.released / STAGING / Path(final).name
+
+
+def publish_staged(ws: Workspace, files: Sequence[str]) -> None:
+    """Move committed releases from the staging folder to ``released/`` (atomic renames)."""
+    for file in files:
+        final = Path(file)
+        staged = staged_path(ws, final)
+        if staged.exists():
+            os.replace(staged, final)
+
+
+def recover_staged(ws: Workspace, store: LineageStore) -> None:
+    """After a crash: publish staged PNGs whose release row was committed, drop the others
+    (their candidates are judged again and rewrite them)."""
+    folder = ws.released / STAGING
+    if not folder.is_dir():
+        return
+    recorded = {Path(f).name for (f,) in store.query("SELECT file FROM releases")}
+    for png in sorted(folder.glob("*.png")):
+        if png.name in recorded:
+            os.replace(png, ws.released / png.name)
+            log.warning("published %s: its release row was committed before a crash", png.name)
+        else:
+            png.unlink()
+            log.warning("dropped staged %s: a crash came before its release row was committed", png.name)
 
 
 def _remember_earlier_releases(guard: Guard, store: LineageStore, generation: str) -> None:
@@ -219,8 +255,10 @@ def _release(ws: Workspace, slot: int, cand: Candidate, marked: np.ndarray, v: V
              run_id: str) -> dict[str, Any]:
     rid = release_id_for(cand.candidate_id)
     path = ws.released / f"{rid}.png"
-    written = write_marked_png(path, marked, rid, {"candidate_id": cand.candidate_id, "run_id": run_id,
-                                                    "code_version": code_version()})
+    # written to the staging folder first: published after its row is committed (publish_staged)
+    written = write_marked_png(staged_path(ws, path), marked, rid, {"candidate_id": cand.candidate_id,
+                                                                    "run_id": run_id,
+                                                                    "code_version": code_version()})
     content_hash = written.pixel_sha256
     row = {"release_id": rid, "candidate_id": cand.candidate_id, "file": str(path), "content_hash": content_hash,
            "status": "released", "revoked_reason": None, "run_id": run_id, "code_version": code_version(),
