@@ -491,7 +491,7 @@ DEFECT_CRITERIA = {
     "ghost_glasses": {"eye_rim"},
     "melted_mouth": {"mouth_detail", "mouth_contrast", "mouth_echo", "detail_ratio"},
     "seam": {"seam", "colour_patch", "lr_colour", "landmark_error"},
-    "extra_feature": {"feature_copy", "nose_echo", "colour_blob"},
+    "extra_feature": {"feature_copy", "nose_echo"},
     "colour_patch": {"colour_patch", "colour_blob", "lr_colour"},
 }
 

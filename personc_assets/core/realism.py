@@ -738,8 +738,9 @@ def unmirrored(blob: np.ndarray, support: np.ndarray, landmarks: np.ndarray, iod
 def smooth_field(values: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur (``sigma`` px) of ``values`` ``[H, W, C]``, computed at half resolution.
 
-    For wide blurs of slowly varying fields (a skin model): a quarter of the work, and the
-    result differs from the full-resolution blur by far less than the field varies.
+    For wide blurs of slowly varying fields (a skin model): a quarter of the pixels and half
+    the kernel, and the result differs from the full-resolution blur by far less than the
+    field varies.
     """
     import cv2
 
