@@ -59,7 +59,8 @@ import numpy as np
 from ...recipes import estimate_yaw
 from ...types import Latent, SourceFace, check_image, check_landmarks
 from ..base import BACKBONES, FACTOR_NAMES, BackboneError, Projection
-from .appearance import REGION_NAMES, AppearanceModel, Region, face_mask, fit_appearance, interocular
+from .appearance import (REGION_NAMES, AppearanceModel, Region, face_mask, fit_appearance, interocular,
+                         region_masks)
 from .blend import detail_layer, laplacian_blend, soft_light_match, to_uint8
 from .shape import (EYE_DIRECTION, MOUTH_DIRECTION, PCA, ShapeModel, apply_pose, eye_aperture,
                     fit_shape_model, full_points, inner_lip_gap, uncross_lips)
@@ -69,6 +70,8 @@ log = logging.getLogger(__name__)
 
 #: What surrounds the rendered face (see ``MorphableConfig.frame``).
 FRAMES: tuple[str, ...] = ("neutral", "context")
+#: Rec. 601 luma weights: the luminance that colour harmonisation leaves alone.
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 #: Appearance factors in the order of ``LinearRender``'s Jacobian columns.
 APPEARANCE_FACTORS: tuple[str, ...] = ("texture", "eyes", "nose", "mouth")
 #: Context entries of a latent (non-identity; renamed with a leading "_" in factors).
@@ -143,6 +146,12 @@ class MorphableConfig:
     #: and its Gaussian sigma (px); it gives back what averaging and two resamplings soften
     sharpen: float = 1.0
     sharpen_sigma: float = 1.5
+    #: neutral frame: colour harmonisation — how far the skin's chroma (not its luminance) is
+    #: pulled to its own broad average (0..1), and the reach of that average (iod); removes the
+    #: colour blotches that donors' different lights leave in a mixed texture. Eyes, brows and
+    #: lips keep their colour.
+    harmonise: float = 1.0
+    harmonise_sigma: float = 0.5
 
     def __post_init__(self) -> None:
         if self.image_size < 64:
@@ -570,17 +579,33 @@ class MorphableBackbone:
         texture = self._require_app().decode(self._appearance(latent))
         face = warp_image(texture, full_points(self.mean_points(), s), full_points(pts, s), self._triangles)
         oval = self._oval(pts)
-        return self._restore(oval * face + (1.0 - oval) * self._backdrop(), oval)
+        return self._restore(oval * face + (1.0 - oval) * self._backdrop(), oval, self._skin(pts, oval))
 
-    def _restore(self, image: np.ndarray, oval: np.ndarray) -> np.ndarray:
-        """Unsharp mask on the face only (linear in ``image``): ``image + g * oval * (image - blur)``."""
-        cfg = self.config
-        if cfg.sharpen <= 0:
-            return image
+    def _restore(self, image: np.ndarray, oval: np.ndarray, skin: np.ndarray | None = None) -> np.ndarray:
+        """Colour harmonisation on the skin, then an unsharp mask on the face, both linear in
+        ``image`` (so ``linear_render`` applies them to its Jacobian columns unchanged)."""
         import cv2
 
-        blur = cv2.GaussianBlur(image, (0, 0), cfg.sharpen_sigma)
-        return image + cfg.sharpen * oval * (image - blur)
+        cfg = self.config
+        out = image
+        if cfg.harmonise > 0 and skin is not None:
+            grey = (out @ _LUMA)[..., None]
+            chroma = out - grey
+            broad = cv2.GaussianBlur(chroma, (0, 0), cfg.harmonise_sigma * self._mean_iod())
+            out = grey + chroma + cfg.harmonise * skin * (broad - chroma)
+        if cfg.sharpen > 0:
+            out = out + cfg.sharpen * oval * (out - cv2.GaussianBlur(out, (0, 0), cfg.sharpen_sigma))
+        return out
+
+    def _mean_iod(self) -> float:
+        return interocular(self.mean_points()) * self.config.zoom
+
+    def _skin(self, pts: np.ndarray, oval: np.ndarray) -> np.ndarray:
+        """``float32 [S, S, 1]``: the face oval without eyes, brows and lips (soft)."""
+        s = self.image_size
+        features = region_masks(pts, (s, s))
+        keep = np.clip(features["eyes"] + features["mouth"], 0.0, 1.0)[..., None]
+        return oval * (1.0 - keep)
 
     def render_landmarks(self, latent: Latent) -> np.ndarray:
         """Landmarks ``[68, 2]`` of the face as ``synthesize`` draws it (neutral frame)."""
@@ -608,10 +633,12 @@ class MorphableBackbone:
         map_x, map_y = triangle_maps(full_points(self.mean_points(), s), full_points(pts, s),
                                      self._triangles, (s, s))
         oval = self._oval(pts)
+        skin = self._skin(pts, oval)
         coeffs = self._appearance(latent)
         texture = app.decode(coeffs)
         base = self._restore(oval * cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR,
-                                              borderMode=cv2.BORDER_REPLICATE) + (1.0 - oval) * self._backdrop(), oval)
+                                              borderMode=cv2.BORDER_REPLICATE) + (1.0 - oval) * self._backdrop(),
+                             oval, skin)
         sdevs, slices, k = self._appearance_layout()
         zero = {name: np.zeros_like(v) for name, v in coeffs.items()}
         at_zero = app.decode(zero)
@@ -622,7 +649,7 @@ class MorphableBackbone:
                 step[name][i] = sd
                 delta = app.decode(step) - at_zero  # decoding is affine: this is one column
                 moved = oval * cv2.remap(delta, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-                columns.append(self._restore(moved, oval).reshape(-1))
+                columns.append(self._restore(moved, oval, skin).reshape(-1))
         jacobian = (np.stack(columns, axis=1) if columns else np.zeros((s * s * 3, 0))).astype(np.float32)
         return LinearRender(base.astype(np.float32), jacobian, slices,
                             np.concatenate([sdevs[n] for n in APPEARANCE_FACTORS]).astype(np.float32), pts)
