@@ -25,7 +25,7 @@ class DemoRequest:
     out_dir: Path = Path("data/out")
     db_path: Path | None = None
     num_samples: int = 5
-    max_attempts: int = 100
+    max_attempts: int = 20
     seed: int = 0
     taus: Mapping[str, float] = field(default_factory=dict)
     bare_tau: float | None = None
@@ -129,9 +129,13 @@ def run_pipeline(request: DemoRequest) -> DemoResult:
         return DemoResult(False, f"step {failure.step_key if failure else '?'} failed: {msg}", out_dir, db_path,
                           released, taus, durations, total)
     ok = len(released) >= request.num_samples
+    unreleased = guard.get("unreleased", []) if guard else []
+    why = "".join(f"\n  slot {u['slot']}: last of {u['attempts']} attempts rejected: {u['last_reason'][:160]}"
+                  for u in unreleased)
     message = (f"released {len(released)} of {request.num_samples} faces" if ok else
-               f"only {len(released)} of {request.num_samples} faces passed the guard within "
-               f"{request.max_attempts} attempts each; try more --max-attempts, more sources or a looser tau")
+               f"only {len(released)} of {request.num_samples} faces passed every gate within "
+               f"{request.max_attempts} attempts each; more, and more varied, source photos give the "
+               f"face model room (or raise --max-attempts){why}")
     manifest = Path(explained["manifest"]) if explained and explained.get("manifest") else None
     return DemoResult(ok, message, out_dir, db_path, released, taus, durations, total,
                       guard["pass_rate"] if guard else None, manifest)

@@ -48,7 +48,7 @@ def register(subparsers) -> None:
     p.add_argument("--sources-b", type=Path, help="folder of group B photos")
     p.add_argument("--out", type=Path, default=Path("data/out"), help="output folder (default data/out)")
     p.add_argument("--db", type=Path, help="DuckDB file (default OUT/personc.duckdb)")
-    p.add_argument("--max-attempts", type=int, default=100, help="candidates tried per released face (default 100)")
+    p.add_argument("--max-attempts", type=int, default=20, help="candidates tried per released face (default 20)")
     p.add_argument("--backbone", default="morphable", help="morphable (embedded, default) or stylegan2")
     p.add_argument("--weights", type=Path, help="backbone weights file (stylegan2)")
     p.add_argument("--backbone-options", default="{}", metavar="JSON",

@@ -53,7 +53,7 @@ class PersonCConfig(ConfigurableResource):
     target_fmr: float | None = Field(default=None, description="choose each encoder's tau from its stored "
                                      "calibration (personc calibrate --db) for this false-match rate per face")
     num_samples: int = Field(default=5, description="faces to release")
-    max_attempts: int = Field(default=100, description="candidates tried per released face")
+    max_attempts: int = Field(default=20, description="candidates tried per released face")
     seed: int = Field(default=0, description="recipe sampling seed")
     min_face_px: int = Field(default=64, description="smallest accepted face width in source pixels")
     attribution_maps: bool = Field(default=True, description="occlusion maps in the per-face reports")

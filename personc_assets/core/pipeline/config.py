@@ -30,7 +30,7 @@ class RunConfig:
     bare_tau: float | None = None         # ``--tau 0.4``: ArcFace scale
     target_fmr: float | None = None       # tau from the stored calibration for this FMR per face
     num_samples: int = 5
-    max_attempts: int = 100               # candidates tried per released slot
+    max_attempts: int = 20                # candidates tried per released slot
     seed: int = 0
     min_face_px: int = 64
     recipe_options: Mapping[str, Any] = field(default_factory=dict)

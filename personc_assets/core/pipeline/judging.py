@@ -159,7 +159,11 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         if pending:
             factory.save(store, pending, run_id)
     leakage, unverified = audit_rates(released, cfg.audit_encoders)
+    done = {r["slot"] for r in released}
+    unreleased = [{"slot": a["slot"], "attempts": a["attempt"] + 1, "last_reason": a["reason"]}
+                  for a in attempts if a["slot"] not in done and a["attempt"] + 1 == cfg.max_attempts]
     return {"generation_id": factory.gen_id, "released": released, "attempts": attempts,
+            "unreleased": unreleased,
             "audit_leakage_rate": leakage, "audit_unverified": unverified,
             "num_samples": cfg.num_samples, "max_attempts": cfg.max_attempts,
             "pass_rate": sum(a["verdict"] == "PASS" for a in attempts) / max(1, len(attempts))}
