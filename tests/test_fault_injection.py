@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from dagster import AssetKey, DagsterInstance
 
+from personc_assets.core.transforms import BENIGN_TRANSFORMS
 from personc_assets.core.encoders.base import ENCODERS, l2_normalise
 from personc_assets.definitions import build_definitions
 
@@ -72,10 +73,12 @@ def faulty_encoders():
             stack.enter_context(ENCODERS.temporarily(name, lambda _n=name, _f=fault, **_: PixelEncoder(_n, _f)))
         yield
 
+VIEWS = 1 + len(BENIGN_TRANSFORMS)
 #: what each encoder's verdict row must say once its fault is on
 EXPECTED_REASON = {"test_fault_raise": "encoder error: RuntimeError: injected encoder failure",
                    "test_fault_nan": "invalid embedding (NaN",
-                   "test_fault_shape": f"encoder returned shape (1, {DIM + 1}), expected (1, {DIM})",
+                   # one candidate, embedded with its benign transforms in one batch
+                   "test_fault_shape": f"encoder returned shape ({VIEWS}, {DIM + 1}), expected ({VIEWS}, {DIM})",
                    "test_fault_missing": "index missing: index file missing",
                    "test_fault_stale": "is stale: built for test_fault_stale-v1"}
 

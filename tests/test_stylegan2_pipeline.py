@@ -53,5 +53,6 @@ def test_run_demo_with_a_tiny_stand_in(tmp_path, snapshots):
                            "--num_samples", "1", "--max-attempts", "1",
                            "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert "only 0 of 1 faces passed the guard" in proc.stderr
+    assert "only 0 of 1 faces passed every gate" in proc.stderr
+    assert "slot 0: last of 1 attempts rejected" in proc.stderr  # the reason is shown
     assert (tmp_path / "out" / "personc.duckdb").is_file()
