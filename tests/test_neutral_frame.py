@@ -13,19 +13,7 @@ import pytest
 from personc_assets.core.backbones import BACKBONES
 from personc_assets.core.backbones.morphable import MorphableBackbone
 from personc_assets.core.novelty import NoveltyConfig, NoveltySearch, chip_affine
-from test_morphable import synthetic_face
-
-
-@pytest.fixture(scope="module")
-def faces():
-    return [synthetic_face(i, "AB"[i % 2], f"p{i // 2}") for i in range(6)]
-
-
-@pytest.fixture(scope="module")
-def fitted(faces) -> MorphableBackbone:
-    bb = BACKBONES.create("morphable")
-    bb.fit(faces)
-    return bb
+from test_morphable import faces, fitted  # noqa: F401  (the drawn faces and their fitted model)
 
 
 def _oval(bb: MorphableBackbone, latent) -> np.ndarray:
