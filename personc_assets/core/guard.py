@@ -119,8 +119,8 @@ class Guard:
 
     def remember(self, images: Sequence[tuple[str, np.ndarray]]) -> list[str]:
         """Treat faces released before (other runs, other batches) as released: later candidates
-        must stay below tau against them. Returns the ids whose face could not be found or
-        embedded (the caller reports them)."""
+        must stay below tau against them. Returns the ids whose face could not be found (the
+        caller reports them); an encoder error propagates."""
         missed = []
         faces: list[FaceObservation] = []
         for rid, image in images:
@@ -132,12 +132,7 @@ class Guard:
         for m in self.members:
             if not faces:
                 break
-            try:
-                vectors = np.asarray(m.encoder.embed(faces), dtype=np.float32)
-            except Exception as exc:
-                log.warning("encoder %s could not embed earlier releases: %s", m.encoder.name, exc)
-                raise
-            self._released[m.encoder.name].extend(vectors)
+            self._released[m.encoder.name].extend(np.asarray(m.encoder.embed(faces), dtype=np.float32))
         return missed
 
     def admit(self, verdict: Verdict) -> Verdict:

@@ -639,7 +639,7 @@ class MorphableBackbone:
         base = self._restore(oval * cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR,
                                               borderMode=cv2.BORDER_REPLICATE) + (1.0 - oval) * self._backdrop(),
                              oval, skin)
-        sdevs, slices, k = self._appearance_layout()
+        sdevs, _, _ = self._appearance_layout()
         zero = {name: np.zeros_like(v) for name, v in coeffs.items()}
         at_zero = app.decode(zero)
         columns = []
@@ -651,8 +651,7 @@ class MorphableBackbone:
                 moved = oval * cv2.remap(delta, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
                 columns.append(self._restore(moved, oval, skin).reshape(-1))
         jacobian = (np.stack(columns, axis=1) if columns else np.zeros((s * s * 3, 0))).astype(np.float32)
-        return LinearRender(base.astype(np.float32), jacobian, slices,
-                            np.concatenate([sdevs[n] for n in APPEARANCE_FACTORS]).astype(np.float32), pts)
+        return LinearRender(base.astype(np.float32), jacobian, pts)
 
     def offset_appearance(self, factors: Mapping[str, np.ndarray], dz: np.ndarray) -> dict[str, np.ndarray]:
         """``factors`` with the appearance coefficients moved by ``dz`` ``[K]`` (units of each
@@ -717,15 +716,13 @@ class LinearRender:
     """A neutral-frame render linearised in the appearance coefficients.
 
     ``image(dz) = base + (jacobian @ dz).reshape(S, S, 3)`` in [0, 1] floats,
-    ``dz [K]`` in standard deviations of each appearance mode; ``slices``
-    says which columns belong to which factor, ``sdev [K]`` their scales and
+    ``dz [K]`` in standard deviations of each appearance mode (columns in
+    ``APPEARANCE_FACTORS`` order, as ``offset_appearance`` takes them), and
     ``landmarks [68, 2]`` where the face's points are drawn.
     """
 
-    base: np.ndarray      # float32 [S, S, 3]
-    jacobian: np.ndarray  # float32 [S * S * 3, K]
-    slices: Mapping[str, slice]
-    sdev: np.ndarray      # float32 [K]
+    base: np.ndarray       # float32 [S, S, 3]
+    jacobian: np.ndarray   # float32 [S * S * 3, K]
     landmarks: np.ndarray  # [68, 2]
 
 
