@@ -133,7 +133,8 @@ class DonorInfo:
     photo's own hash when unlabelled). ``appearance`` is a few appearance
     coordinates (median distance between people 1) and ``cluster`` a coarse
     appearance class; ``yaw`` and ``mouth_open`` come from the landmarks,
-    ``lip_colour`` and ``beard`` from ``skin_marks``.
+    ``lip_colour`` and ``beard`` from ``skin_marks``; ``covered`` names what
+    covers the face (``faces.occluders``: a fringe, a hat, glasses).
     """
 
     content_hash: str
@@ -146,6 +147,7 @@ class DonorInfo:
     colourful: float = 20.0
     cluster: int = 0
     appearance: tuple[float, ...] = ()
+    covered: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.group not in GROUPS:
@@ -156,8 +158,9 @@ class DonorInfo:
         return abs(self.yaw) < TURNED_YAW
 
     def good_feature_donor(self, max_yaw: float) -> bool:
-        """Not strongly turned and not a black-and-white photo."""
-        return abs(self.yaw) <= max_yaw and self.colourful >= MONOCHROME_CHROMA
+        """Not strongly turned, not a black-and-white photo, nothing over the face: an
+        occluder in a donor's appearance (a fringe, glasses rims) ghosts in every face mixed from it."""
+        return abs(self.yaw) <= max_yaw and self.colourful >= MONOCHROME_CHROMA and not self.covered
 
 
 def persons_from_embeddings(hashes: Sequence[str], embeddings: np.ndarray,
@@ -195,6 +198,7 @@ def describe_donors(faces: Sequence[SourceFace],
                     labels: Mapping[str, str] | None = None,
                     embeddings: Mapping[str, np.ndarray] | None = None,
                     classes: Mapping[str, str] | None = None,
+                    covered: Mapping[str, Sequence[str]] | None = None,
                     appearance_factors: Sequence[str] = ("texture",),
                     n_dims: int = 6, n_clusters: int = 2) -> list[DonorInfo]:
     """``DonorInfo`` for each face (in order), for ``sample_recipes``.
@@ -211,6 +215,8 @@ def describe_donors(faces: Sequence[SourceFace],
       ``privacy.attributes.AgeGenderLabeller``) define the clusters outright
       where given; photos without a class keep the computed cluster, offset
       so it never equals a named class.
+    * ``covered`` (``{hash: occluder names}``, from ``faces.occluders.occluders``) marks the
+      photos that give shape factors only.
     * ``labels`` override the faces' own labels (e.g. from
       ``persons_from_embeddings``); an unlabelled photo is its own person.
     """
@@ -237,7 +243,8 @@ def describe_donors(faces: Sequence[SourceFace],
                       yaw=round(estimate_yaw(f.landmarks), 4),
                       mouth_open=round(mouth_openness(f.landmarks), 4),
                       lip_colour=round(m[0], 3), beard=round(m[1], 4), colourful=round(m[2], 3),
-                      cluster=int(c), appearance=tuple(round(float(v), 4) for v in a))
+                      cluster=int(c), appearance=tuple(round(float(v), 4) for v in a),
+                      covered=tuple((covered or {}).get(f.content_hash, ())))
             for f, p, c, a, m in zip(faces, persons, clusters, coords, marks)]
 
 
@@ -333,6 +340,11 @@ class SamplerKnobs:
     * ``max_feature_yaw``: photos turned further than this (and black-and-white
       photos) give appearance factors (all but ``SHAPE_FACTORS``) only when no
       other people are left.
+    * ``context_visible``: whether the backbone shows the context photo. When it does not (the
+      morphable backbone's neutral frame), the context photo is only the anchor that donors are
+      matched to, and its person gives factors like everyone else: the sensitive factors then
+      come from the context's own cluster when it holds enough people (on ../shared/faces, three
+      women: otherwise every woman's face took a man's mouth, stubble around the lips included).
     * ``cluster_penalty`` and the ``*_tolerance`` values: how much a different
       appearance cluster adds to the appearance distance when ranking
       compatibility, and which difference in head turn, mouth openness, lip
@@ -354,6 +366,7 @@ class SamplerKnobs:
     sensitive_factors: tuple[str, ...] = SENSITIVE_FACTORS
     context_max_yaw: float = 0.5
     mean_push_spread: float = 0.4
+    context_visible: bool = True
 
     def __post_init__(self) -> None:
         if self.donors_per_factor < 1:
@@ -464,7 +477,8 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
         ds = [d for d in people[p] if feature_ok(d)] if feature else people[p]
         return min(ds or people[p], key=lambda d: (_compat_distance(anchor, d, cfg), d.content_hash))
 
-    dist = {p: _compat_distance(anchor, photo(p, p in featured), cfg) for p in people if p != anchor.person}
+    dist = {p: _compat_distance(anchor, photo(p, p in featured), cfg) for p in people
+            if p != anchor.person or not cfg.context_visible}
     # the pool_size people most compatible with the context (never fewer than the factors)
     others = sorted(sorted(dist, key=lambda p: (dist[p], p))[:max(cfg.pool_size, len(factors))])
     sensitive = [f for f in cfg.sensitive_factors if f in factors]

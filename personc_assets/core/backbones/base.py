@@ -56,6 +56,9 @@ class Backbone(Protocol):
     factor_names: tuple[str, ...]
     #: side of the square images it synthesizes
     image_size: int
+    #: whether ``synthesize`` shows the recipe's context photo (hair, clothes, background);
+    #: when it does not, the context person may give identity factors like any donor
+    shows_context: bool
 
     def fit(self, faces: Sequence[SourceFace]) -> None: ...
 

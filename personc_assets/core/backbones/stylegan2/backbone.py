@@ -85,6 +85,9 @@ class StyleGAN2Backbone:
     float32: the W+ of the face and of its left-right mirror image.
     """
 
+    #: the layers that are no identity factor (hair, pose, light, background) come from the context
+    shows_context = True
+
     name = "stylegan2"
     factor_names: tuple[str, ...] = STYLEGAN2_FACTOR_NAMES
     gpu_pool = GPU_POOL
