@@ -46,6 +46,28 @@ def test_context_frame_stays_available_and_differs(faces):
         BACKBONES.create("morphable", frame="collage")
 
 
+def test_the_oval_rim_fades_to_the_mean_appearance(fitted, faces):
+    # why: strands of a donor's hair over the temples and cheeks end up at the oval's rim; the rim
+    # shows the population's mean appearance, the core each face's own
+    latents = [p.latent for p in fitted.project(faces[:2])]
+    same_shape = dict(latents[1])
+    for k in ("geometry", "symmetry"):
+        same_shape[k] = latents[0][k]
+    same_shape["eyes"] = np.concatenate([latents[1]["eyes"][:-1], latents[0]["eyes"][-1:]])
+    same_shape["mouth"] = np.concatenate([latents[1]["mouth"][:-1], latents[0]["mouth"][-1:]])
+    a, b = (im.astype(np.int16) for im in fitted.synthesize([latents[0], same_shape]))
+    pts = fitted.render_landmarks(latents[0])
+    oval = _oval(fitted, latents[0])
+    cfg = fitted.config
+    from personc_assets.core.backbones.morphable.appearance import face_mask
+    inner = face_mask(pts, oval.shape, grow=cfg.oval_grow - 1.5 * cfg.periphery_fade,
+                      forehead=cfg.oval_forehead) > 0.5
+    rim = (oval > 0.5) & (face_mask(pts, oval.shape, grow=cfg.oval_grow - 0.1 * cfg.periphery_fade,
+                                    forehead=cfg.oval_forehead) < 0.5)
+    assert rim.sum() > 50 and inner.sum() > 1000
+    assert np.abs(a - b)[rim].mean() < 0.25 * np.abs(a - b)[inner].mean()
+
+
 def test_linear_render_predicts_the_render(fitted, faces):
     # why: the novelty step optimises the linearised render; it must be the image synthesize draws
     factors = fitted.decompose(fitted.project(faces[:1])[0].latent)

@@ -188,6 +188,39 @@ def test_sensitive_factors_come_from_the_anchor_cluster():
             assert all(by_hash[h].cluster == cluster for h, _ in recipe.components[f]), f
 
 
+def test_hidden_context_person_lets_a_small_cluster_give_every_sensitive_factor():
+    # why: with the context person barred, three women left two for three sensitive factors, so every
+    # woman's face took a man's mouth (stubble around the lips); a backbone that does not show the
+    # context photo (the neutral frame) lets that person donate like anyone else
+    pool = [dataclasses.replace(d, cluster=int(i >= 3)) for i, d in enumerate(donors(7))]
+    by_hash = {d.content_hash: d for d in pool}
+    mixed_when_shown = 0
+    for visible in (True, False):
+        for recipe in sample_recipes(pool, FACTOR_NAMES, 40, seed=7, context_visible=visible):
+            context = by_hash[recipe.context_donor]
+            clusters = {by_hash[h].cluster for f in ("texture", "eyes", "mouth") for h, _ in recipe.components[f]}
+            if context.cluster != 0:
+                continue
+            if visible:
+                mixed_when_shown += clusters != {0}
+            else:
+                assert clusters == {0}, recipe.components
+    assert mixed_when_shown > 0, "the small cluster never ran out with the context person barred"
+
+
+def test_covered_photos_give_shape_factors_only():
+    # why: a fringe or glasses rims in a donor's texture or eye detail ghost in every face mixed from it
+    pool = donors(9)
+    covered = {pool[1].content_hash, pool[4].content_hash}
+    pool = [dataclasses.replace(d, covered=("glasses",)) if d.content_hash in covered else d for d in pool]
+    gave_shape = 0
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 30, seed=8):
+        for f in ("texture", "eyes", "nose", "mouth"):
+            assert not {h for h, _ in recipe.components[f]} & covered, f
+        gave_shape += any({h for h, _ in recipe.components[f]} & covered for f in ("geometry", "symmetry"))
+    assert gave_shape > 0, "covered photos should still give shape factors"
+
+
 def test_bad_inputs_say_what_to_fix():
     # why: a one-group source set or a typo in a knob must fail with the remedy
     only_a = [dataclasses.replace(d, group="A") for d in donors(5)]
