@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.encoders.availability import resolve_encoders
     from ..core.encoders.base import MissingWeightsError
     from ..core.pipeline.config import resolve_taus
-    from .demo import parse_taus
+    from .run_options import parse_taus
 
     for folder in [*args.sources, args.candidates]:
         if not folder.is_dir():
