@@ -145,11 +145,12 @@ def bench_end_to_end(num_samples: int, weights: Path, rows: list[Row]) -> None:
     from personc_assets.core.encoders.availability import resolve_encoders
     from personc_assets.core.faces.detect import detect_faces, face_from_landmarks
     from personc_assets.core.pipeline.sources import SourceSet
-    from personc_assets.runner import DemoRequest, run_pipeline
+    from personc_assets.core.pipeline.config import RunConfig
+    from personc_assets.runner import run_pipeline
 
     out = Path(tempfile.mkdtemp(prefix="personc-bench-e2e-"))
     try:
-        result = run_pipeline(DemoRequest(out_dir=out, num_samples=num_samples, weights_dir=weights))
+        result = run_pipeline(RunConfig(out_dir=str(out), num_samples=num_samples, weights_dir=str(weights)))
         for step, seconds in result.step_seconds.items():
             rows.append(Row("end-to-end", step, "seconds", seconds, "s"))
         rows.append(Row("end-to-end", "total (incl. Dagster start-up)", "seconds", result.total_seconds, "s",

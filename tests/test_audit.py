@@ -79,7 +79,7 @@ def test_json_report_parses_and_unverifiable_files_fail_closed(folders, tmp_path
 def test_usage_errors_name_the_problem(folders, tmp_path, capsys):
     # why: an absent encoder or an all-audit-only guard must stop the audit, saying what to fix
     args = ["--sources", str(folders["sources"]), "--candidates", str(folders["strangers"])]
-    assert _cli([*args, "--encoders", "arcface", "--weights", str(tmp_path)]) == audit_cli.EXIT_USAGE
+    assert _cli([*args, "--encoders", "arcface", "--weights-dir", str(tmp_path)]) == audit_cli.EXIT_USAGE
     assert "w600k_r50.onnx" in capsys.readouterr().err
     assert _cli([*args, "--encoders", "dlib", "--audit-only", "dlib"]) == audit_cli.EXIT_USAGE
     assert "at least one must gate" in capsys.readouterr().err

@@ -34,7 +34,8 @@ from .factors import (STYLEGAN2_FACTOR_NAMES, W_PLUS, W_PLUS_MIRROR, LayerGroups
 from .loading import Snapshot, read_snapshot, resolve_device
 from .network import Generator
 from .ops import MODCONV_IMPLS, ModconvImpl
-from .projection import (IdentityFn, ProjectionSettings, ffhq_align, project_w_plus, tensor_to_images)
+from .projection import (IDENTITY_LOSSES, IdentityFn, ProjectionSettings, ffhq_align, project_w_plus,
+                         tensor_to_images)
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +295,7 @@ def create_stylegan2(weights: Path | str | None = None, device: Device = "auto",
                      weights_dir: Path | str = "weights", impl: ModconvImpl = "fast",
                      precision: Precision = "fp32", output_size: int | None = None,
                      projection_batch: int = 8, loss_resolution: int = 256, projection_lr: float = 0.05,
-                     identity_weight: float = 0.5, identity_fn: IdentityFn | None = None,
+                     identity_weight: float = 0.5, identity_loss: str | None = None,
                      identity_encoder: Encoder | str | None = None,
                      **unknown: Any) -> StyleGAN2Backbone:
     """Factory of the ``stylegan2`` backbone.
@@ -302,16 +303,20 @@ def create_stylegan2(weights: Path | str | None = None, device: Device = "auto",
     ``weights``: a ``.pkl``/``.pt``/``.safetensors`` file; ``None`` looks for
     ``DEFAULT_WEIGHT_NAMES`` in ``weights_dir`` (or ``$PERSONC_WEIGHTS_DIR``).
     ``device``: ``auto`` picks CUDA when available; the CPU always runs fp32.
+    ``identity_loss``: the name of a differentiable identity embedding in
+    ``IDENTITY_LOSSES``; projection then also minimises ``1 - cos`` between the
+    reconstruction's and the target's embeddings (weighted by ``identity_weight``).
     ``identity_encoder``: an ``Encoder`` or a registered encoder name (JSON-friendly
     for run configs), used to report each reconstruction's identity similarity.
     """
     if unknown:
         raise TypeError(f"unknown stylegan2 backbone options {sorted(unknown)}; known: weights, device, "
                         "projection_steps, truncation_psi, weights_dir, impl, precision, output_size, "
-                        "projection_batch, loss_resolution, projection_lr, identity_weight, identity_fn, "
+                        "projection_batch, loss_resolution, projection_lr, identity_weight, identity_loss, "
                         "identity_encoder")
+    folder = Path(os.environ.get("PERSONC_WEIGHTS_DIR", weights_dir))
     if weights is None:
-        weights = find_weights(Path(os.environ.get("PERSONC_WEIGHTS_DIR", weights_dir)))
+        weights = find_weights(folder)
     elif not Path(weights).is_file():
         raise MissingWeightsError("StyleGAN2 generator", Path(weights),
                                   f"download {OFFICIAL_FFHQ_URL} or give the path of a converted file")
@@ -319,6 +324,9 @@ def create_stylegan2(weights: Path | str | None = None, device: Device = "auto",
         from ...encoders import ENCODERS
 
         identity_encoder = ENCODERS.create(identity_encoder)
+    identity_fn = None
+    if identity_loss is not None:
+        identity_fn = IDENTITY_LOSSES.create(identity_loss, weights_dir=folder, device=resolve_device(device))
     settings = ProjectionSettings(steps=int(projection_steps), lr=projection_lr, identity_weight=identity_weight,
                                   loss_resolution=loss_resolution, batch_size=projection_batch)
     return StyleGAN2Backbone.from_weights(
