@@ -68,6 +68,29 @@ def test_the_oval_rim_fades_to_the_mean_appearance(fitted, faces):
     assert np.abs(a - b)[rim].mean() < 0.25 * np.abs(a - b)[inner].mean()
 
 
+def test_neutral_faces_keep_their_lips_closed(fitted, faces, monkeypatch):
+    # why: an open donor mouth warped through the mean frame onto another opening read as fangs or a
+    # dark hole; the neutral frame draws every mouth at the closed opening whatever the mouth factor says
+    import dataclasses
+
+    from personc_assets.core.backbones.morphable.shape import inner_lip_gap
+
+    latent = dict(fitted.project(faces[:1])[0].latent)
+
+    def gaps() -> list[float]:
+        out = []
+        for opening in (0.0, 0.05, 0.15):
+            latent["mouth"] = np.concatenate([latent["mouth"][:-1], [opening]]).astype(np.float32)
+            out.append(inner_lip_gap(fitted.render_landmarks(latent)))
+        return out
+
+    closed = gaps()
+    assert np.ptp(closed) < 1e-9, closed
+    monkeypatch.setattr(fitted, "config", dataclasses.replace(fitted.config, closed_mouth=False))
+    opened = gaps()
+    assert opened[2] > opened[0] + 1.0 and abs(opened[0] - closed[0]) < 1e-6, (closed, opened)
+
+
 def test_linear_render_predicts_the_render(fitted, faces):
     # why: the novelty step optimises the linearised render; it must be the image synthesize draws
     factors = fitted.decompose(fitted.project(faces[:1])[0].latent)

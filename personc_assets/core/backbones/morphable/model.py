@@ -156,6 +156,10 @@ class MorphableConfig:
     #: from its own appearance to the population's mean: strands of a donor's hair that fall
     #: over the temples and cheeks (no occluder test catches them) end there (0 = off)
     periphery_fade: float = 0.25
+    #: neutral frame: draw every face with closed lips; the mouth factor keeps its lips' shape and
+    #: colour but not its opening: a donor's teeth and mouth cavity, warped through the mean frame
+    #: onto another opening, read as fangs or a dark hole
+    closed_mouth: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size < 64:
@@ -556,7 +560,8 @@ class MorphableBackbone:
         """Landmarks ``[68, 2]`` of the face drawn frontal and upright in the mean pose, zoomed."""
         mouth = np.asarray(latent["mouth"], np.float64)
         eyes = np.asarray(latent["eyes"], np.float64)
-        sym = (np.asarray(latent["geometry"], np.float64) + mouth[-1] * self._geo_mouth
+        opening = 0.0 if self.config.closed_mouth else mouth[-1]
+        sym = (np.asarray(latent["geometry"], np.float64) + opening * self._geo_mouth
                + eyes[-1] * self._geo_eyes)
         pts = self._require_shape().decode(sym, np.asarray(latent["symmetry"], np.float64), self._mean_pose)
         s = self.image_size
