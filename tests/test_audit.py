@@ -89,7 +89,8 @@ def test_usage_errors_name_the_problem(folders, tmp_path, capsys):
 def test_status_counts_only_gating_encoders_and_reports_audit_only_leaks():
     # why: an audit-only encoder must never decide a verdict, but its would-be rejections are the honest
     # estimate of what the gating encoders missed, so they are counted
-    from personc_assets.core.audit import LEAK, UNVERIFIED, AuditReport, GuardedEncoder, row_from_verdict
+    from personc_assets.core.audit import LEAK, UNVERIFIED, AuditReport, row_from_verdict
+    from personc_assets.core.ensemble import GuardedEncoder
     from personc_assets.core.guard import PASS, REJECT, EncoderVerdict, Verdict
 
     def ev(name, sim, tau, gating):

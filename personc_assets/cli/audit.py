@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.audit import run_audit
     from ..core.encoders.availability import resolve_encoders
     from ..core.encoders.base import MissingWeightsError
-    from ..core.pipeline.config import resolve_taus
+    from ..core.ensemble import resolve_taus
     from .run_options import parse_taus
 
     for folder in [*args.sources, args.candidates]:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         store = LineageStore.open(args.db if args.db is not None else Path(tmp) / "audit.duckdb")
         try:
             report = run_audit(args.sources, args.candidates, encoders, choices, store, run_id,
-                               audit_only=args.audit_only, min_face_px=args.min_face_px, skipped=skipped_rows)
+                               witnesses=args.audit_only, min_face_px=args.min_face_px, skipped=skipped_rows)
         except ValueError as exc:
             sys.stderr.write(f"personc audit: {exc}\n")
             return EXIT_USAGE

@@ -24,13 +24,14 @@ from ..explain import (AttributionPanel, DonorPanel, DonorRecord, EncoderRecord,
                        SimilarityBar, face_occlusion_map, gallery_markdown, ics_digest, ics_markdown,
                        identity_contribution_scores, merge_manifest, save_overlay_png, write_face_report,
                        write_run_report)
+from ..ensemble import embed_sources
 from ..faces.detect import detect_faces
 from ..lineage.store import LineageStore
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
 from . import reaudit
 from .generation import CandidateFactory
-from .indexing import build_encoders, embed_sources, tau_choices
+from .indexing import build_encoders, tau_choices
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)

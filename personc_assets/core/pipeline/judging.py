@@ -16,11 +16,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..atomic import load_npz
+from ..ensemble import guard_from_indexes
 from ..gates import RealismCheck, ReuseCheck, reuse_photos, thresholds_for_sources
-from ..guard import REJECT, Guard, GuardMember, Verdict
+from ..guard import REJECT, Guard, Verdict
 from ..reuse import ReuseIndex
 from ..transforms import BENIGN_TRANSFORMS
-from ..index import EmbeddingIndex, IndexManifest
 from ..lineage.store import LineageStore, now
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
 from ..release import release_id_for
@@ -58,33 +58,14 @@ def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, index
 
 
 def build_guard(cfg: RunConfig, index_summary: dict[str, Any], source_set_hash: str | None = None) -> Guard:
-    """The ensemble: each encoder with its index (a missing or stale index → every check rejects).
+    """The run's identity ensemble over its saved indexes (``ensemble.guard_from_indexes``).
 
     ``source_set_hash`` is the current ``source_images`` hash: an index built over another
     source set is stale even when it matches its own summary. None trusts the summary.
     """
     encoders, _ = build_encoders(cfg)
-    current = source_set_hash or index_summary["source_set_hash"]
-    by_name = {i["encoder"]: i for i in index_summary["indexes"]}
-    unknown = set(cfg.audit_encoders) - {e.name for e in encoders}
-    if unknown:
-        raise ValueError(f"audit-only encoder(s) {', '.join(sorted(unknown))} are not in use; "
-                         f"encoders in use: {', '.join(e.name for e in encoders)}")
-    members = []
-    for enc in encoders:
-        gating = enc.name not in cfg.audit_encoders
-        info = by_name.get(enc.name)
-        if info is None:
-            members.append(GuardMember(enc, None, enc.default_tau, gating, f"no index built for {enc.name}"))
-            continue
-        expect = IndexManifest(enc.name, enc.version, current, info["count"], enc.dim)
-        try:
-            index = EmbeddingIndex.load(Path(info["index_path"]), expect)
-            members.append(GuardMember(enc, index, info["tau"], gating))
-        except Exception as exc:
-            log.error("index for %s unusable, every candidate will be rejected: %s", enc.name, exc)
-            members.append(GuardMember(enc, None, info["tau"], gating, str(exc)))
-    return Guard(members)
+    return guard_from_indexes(encoders, index_summary["indexes"],
+                              source_set_hash or index_summary["source_set_hash"], cfg.audit_encoders)
 
 
 def verdict_rows(v: Verdict, run_id: str) -> list[dict[str, Any]]:
