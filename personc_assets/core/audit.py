@@ -18,8 +18,8 @@ Each candidate ends with a status:
 Every file under the candidate folder gets a row (``faces/walk.py``): hidden
 files are judged like any other, symlinks inside the folder are followed.
 
-Audit-only encoders (``gating=False``) are measured and reported but never
-decide; their would-be leaks are counted in ``AuditReport.audit_only_leaks``.
+Witness encoders (``gating=False``) are measured and reported but never
+decide; their would-be leaks are counted in ``AuditReport.witness_leaks``.
 """
 
 from __future__ import annotations
@@ -101,8 +101,8 @@ class AuditReport:
         return sum(r.status == UNVERIFIED for r in self.rows)
 
     @property
-    def audit_only_leaks(self) -> dict[str, int]:
-        """Per audit-only encoder: candidates it would have rejected by similarity."""
+    def witness_leaks(self) -> dict[str, int]:
+        """Per witness encoder: candidates it would have rejected by similarity."""
         return {e.name: sum(any(x.encoder == e.name and x.leaks for x in r.encoders) for r in self.rows)
                 for e in self.encoders if not e.gating}
 
@@ -112,7 +112,7 @@ class AuditReport:
                 "source_problems": [{"path": q.path, "code": q.code, "reason": q.reason}
                                     for q in self.source_problems],
                 "encoders": [vars(e) for e in self.encoders], "skipped_encoders": list(self.skipped_encoders),
-                "audit_only_leaks": self.audit_only_leaks, "rows": [r.as_dict() for r in self.rows]}
+                "witness_leaks": self.witness_leaks, "rows": [r.as_dict() for r in self.rows]}
 
 
 def ingest_source_dirs(dirs: Sequence[Path], min_face_px: int = MIN_FACE_PX,
@@ -210,7 +210,7 @@ def run_audit(source_dirs: Sequence[Path], candidate_dir: Path, encoders: Sequen
 def render_table(report: AuditReport) -> str:
     """A fixed-width text table: one line per candidate, max similarity and nearest source per encoder."""
     names = [e.name for e in report.encoders]
-    head = ["candidate", "status"] + [f"{n}{'' if e.gating else ' (audit-only)'} sim / nearest"
+    head = ["candidate", "status"] + [f"{n}{'' if e.gating else ' (witness)'} sim / nearest"
                                       for n, e in zip(names, report.encoders)] + ["reason"]
     lines = []
     for r in report.rows:
@@ -225,12 +225,12 @@ def render_table(report: AuditReport) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*c) for c in lines]
-    taus = ", ".join(f"{e.name} tau {e.tau:.3f} ({'gating' if e.gating else 'audit-only'}, {e.index_kind}, "
+    taus = ", ".join(f"{e.name} tau {e.tau:.3f} ({'gating' if e.gating else 'witness'}, {e.index_kind}, "
                      f"{e.sources} sources)" for e in report.encoders)
     out += ["", f"{len(report.rows)} candidates: {report.leaks} leak(s), {report.unverified} unverified, "
                 f"{len(report.rows) - report.leaks - report.unverified} clear. {taus}."]
-    for name, n in report.audit_only_leaks.items():
-        out.append(f"audit-only {name} would have rejected {n} of {len(report.rows)} candidates by similarity")
+    for name, n in report.witness_leaks.items():
+        out.append(f"witness {name} would have rejected {n} of {len(report.rows)} candidates by similarity")
     for q in report.source_problems:
         out.append(f"source not indexed: {q.path}: {q.code}: {q.reason}")
     for s in report.skipped_encoders:

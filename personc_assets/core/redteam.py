@@ -341,7 +341,7 @@ def render_markdown(report: RedTeamReport) -> str:
         for e in encs:
             r = by[(variant, e)]
             sim = "-" if r.min_similarity is None else f"{r.min_similarity:.3f}"
-            cells.append(f"{r.rate:.0%} ({sim} / {r.tau:.3f}){'' if r.gating else ' audit-only'}")
+            cells.append(f"{r.rate:.0%} ({sim} / {r.tau:.3f}){'' if r.gating else ' witness'}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

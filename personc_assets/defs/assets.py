@@ -139,8 +139,8 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
     return MaterializeResult(value=out, metadata={
         "released": len(out["released"]), "requested": cfg.num_samples, "candidates_judged": len(out["attempts"]),
         "pass_rate": float(out["pass_rate"]),
-        "audit_leakage_rate": MetadataValue.json(out["audit_leakage_rate"]),
-        "audit_unverified": MetadataValue.json(out["audit_unverified"]),
+        "witness_leakage_rate": MetadataValue.json(out["witness_leakage_rate"]),
+        "witness_unverified": MetadataValue.json(out["witness_unverified"]),
         "attempts": md_table([{"slot": a["slot"], "attempt": a["attempt"], "verdict": a["verdict"],
                                **{f"sim_{k}": round(v, 3) if v is not None else None
                                   for k, v in a["similarity"].items()}, "reason": a["reason"][:80]}

@@ -139,13 +139,13 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         pending = factory.make(retry, released_recipes, guard.released_embeddings("dlib")) if retry else []
         if pending:
             factory.save(store, pending, run_id)
-    leakage, unverified = audit_rates(released, cfg.audit_encoders)
+    leakage, unverified = witness_rates(released, cfg.audit_encoders)
     done = {r["slot"] for r in released}
     unreleased = [{"slot": a["slot"], "attempts": a["attempt"] + 1, "last_reason": a["reason"]}
                   for a in attempts if a["slot"] not in done and a["attempt"] + 1 == cfg.max_attempts]
     return {"generation_id": factory.gen_id, "released": released, "attempts": attempts,
             "unreleased": unreleased,
-            "audit_leakage_rate": leakage, "audit_unverified": unverified,
+            "witness_leakage_rate": leakage, "witness_unverified": unverified,
             "num_samples": cfg.num_samples, "max_attempts": cfg.max_attempts,
             "pass_rate": sum(a["verdict"] == "PASS" for a in attempts) / max(1, len(attempts))}
 
@@ -206,14 +206,14 @@ def _remember_earlier_releases(guard: Guard, store: LineageStore, generation: st
         log.info("new faces must also differ from %d earlier releases", len(images))
 
 
-def audit_rates(released: list[dict[str, Any]],
-                audit_encoders: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
-    """Per audit-only encoder: the share of releases it finds at or above its tau, and how many
+def witness_rates(released: list[dict[str, Any]],
+                  witnesses: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per witness encoder: the share of releases it finds at or above its tau, and how many
     releases it could not measure (an encoder that failed is unverified, never "no leak")."""
     n = max(1, len(released))
     leakage = {enc: sum(r["similarity"][enc] is not None and r["similarity"][enc] >= r["tau"][enc]
-                        for r in released) / n for enc in audit_encoders}
-    unverified = {enc: sum(r["similarity"][enc] is None for r in released) for enc in audit_encoders}
+                        for r in released) / n for enc in witnesses}
+    unverified = {enc: sum(r["similarity"][enc] is None for r in released) for enc in witnesses}
     return leakage, unverified
 
 
