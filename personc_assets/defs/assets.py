@@ -97,7 +97,7 @@ def factor_decompositions(context: AssetExecutionContext, personc: PersonCConfig
 def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                       source_images: dict) -> MaterializeResult:
     """Per encoder, the embeddings of every source face in a FAISS inner-product index (exact, or
-    certified IVF for very large source sets: re-checked exactly wherever it could matter)."""
+    certified IVF for very large source sets: rescored exactly wherever it could matter)."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         out = indexing.build_indexes(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
