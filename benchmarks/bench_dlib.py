@@ -37,9 +37,8 @@ from personc_assets.core.encoders.dlib_torch import TorchDlibEncoder  # noqa: E4
 from personc_assets.core.faces.align import align_face  # noqa: E402
 from personc_assets.core.faces.detect import (DETECT_MAX_SIDE, detect_faces,  # noqa: E402
                                               dlib_model_path, landmarks_in_box)
-from personc_assets.core.faces.fast_detect import (detect_faces_pyramid,  # noqa: E402
-                                                   full_resolution_box, pyramid_shrink)
 from personc_assets.core.faces.loading import decode_image  # noqa: E402
+from personc_assets.core.faces.pyramid import full_resolution_box, pyramid_shrink  # noqa: E402
 
 log = logging.getLogger("bench_dlib")
 
@@ -105,7 +104,7 @@ def bench_detection(photos: list[np.ndarray], rows: list[Row]) -> tuple[int, flo
         n_faces += len(rects)
     per = 1e3 / n_faces
     rows += [Row("detection", "dlib full resolution (reference)", "ms/face", t_full * per, "ms"),
-             Row("detection", "cv2 resize to 1024 (detect_faces)", "ms/face", t_resize * per, "ms"),
+             Row("detection", "cv2 resize to 1024 (earlier detect_faces)", "ms/face", t_resize * per, "ms"),
              Row("detection", "dlib pyramid to 1024 (fast, exact)", "ms/face", t_pyr * per, "ms"),
              Row("landmarks", "dlib 68 points, full resolution (both)", "ms/face", t_lm * per, "ms")]
     return n_faces, t_lm * per
@@ -216,7 +215,7 @@ def ingest_before_after(paths: list[Path], dlib_enc: DlibEncoder, fast: TorchDli
             t0 = time.perf_counter()
             dlib_enc.embed([got[1]])
             before["embed"] += time.perf_counter() - t0
-        got = _front(path, detect_faces_pyramid, after)
+        got = _front(path, detect_faces, after)
         if got:
             keys.append(got[0])
             faces.append(got[1])
@@ -259,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows.append(Row("machine", "load average at start (1 min)", "load", os.getloadavg()[0], ""))
     n_faces, _ = bench_detection(photos, rows)
-    faces = [f for image in photos for f in detect_faces_pyramid(image)]
+    faces = [f for image in photos for f in detect_faces(image)]
     start = time.perf_counter()
     chips = np.stack([dlib_chip(f) for f in faces])
     rows.append(Row("chip", "dlib get_face_chip 150 px (both)", "ms/face",
