@@ -29,10 +29,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from personc_assets.core.encoders.dlib_encoder import (DESCRIPTOR_FILE, DlibEncoder,  # noqa: E402
-                                                       dlib_chip)
-from personc_assets.core.encoders.dlib_format import anet_flops, load_anet  # noqa: E402
-from personc_assets.core.encoders.dlib_torch import TorchDlibEncoder  # noqa: E402
+from personc_assets.core.encoders.common import dlib_chip  # noqa: E402
+from personc_assets.core.encoders.dlib import DESCRIPTOR_FILE, DlibEncoder, TorchDlibEncoder  # noqa: E402
+from personc_assets.core.encoders.dlib.format import anet_flops, load_anet  # noqa: E402
 from personc_assets.core.ensemble import embed_sources  # noqa: E402
 from personc_assets.core.faces.align import align_face  # noqa: E402
 from personc_assets.core.faces.detect import (DETECT_MAX_SIDE, detect_faces,  # noqa: E402

@@ -15,7 +15,7 @@ from dagster import (AssetKey, DagsterInstance, DefaultScheduleStatus, DefaultSe
                      execute_job)
 from PIL import Image
 
-from personc_assets.core.encoders.dlib_encoder import DlibEncoder
+from personc_assets.core.encoders.dlib import DlibEncoder
 from personc_assets.core.faces.detect import detect_faces
 from personc_assets.core.faces.loading import decode_image
 from personc_assets.core.lineage.store import LineageStore
