@@ -9,16 +9,12 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from ..core.backbones.stylegan2 import backbone as stylegan2_backbone
 from ..core.lineage.store import LineageStore
 from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
+from .gpu import GPU_POOL, GPU_TAGS
 from .resources import PersonCConfig
 
 GROUP = "personc"
-#: Steps that run the generator (projection, synthesis, regeneration, ICS renders) share one GPU:
-#: they run under the Dagster concurrency pool "gpu" (limit 1 by default, see `personc ui`).
-GPU_POOL = stylegan2_backbone.GPU_POOL
-GPU_TAGS = stylegan2_backbone.GPU_TAGS
 
 
 @contextlib.contextmanager
