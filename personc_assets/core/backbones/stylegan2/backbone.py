@@ -28,9 +28,9 @@ import torch
 
 from ...encoders.base import Encoder, MissingWeightsError
 from ...types import Factors, FaceObservation, Latent, SourceFace
-from ..base import BACKBONES, BackboneError, Projection
-from .factors import (STYLEGAN2_FACTOR_NAMES, W_PLUS, W_PLUS_MIRROR, LayerGroups, compose_w_plus,
-                      decompose_w_plus, layer_groups)
+from ..base import BACKBONES, BackboneError, FactorRoles, Projection
+from .factors import (STYLEGAN2_FACTOR_NAMES, STYLEGAN2_FACTOR_ROLES, W_PLUS, W_PLUS_MIRROR, LayerGroups,
+                      compose_w_plus, decompose_w_plus, layer_groups)
 from .loading import Snapshot, read_snapshot, resolve_device
 from .network import Generator
 from .ops import MODCONV_IMPLS, ModconvImpl
@@ -86,6 +86,7 @@ class StyleGAN2Backbone:
 
     name = "stylegan2"
     factor_names: tuple[str, ...] = STYLEGAN2_FACTOR_NAMES
+    factor_roles: FactorRoles = STYLEGAN2_FACTOR_ROLES
 
     def __init__(self, generator: Generator, *, weights_hash: str, device: torch.device | str = "cpu",
                  projection: ProjectionSettings = ProjectionSettings(), truncation_psi: float = 0.7,
