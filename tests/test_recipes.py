@@ -252,6 +252,32 @@ def test_knobs_change_the_mix():
     assert pulls == {0.0}
 
 
+def test_the_sampler_reads_factor_roles_never_factor_names():
+    # why: a backbone with other factor names must get the same rules through its FactorRoles
+    from personc_assets.core.backbones import FACTOR_ROLES, FactorRoles
+
+    rename = {f: f"f{i}" for i, f in enumerate(FACTOR_NAMES)}
+    roles = FactorRoles(*(tuple(rename[f] for f in names)
+                          for names in (FACTOR_ROLES.shape, FACTOR_ROLES.sensitive, FACTOR_ROLES.appearance)))
+    pool = donors(6, photos_per_person=2, turned=1)
+    ours = sample_recipes(pool, FACTOR_NAMES, 12, seed=13)
+    theirs = sample_recipes(pool, [rename[f] for f in FACTOR_NAMES], 12, seed=13, roles=roles)
+    assert [{rename[f]: parts for f, parts in r.components.items()} for r in ours] == \
+        [r.components for r in theirs]
+    unroled = sample_recipes(pool, [rename[f] for f in FACTOR_NAMES], 12, seed=13, roles=FactorRoles())
+    assert [r.components for r in unroled] != [r.components for r in theirs], "roles must change the draw"
+
+
+def test_stylegan2_roles_draw_what_its_factor_names_drew_before():
+    # why: moving the roles into the backbone must not change the releases of the StyleGAN2 backbone
+    from personc_assets.core.backbones.stylegan2.factors import STYLEGAN2_FACTOR_NAMES, STYLEGAN2_FACTOR_ROLES
+
+    pool = donors(7, photos_per_person=2, turned=1)
+    before = sample_recipes(pool, STYLEGAN2_FACTOR_NAMES, 12, seed=21)  # FACTOR_ROLES: the old constants
+    after = sample_recipes(pool, STYLEGAN2_FACTOR_NAMES, 12, seed=21, roles=STYLEGAN2_FACTOR_ROLES)
+    assert [r.recipe_id for r in before] == [r.recipe_id for r in after]
+
+
 # ------------------------------------------------------------------------ mixing
 
 def test_mix_is_a_weighted_sum_pulled_toward_the_mean():

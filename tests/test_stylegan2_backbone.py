@@ -17,10 +17,9 @@ import torch
 from PIL import Image
 
 from personc_assets.core.backbones.base import BACKBONES, Backbone, BackboneError
-from personc_assets.core.backbones.stylegan2 import (GPU_POOL, IDENTITY_LOSSES, STYLEGAN2_FACTOR_NAMES,
-                                                     ProjectionSettings, StyleGAN2Backbone, compose_w_plus,
-                                                     decompose_w_plus, ffhq_align, layer_groups, mix_groups,
-                                                     project_w_plus)
+from personc_assets.core.backbones.stylegan2 import (IDENTITY_LOSSES, STYLEGAN2_FACTOR_NAMES, ProjectionSettings,
+                                                     StyleGAN2Backbone, compose_w_plus, decompose_w_plus,
+                                                     ffhq_align, layer_groups, mix_groups, project_w_plus)
 from personc_assets.core.backbones.stylegan2.network import GeneratorConfig, build_generator
 from personc_assets.core.backbones.stylegan2.projection import ffhq_quad
 from personc_assets.core.encoders.base import MissingWeightsError
@@ -180,8 +179,18 @@ def test_backbone_follows_the_protocol():
     bb = make_backbone()
     assert isinstance(bb, Backbone)
     assert bb.factor_names == STYLEGAN2_FACTOR_NAMES and bb.image_size == 32
-    assert bb.describe()["gpu_pool"] == GPU_POOL == "gpu"
     bb.fit([])                                   # pretrained: nothing to fit
+
+
+def test_steps_that_run_the_generator_share_the_gpu_pool():
+    """Why: two steps running the generator at once would contend for one GPU; the pool serialises them."""
+    from personc_assets.defs import assets
+    from personc_assets.defs.gpu import GPU_POOL, GPU_TAGS
+
+    for step in (assets.projected_latents, assets.generated_candidates, assets.guard_verdicts,
+                 assets.ics_reports):
+        assert step.op.pool == GPU_POOL == "gpu", step.key
+        assert GPU_TAGS.items() <= step.tags_by_key[step.key].items(), step.key
 
 
 def test_project_decompose_compose_synthesize_round_trip():

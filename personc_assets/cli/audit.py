@@ -1,7 +1,7 @@
 """``personc audit``: check arbitrary face images against a source set with the guard.
 
     personc audit --sources DIR [DIR ...] --candidates DIR [--encoders dlib arcface]
-        [--tau dlib=0.9] [--audit-only magface] [--weights-dir weights] [--db audit.duckdb] [--json]
+        [--tau dlib=0.9] [--witness-encoders magface] [--weights-dir weights] [--db audit.duckdb] [--json]
 
 Every file under ``--candidates`` (another generator's output, a data set about
 to be published), hidden files included, is judged by the same guard as the pipeline's releases:
@@ -45,8 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--encoders", nargs="+", default=None, metavar="NAME",
                    help="encoders to use (default: every encoder whose weights exist)")
     add_setting_option(p, "taus")
-    p.add_argument("--audit-only", nargs="+", default=(), metavar="NAME",
-                   help="encoders that are measured and reported but do not decide")
+    p.add_argument("--witness-encoders", nargs="+", default=(), metavar="NAME",
+                   help="witness encoders: measured and reported, never deciding")
+    add_deprecated_flag(p, "--audit-only", "--witness-encoders", "witness_encoders", nargs="+")
     add_setting_option(p, "weights_dir")
     add_deprecated_flag(p, "--weights", "--weights-dir", "weights_dir", type=Path)
     p.add_argument("--db", type=Path, default=None,
@@ -62,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..core.audit import run_audit
     from ..core.encoders.availability import resolve_encoders
     from ..core.encoders.base import MissingWeightsError
-    from ..core.pipeline.config import resolve_taus
+    from ..core.ensemble import resolve_taus
     from .run_options import parse_taus
 
     for folder in [*args.sources, args.candidates]:
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         store = LineageStore.open(args.db if args.db is not None else Path(tmp) / "audit.duckdb")
         try:
             report = run_audit(args.sources, args.candidates, encoders, choices, store, run_id,
-                               audit_only=args.audit_only, min_face_px=args.min_face_px, skipped=skipped_rows)
+                               witnesses=args.witness_encoders, min_face_px=args.min_face_px, skipped=skipped_rows)
         except ValueError as exc:
             sys.stderr.write(f"personc audit: {exc}\n")
             return EXIT_USAGE

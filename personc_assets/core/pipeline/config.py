@@ -4,14 +4,9 @@ from __future__ import annotations
 
 import collections.abc
 import math
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args, get_origin, get_type_hints
-
-from ..encoders.base import Encoder
-
-#: The seed's ``--tau 0.4`` is an ArcFace cosine; a bare tau applies to this encoder only.
-BARE_TAU_ENCODER = "arcface"
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
 
 def setting(default: Any, help: str) -> Any:
@@ -139,65 +134,6 @@ def run_settings() -> tuple[Setting, ...]:
     hints = get_type_hints(RunConfig)
     return tuple(Setting(f.name, hints[f.name], f.default_factory() if f.default is MISSING else f.default,
                          f.metadata["help"]) for f in fields(RunConfig))
-
-
-#: Where a tau came from: ``--tau NAME=VALUE``, a bare ``--tau`` (ArcFace scale), a stored
-#: calibration for ``--target-fmr``, or the encoder's default.
-TauSource = Literal["explicit", "bare", "calibrated", "default"]
-
-
-@dataclass(frozen=True)
-class TauChoice:
-    encoder: str
-    tau: float
-    why: str
-    source: TauSource = "default"
-
-
-def resolve_taus(encoders: list[Encoder], taus: Mapping[str, float], bare_tau: float | None,
-                 calibrated: Mapping[str, TauChoice] | None = None) -> dict[str, TauChoice]:
-    """Pick each encoder's tau on its own scale and say why.
-
-    An explicit ``name=value`` wins; a bare value applies only to ArcFace
-    (whose cosine scale it is given on); then a calibrated tau for a target
-    false-match rate (see ``thresholds.py``), never laxer than the encoder's
-    default (``never_laxer_than_default``); otherwise the encoder's default.
-    Only a tau given by value may loosen the guard.
-    """
-    unknown = set(taus) - {e.name for e in encoders}
-    if unknown:
-        raise ValueError(f"tau given for encoder(s) not in use: {', '.join(sorted(unknown))}; "
-                         f"encoders in use: {', '.join(e.name for e in encoders)}")
-    out = {}
-    for enc in encoders:
-        if enc.name in taus:
-            out[enc.name] = TauChoice(enc.name, float(taus[enc.name]), "set explicitly", "explicit")
-        elif bare_tau is not None and enc.name == BARE_TAU_ENCODER:
-            out[enc.name] = TauChoice(enc.name, float(bare_tau), "--tau (ArcFace cosine scale)", "bare")
-        elif calibrated and enc.name in calibrated:
-            out[enc.name] = never_laxer_than_default(calibrated[enc.name], enc)
-        else:
-            why = f"default: {enc.tau_rationale}"
-            if bare_tau is not None:
-                why = (f"--tau {bare_tau} is an ArcFace-scale cosine and is not applied to {enc.name}; "
-                       + why)
-            out[enc.name] = TauChoice(enc.name, float(enc.default_tau), why)
-    return out
-
-
-def never_laxer_than_default(choice: TauChoice, encoder: Encoder) -> TauChoice:
-    """``choice`` (a calibrated tau) capped at ``encoder``'s default tau.
-
-    A higher tau lets closer look-alikes of a source through; a calibration
-    may tighten the guard, never loosen it.
-    """
-    default = float(encoder.default_tau)
-    if choice.tau <= default:
-        return replace(choice, source="calibrated")
-    return TauChoice(encoder.name, default, (
-        f"{choice.why}; that tau ({choice.tau:.3f}) would be laxer than the default {default:.3f}, which is kept: "
-        f"a calibration never loosens the guard (give --tau {encoder.name}=VALUE to choose a laxer tau)"),
-        "calibrated")
 
 
 class Workspace:

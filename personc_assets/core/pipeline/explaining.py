@@ -24,13 +24,14 @@ from ..explain import (AttributionPanel, DonorPanel, DonorRecord, EncoderRecord,
                        SimilarityBar, face_occlusion_map, gallery_markdown, ics_digest, ics_markdown,
                        identity_contribution_scores, merge_manifest, save_overlay_png, write_face_report,
                        write_run_report)
+from ..ensemble import embed_sources
 from ..faces.detect import detect_faces
 from ..lineage.store import LineageStore
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
-from . import reaudit
+from . import recheck
 from .generation import CandidateFactory
-from .indexing import build_encoders, embed_sources, tau_choices
+from .indexing import build_encoders, tau_choices
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
         config_hash=config_hash(cfg.as_dict()),
         sources=dict(Counter(e["group"] for e in sources.entries)))
     manifest_sha = merge_manifest(ws.manifest, manifest)  # cumulative: earlier runs' releases stay listed
-    reaudit.sync_manifests(store, [ws.root])  # keep revocations recorded by earlier audits
+    recheck.sync_manifests(store, [ws.root])  # keep revocations recorded by earlier rechecks
     return {"explained": explained, "manifest": str(ws.manifest), "manifest_sha256": manifest_sha,
             "run_report": str(report_path), "pass_rate": run_report.pass_rate,
             "gallery_markdown": gallery_markdown([(rid, img) for rid, img, _ in gallery])}

@@ -70,7 +70,8 @@ class CandidateFactory:
         faces = sources.load_faces()
         self.donors = describe_donors(faces, self.factors, labels=persons, embeddings=embeddings,
                                       classes=index_summary.get("source_classes") or None,
-                                      covered={f.content_hash: occluders(f.aligned, f.landmarks) for f in faces})
+                                      covered={f.content_hash: occluders(f.aligned, f.landmarks) for f in faces},
+                                      appearance_factors=self.backbone.factor_roles.appearance)
         self.person_of = {d.content_hash: d.person for d in self.donors}
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
         self.recipe_knobs = {"context_visible": self.backbone.shows_context, **dict(cfg.recipe_options)}
@@ -110,7 +111,7 @@ class CandidateFactory:
             seed = int.from_bytes(hashlib.sha256(tag.encode()).digest()[:8], "big")
             recipe = sample_recipes(self.donors, self.backbone.factor_names, 1, seed,
                                     context_rank=slot + attempt + k // DRAWS_PER_CONTEXT,
-                                    **self.recipe_knobs)[0]
+                                    roles=self.backbone.factor_roles, **self.recipe_knobs)[0]
             novelty = new_roles(recipe, released, self.person_of, NOVEL_PARTS)
             if novelty >= MIN_NEW_ROLES:
                 return recipe

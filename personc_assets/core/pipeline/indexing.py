@@ -10,22 +10,19 @@ import json
 import logging
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
 from ..encoders.base import ENCODERS, Encoder
-from ..faces.detect import face_from_landmarks
+from ..ensemble import TauChoice, embed_sources, resolve_taus
 from ..index import EmbeddingIndex, IndexManifest, source_set_hash
 from ..lineage.store import LineageStore
-from ..types import SourceFace
-from .config import RunConfig, TauChoice, Workspace, resolve_taus
+from .config import RunConfig, Workspace
 from .sources import SourceSet
 from .thresholds import calibrated_taus
 
 log = logging.getLogger(__name__)
-
-BATCH = 64  # faces per encoder call and per lineage transaction
 
 
 def build_encoders(cfg: RunConfig) -> tuple[list[Encoder], list[dict[str, str]]]:
@@ -45,27 +42,6 @@ def _load_encoders(names: tuple[str, ...] | None, weights_dir: str, options_json
 
     encoders, skipped = resolve_encoders(names, Path(weights_dir), json.loads(options_json))
     return tuple(encoders), tuple({"encoder": s.name, "reason": s.reason}.items() for s in skipped)
-
-
-def embed_sources(encoder: Encoder, faces: Sequence[SourceFace], store: LineageStore, run_id: str,
-                  progress: Callable[[int, int, str], None] | None = None) -> np.ndarray:
-    """``[N, D]`` embeddings of ``faces`` (aligned crops), from the cache where possible."""
-    hashes = [f.content_hash for f in faces]
-    cached = store.embeddings(encoder.version, hashes)
-    todo = [f for f in faces if f.content_hash not in cached]
-    for start in range(0, len(todo), BATCH):
-        batch = todo[start:start + BATCH]
-        if progress:
-            progress(start + len(batch), len(todo), encoder.name)
-        vecs = encoder.embed([face_from_landmarks(f.aligned, f.landmarks) for f in batch])
-        if vecs.shape != (len(batch), encoder.dim) or not np.all(np.isfinite(vecs)):
-            raise RuntimeError(f"encoder {encoder.name} returned invalid embeddings {vecs.shape}")
-        rows = [{"content_hash": f.content_hash, "encoder": encoder.name, "encoder_version": encoder.version,
-                 "vector": v.tolist(), "run_id": run_id} for f, v in zip(batch, vecs)]
-        with store.transaction() as tx:
-            tx.upsert("embeddings", rows)
-        cached.update({f.content_hash: v for f, v in zip(batch, vecs)})
-    return np.stack([np.asarray(cached[h], dtype=np.float32) for h in hashes])
 
 
 def embed_source_set(encoder: Encoder, sources: SourceSet, store: LineageStore, run_id: str,

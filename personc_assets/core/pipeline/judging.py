@@ -16,11 +16,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..atomic import load_npz
+from ..ensemble import guard_from_indexes
 from ..gates import RealismCheck, ReuseCheck, reuse_photos, thresholds_for_sources
-from ..guard import REJECT, Guard, GuardMember, Verdict
+from ..guard import REJECT, Guard, Verdict
 from ..reuse import ReuseIndex
 from ..transforms import BENIGN_TRANSFORMS
-from ..index import EmbeddingIndex, IndexManifest
 from ..lineage.store import LineageStore, now
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
 from ..release import release_id_for
@@ -58,33 +58,14 @@ def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, index
 
 
 def build_guard(cfg: RunConfig, index_summary: dict[str, Any], source_set_hash: str | None = None) -> Guard:
-    """The ensemble: each encoder with its index (a missing or stale index → every check rejects).
+    """The run's identity ensemble over its saved indexes (``ensemble.guard_from_indexes``).
 
     ``source_set_hash`` is the current ``source_images`` hash: an index built over another
     source set is stale even when it matches its own summary. None trusts the summary.
     """
     encoders, _ = build_encoders(cfg)
-    current = source_set_hash or index_summary["source_set_hash"]
-    by_name = {i["encoder"]: i for i in index_summary["indexes"]}
-    unknown = set(cfg.audit_encoders) - {e.name for e in encoders}
-    if unknown:
-        raise ValueError(f"audit-only encoder(s) {', '.join(sorted(unknown))} are not in use; "
-                         f"encoders in use: {', '.join(e.name for e in encoders)}")
-    members = []
-    for enc in encoders:
-        gating = enc.name not in cfg.audit_encoders
-        info = by_name.get(enc.name)
-        if info is None:
-            members.append(GuardMember(enc, None, enc.default_tau, gating, f"no index built for {enc.name}"))
-            continue
-        expect = IndexManifest(enc.name, enc.version, current, info["count"], enc.dim)
-        try:
-            index = EmbeddingIndex.load(Path(info["index_path"]), expect)
-            members.append(GuardMember(enc, index, info["tau"], gating))
-        except Exception as exc:
-            log.error("index for %s unusable, every candidate will be rejected: %s", enc.name, exc)
-            members.append(GuardMember(enc, None, info["tau"], gating, str(exc)))
-    return Guard(members)
+    return guard_from_indexes(encoders, index_summary["indexes"],
+                              source_set_hash or index_summary["source_set_hash"], cfg.audit_encoders)
 
 
 def verdict_rows(v: Verdict, run_id: str) -> list[dict[str, Any]]:
@@ -158,13 +139,13 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         pending = factory.make(retry, released_recipes, guard.released_embeddings("dlib")) if retry else []
         if pending:
             factory.save(store, pending, run_id)
-    leakage, unverified = audit_rates(released, cfg.audit_encoders)
+    leakage, unverified = witness_rates(released, cfg.audit_encoders)
     done = {r["slot"] for r in released}
     unreleased = [{"slot": a["slot"], "attempts": a["attempt"] + 1, "last_reason": a["reason"]}
                   for a in attempts if a["slot"] not in done and a["attempt"] + 1 == cfg.max_attempts]
     return {"generation_id": factory.gen_id, "released": released, "attempts": attempts,
             "unreleased": unreleased,
-            "audit_leakage_rate": leakage, "audit_unverified": unverified,
+            "witness_leakage_rate": leakage, "witness_unverified": unverified,
             "num_samples": cfg.num_samples, "max_attempts": cfg.max_attempts,
             "pass_rate": sum(a["verdict"] == "PASS" for a in attempts) / max(1, len(attempts))}
 
@@ -225,14 +206,14 @@ def _remember_earlier_releases(guard: Guard, store: LineageStore, generation: st
         log.info("new faces must also differ from %d earlier releases", len(images))
 
 
-def audit_rates(released: list[dict[str, Any]],
-                audit_encoders: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
-    """Per audit-only encoder: the share of releases it finds at or above its tau, and how many
+def witness_rates(released: list[dict[str, Any]],
+                  witnesses: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per witness encoder: the share of releases it finds at or above its tau, and how many
     releases it could not measure (an encoder that failed is unverified, never "no leak")."""
     n = max(1, len(released))
     leakage = {enc: sum(r["similarity"][enc] is not None and r["similarity"][enc] >= r["tau"][enc]
-                        for r in released) / n for enc in audit_encoders}
-    unverified = {enc: sum(r["similarity"][enc] is None for r in released) for enc in audit_encoders}
+                        for r in released) / n for enc in witnesses}
+    unverified = {enc: sum(r["similarity"][enc] is None for r in released) for enc in witnesses}
     return leakage, unverified
 
 

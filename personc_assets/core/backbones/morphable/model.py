@@ -14,7 +14,7 @@ Latent of one face (all ``float32`` unless noted)::
     mouth           [Km + 1]   mouth region PCA coefficients, then the mouth
                                opening (inner-lip gap); both in normalised shape units
     pose            [4]        similarity (a, b, tx, ty) of the face in the crop
-    yaw             [1]        head-turn estimate (see ``recipes.estimate_yaw``)
+    yaw             [1]        head-turn estimate (see ``faces.align.estimate_yaw``)
     context         uint8 [S, S, 3]  the photo that supplies hair, ears, neck, background
     context_points  [68, 2]    landmarks of ``context`` (crop pixels)
 
@@ -56,9 +56,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ...recipes import estimate_yaw
+from ...faces.align import estimate_yaw
 from ...types import Latent, SourceFace, check_image, check_landmarks
-from ..base import BACKBONES, FACTOR_NAMES, BackboneError, Projection
+from ..base import BACKBONES, FACTOR_NAMES, FACTOR_ROLES, BackboneError, FactorRoles, Projection
 from .appearance import (REGION_NAMES, AppearanceModel, Region, face_mask, feature_mask, fit_appearance,
                          interocular)
 from .blend import detail_layer, laplacian_blend, soft_light_match, to_uint8
@@ -215,6 +215,7 @@ class MorphableBackbone:
 
     name = "morphable"
     factor_names: tuple[str, ...] = FACTOR_NAMES
+    factor_roles: FactorRoles = FACTOR_ROLES
 
     def __init__(self, config: MorphableConfig | None = None) -> None:
         self.config = config or MorphableConfig()

@@ -8,8 +8,8 @@
   so a run needs no photos.
 
 Registered as ``BACKBONES.create("stylegan2", weights=..., device=...)``.
-Generation and projection are GPU work: the Dagster layer runs the ops that
-call them under the concurrency pool ``GPU_POOL`` and tags them ``GPU_TAGS``.
+Generation and projection are GPU work: the Dagster layer runs the steps that
+call them in its GPU pool (``defs/gpu.py``).
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ import torch
 
 from ...encoders.base import Encoder, MissingWeightsError
 from ...types import Factors, FaceObservation, Latent, SourceFace
-from ..base import BACKBONES, BackboneError, Projection
-from .factors import (STYLEGAN2_FACTOR_NAMES, W_PLUS, W_PLUS_MIRROR, LayerGroups, compose_w_plus,
-                      decompose_w_plus, layer_groups)
+from ..base import BACKBONES, BackboneError, FactorRoles, Projection
+from .factors import (STYLEGAN2_FACTOR_NAMES, STYLEGAN2_FACTOR_ROLES, W_PLUS, W_PLUS_MIRROR, LayerGroups,
+                      compose_w_plus, decompose_w_plus, layer_groups)
 from .loading import Snapshot, read_snapshot, resolve_device
 from .network import Generator
 from .ops import MODCONV_IMPLS, ModconvImpl
@@ -42,11 +42,6 @@ log = logging.getLogger(__name__)
 Device = Literal["auto", "cpu", "cuda"]
 #: "fp32" everywhere, or "snapshot": the blocks the snapshot marks as fp16 run in fp16 (CUDA only)
 Precision = Literal["fp32", "snapshot"]
-
-#: Dagster concurrency pool for ops that synthesize or project (limit set in the deployment, default 1)
-GPU_POOL = "gpu"
-#: tags for those ops (the Dagster layer adds them; the core never imports Dagster)
-GPU_TAGS: dict[str, str] = {"personc/accelerator": "gpu"}
 
 #: file names looked for in the weights folder when no file is given, first match wins
 DEFAULT_WEIGHT_NAMES: tuple[str, ...] = ("stylegan2-ffhq.safetensors", "ffhq.safetensors", "ffhq.pkl",
@@ -91,8 +86,7 @@ class StyleGAN2Backbone:
 
     name = "stylegan2"
     factor_names: tuple[str, ...] = STYLEGAN2_FACTOR_NAMES
-    gpu_pool = GPU_POOL
-    gpu_tags = GPU_TAGS
+    factor_roles: FactorRoles = STYLEGAN2_FACTOR_ROLES
 
     def __init__(self, generator: Generator, *, weights_hash: str, device: torch.device | str = "cpu",
                  projection: ProjectionSettings = ProjectionSettings(), truncation_psi: float = 0.7,
@@ -280,13 +274,12 @@ class StyleGAN2Backbone:
             return tensor_to_images(self.g.synthesis(torch.from_numpy(w).to(self.device), impl=self.impl))
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able facts for run metadata: weights, size, groups, device, pool."""
+        """JSON-able facts for run metadata: weights, size, groups, device."""
         return {"backbone": self.name, "source": self.source, "weights_hash": self._weights_hash,
                 "resolution": self.resolution, "image_size": self.image_size, "num_ws": self.g.num_ws,
                 "w_dim": self.g.w_dim, "device": str(self.device), "impl": self.impl,
                 "fp32": self.force_fp32, "projection_steps": self.projection.steps,
-                "truncation_psi": self.truncation_psi, "layer_groups": self.layer_groups.as_dict(),
-                "gpu_pool": GPU_POOL, "gpu_tags": dict(GPU_TAGS)}
+                "truncation_psi": self.truncation_psi, "layer_groups": self.layer_groups.as_dict()}
 
 
 @BACKBONES.register("stylegan2")
