@@ -146,17 +146,18 @@ class EncoderSimilarity:
             self._targets[enc.name] = t
         self._locate = locate
 
-    def __call__(self, images: Sequence[np.ndarray]) -> SimilarityBatch:
-        faces: list[FaceObservation | None] = []
-        counts = np.zeros(len(images), dtype=np.int64)
-        for i, image in enumerate(images):
-            found = self._locate(check_image(image, f"coalition image {i}"))
-            counts[i] = len(found)
-            faces.append(max(found, key=lambda f: f.detector_score) if found else None)
+    def locate(self, image: np.ndarray, what: str = "coalition image") -> tuple[FaceObservation | None, int]:
+        """The best-scoring face in ``image`` ``uint8 [H, W, 3]`` (None: no face) and how many were found."""
+        found = self._locate(check_image(image, what))
+        return (max(found, key=lambda f: f.detector_score) if found else None), len(found)
+
+    def score(self, faces: Sequence[FaceObservation | None]) -> dict[str, np.ndarray]:
+        """``{encoder: float32 [N, n_donors]}`` for located ``faces`` (NaN rows where None);
+        every present face is embedded in one call per encoder."""
         present = [i for i, f in enumerate(faces) if f is not None]
         values: dict[str, np.ndarray] = {}
         for enc in self.encoders:
-            out = np.full((len(images), len(self.donor_ids)), np.nan, dtype=np.float32)
+            out = np.full((len(faces), len(self.donor_ids)), np.nan, dtype=np.float32)
             if present:
                 emb = np.asarray(enc.embed([faces[i] for i in present]), dtype=np.float32)
                 if emb.shape != (len(present), enc.dim) or not np.all(np.isfinite(emb)):
@@ -164,7 +165,12 @@ class EncoderSimilarity:
                                             f"(shape {emb.shape}, expected {(len(present), enc.dim)})")
                 out[present] = emb @ self._targets[enc.name].T
             values[enc.name] = out
-        return SimilarityBatch(values, counts)
+        return values
+
+    def __call__(self, images: Sequence[np.ndarray]) -> SimilarityBatch:
+        located = [self.locate(image, f"coalition image {i}") for i, image in enumerate(images)]
+        counts = np.array([n for _, n in located], dtype=np.int64)
+        return SimilarityBatch(self.score([f for f, _ in located]), counts)
 
 
 class CallableSimilarity:
