@@ -11,6 +11,11 @@ encoder ``e`` is the cosine similarity of that rendering to ``d``::
 With ``k`` factors (six for the embedded backbone) all ``2**k`` coalitions
 are rendered and embedded exactly once — detection once per image, each
 encoder once per image — and every donor and encoder reads the same table.
+Renders share the stages that coalitions have in common (``coalitions``),
+threads overlap one coalition's rendering with another's face detection,
+and all faces of a table are embedded in one batch per encoder
+(``build_coalition_table``); ``build_coalition_table_reference`` renders and
+scores one batch after another, and the two give the same table.
 The Shapley value of factor ``i`` is::
 
     phi_i = sum_{S not containing i} |S|! (k-|S|-1)! / k! * (v(S + i) - v(S))
@@ -51,14 +56,19 @@ import itertools
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ..backbones.base import Backbone
 from ..encoders.base import Encoder
+from ..parallel import map_in, usable_cpus
 from ..types import FaceObservation, Factors, check_image
+from .coalitions import CoalitionImages, coalition_images
 
 log = logging.getLogger(__name__)
 
@@ -260,12 +270,98 @@ def _check_factors(backbone: Backbone, released: Factors, players: Sequence[str]
                          f"(have {sorted(released)})")
 
 
+def _players(backbone: Backbone, released_factors: Factors, factor_names: Sequence[str] | None) -> tuple[str, ...]:
+    players = tuple(factor_names) if factor_names is not None else tuple(backbone.factor_names)
+    if len(set(players)) != len(players):
+        raise ValueError(f"factor_names has duplicates: {players}")
+    _check_factors(backbone, released_factors, players)
+    return players
+
+
+def _full_render_diff(full: np.ndarray, released_image: np.ndarray) -> int:
+    """Max |difference| of the full coalition's render and the released image (warns above 2)."""
+    if full.shape != released_image.shape:
+        diff = 255
+    else:
+        diff = int(np.abs(full.astype(np.int16) - released_image.astype(np.int16)).max())
+    if diff > 2:
+        log.warning("the full coalition's render differs from the released image by up to %d "
+                    "grey levels: the backbone does not reproduce the released face exactly", diff)
+    return diff
+
+
 def build_coalition_table(backbone: Backbone, released_factors: Factors,
                           similarity: CoalitionSimilarity, *,
                           factor_names: Sequence[str] | None = None,
                           released_image: np.ndarray | None = None,
-                          batch_size: int = 16, keep_images: bool = False) -> CoalitionTable:
-    """Render and score all ``2**k`` coalitions once.
+                          batch_size: int = 16, keep_images: bool = False,
+                          workers: int | None = None) -> CoalitionTable:
+    """Render and score all ``2**k`` coalitions once, sharing work between them.
+
+    ``factor_names`` are the players (default: ``backbone.factor_names``).
+    ``released_image`` (optional, ``[H, W, 3]``) is compared with the full
+    coalition's render: a mismatch means the backbone does not reproduce the
+    released face and is logged as a warning.
+
+    Renders share what coalitions have in common (``coalitions.coalition_images``;
+    backbones without shared stages synthesize in batches of ``batch_size``).
+    With an ``EncoderSimilarity``, ``workers`` threads (default: the CPUs this
+    process may use) each render a coalition and locate its face, so that one
+    thread's face detection overlaps another's rendering; then every located
+    face is embedded in one batch per encoder. Other similarities score all
+    images in one call. Same table as ``build_coalition_table_reference``.
+    ``render_seconds`` and ``similarity_seconds`` are summed over threads.
+    """
+    players = _players(backbone, released_factors, factor_names)
+    mean = backbone.population_mean()
+    masks = coalition_masks(len(players))
+    n = masks.shape[0]
+    factors = [coalition_factors(released_factors, mean, players, m) for m in masks]
+    threads = usable_cpus() if workers is None else max(1, int(workers))
+    with ThreadPoolExecutor(threads, thread_name_prefix="ics") if threads > 1 else nullcontext() as pool:
+        t0 = time.perf_counter()
+        coalitions = coalition_images(backbone, factors, pool, batch_size)
+        render_s = time.perf_counter() - t0
+        if isinstance(similarity, EncoderSimilarity):
+            done = map_in(pool, partial(_render_and_locate, coalitions, similarity), range(n))
+            images = [d[0] for d in done]
+            render_s += sum(d[3] for d in done)
+            t1 = time.perf_counter()
+            batch = SimilarityBatch(similarity.score([d[1] for d in done]),
+                                    np.array([d[2] for d in done], dtype=np.int64))
+            sim_s = sum(d[4] for d in done) + time.perf_counter() - t1
+        else:
+            t1 = time.perf_counter()
+            images = [coalitions.image(i) for i in range(n)]
+            t2 = time.perf_counter()
+            batch = similarity(images)
+            render_s += t2 - t1
+            sim_s = time.perf_counter() - t2
+    enc_names = tuple(similarity.encoder_names)
+    values = np.stack([np.asarray(batch.values[name], dtype=np.float32) for name in enc_names])
+    full_diff = _full_render_diff(images[n - 1], released_image) if released_image is not None else -1
+    return CoalitionTable(players, tuple(similarity.donor_ids), enc_names, masks, values,
+                          np.asarray(batch.face_counts, dtype=np.int64), render_s, sim_s, full_diff,
+                          tuple(images) if keep_images else ())
+
+
+def _render_and_locate(coalitions: CoalitionImages, similarity: EncoderSimilarity,
+                       i: int) -> tuple[np.ndarray, FaceObservation | None, int, float, float]:
+    """Coalition ``i``'s image, its best face, the number of faces, render and locate seconds."""
+    t0 = time.perf_counter()
+    image = coalitions.image(i)
+    t1 = time.perf_counter()
+    face, count = similarity.locate(image, f"coalition image {i}")
+    return image, face, count, t1 - t0, time.perf_counter() - t1
+
+
+def build_coalition_table_reference(backbone: Backbone, released_factors: Factors,
+                                    similarity: CoalitionSimilarity, *,
+                                    factor_names: Sequence[str] | None = None,
+                                    released_image: np.ndarray | None = None,
+                                    batch_size: int = 16, keep_images: bool = False) -> CoalitionTable:
+    """Reference path of ``build_coalition_table``: each coalition composed and synthesized by the
+    backbone, and scored, in batches of ``batch_size``, one after the other.
 
     ``factor_names`` are the players (default: ``backbone.factor_names``).
     ``released_image`` (optional, ``[H, W, 3]``) is compared with the full
@@ -488,10 +584,10 @@ def identity_contribution_scores(backbone: Backbone, released_factors: Factors,
                                  factor_names: Sequence[str] | None = None,
                                  released_image: np.ndarray | None = None,
                                  missing_face: MissingFaceRule = "baseline",
-                                 batch_size: int = 16) -> ICSResult:
+                                 batch_size: int = 16, workers: int | None = None) -> ICSResult:
     """ICS of one released face: ``build_coalition_table`` then ``compute_ics``."""
     if missing_face not in MISSING_FACE_RULES:
         raise ValueError(f"missing_face must be one of {MISSING_FACE_RULES}, got {missing_face!r}")
     table = build_coalition_table(backbone, released_factors, similarity, factor_names=factor_names,
-                                  released_image=released_image, batch_size=batch_size)
+                                  released_image=released_image, batch_size=batch_size, workers=workers)
     return compute_ics(table, missing_face)
