@@ -17,21 +17,27 @@ with face detection:
   decoded once per distinct appearance; only the warp, the blend onto the
   backdrop and the restoration run per coalition. Every stage performs the
   very float operations of the backbone's own render in the same order, so
-  the images are bit-identical to ``backbone.synthesize`` (the parity test
-  in ``tests/test_ics.py`` checks every coalition of real faces).
+  the images are bit-identical to ``backbone.synthesize``. The stages are the
+  backbone's own methods (``_neutral_points``, ``_oval``, ``_skin``,
+  ``_restore``, ...), so a change inside one carries over; a change to how
+  ``_render_neutral`` puts them together must be mirrored here, and the
+  parity tests in ``tests/test_ics.py`` fail until it is.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 import numpy as np
 
 from ..backbones.base import Backbone
 from ..parallel import map_in
 from ..types import Factors
+
+if TYPE_CHECKING:
+    from ..backbones.morphable import MorphableBackbone
 
 
 class CoalitionImages(Protocol):
@@ -97,7 +103,8 @@ class NeutralFrameImages:
     that share them share the work, whichever factors determine them.
     """
 
-    def __init__(self, backbone, factors: Sequence[Factors], executor: Executor | None = None) -> None:
+    def __init__(self, backbone: "MorphableBackbone", factors: Sequence[Factors],
+                 executor: Executor | None = None) -> None:
         from ..backbones.morphable.shape import full_points
 
         self._bb = bb = backbone

@@ -323,13 +323,13 @@ def build_coalition_table(backbone: Backbone, released_factors: Factors,
         coalitions = coalition_images(backbone, factors, pool, batch_size)
         render_s = time.perf_counter() - t0
         if isinstance(similarity, EncoderSimilarity):
-            done = map_in(pool, partial(_render_and_locate, coalitions, similarity), range(n))
-            images = [d[0] for d in done]
-            render_s += sum(d[3] for d in done)
+            located = map_in(pool, partial(_render_and_locate, coalitions, similarity), range(n))
+            images = [c.image for c in located]
+            render_s += sum(c.render_seconds for c in located)
             t1 = time.perf_counter()
-            batch = SimilarityBatch(similarity.score([d[1] for d in done]),
-                                    np.array([d[2] for d in done], dtype=np.int64))
-            sim_s = sum(d[4] for d in done) + time.perf_counter() - t1
+            batch = SimilarityBatch(similarity.score([c.face for c in located]),
+                                    np.array([c.face_count for c in located], dtype=np.int64))
+            sim_s = sum(c.locate_seconds for c in located) + time.perf_counter() - t1
         else:
             t1 = time.perf_counter()
             images = [coalitions.image(i) for i in range(n)]
@@ -345,14 +345,23 @@ def build_coalition_table(backbone: Backbone, released_factors: Factors,
                           tuple(images) if keep_images else ())
 
 
-def _render_and_locate(coalitions: CoalitionImages, similarity: EncoderSimilarity,
-                       i: int) -> tuple[np.ndarray, FaceObservation | None, int, float, float]:
-    """Coalition ``i``'s image, its best face, the number of faces, render and locate seconds."""
+@dataclass(frozen=True)
+class _Located:
+    """One coalition's image ``uint8 [H, W, 3]``, its best face (None: no face) and the time each took."""
+
+    image: np.ndarray
+    face: FaceObservation | None
+    face_count: int
+    render_seconds: float
+    locate_seconds: float
+
+
+def _render_and_locate(coalitions: CoalitionImages, similarity: EncoderSimilarity, i: int) -> _Located:
     t0 = time.perf_counter()
     image = coalitions.image(i)
     t1 = time.perf_counter()
     face, count = similarity.locate(image, f"coalition image {i}")
-    return image, face, count, t1 - t0, time.perf_counter() - t1
+    return _Located(image, face, count, t1 - t0, time.perf_counter() - t1)
 
 
 def build_coalition_table_reference(backbone: Backbone, released_factors: Factors,
