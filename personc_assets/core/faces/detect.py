@@ -48,6 +48,12 @@ def _predictor():
     return dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
 
 
+def load_models() -> None:
+    """Load the HOG detector and the 68-point landmark model now (seconds), not on first use."""
+    _detector()
+    _predictor()
+
+
 def detect_faces(image: np.ndarray, max_side: int = DETECT_MAX_SIDE,
                  upsample: int = 0) -> list[FaceObservation]:
     """All faces in ``image`` ``[H, W, 3]``, best detector score first.

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..encoders.base import ENCODERS, Encoder
 from ..ensemble import TauChoice, embed_sources, resolve_taus
 from ..index import EmbeddingIndex, IndexManifest, source_set_hash
@@ -106,7 +108,7 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
                     "count": count, "dim": enc.dim, "tau": taus[enc.name].tau, "tau_why": taus[enc.name].why,
                     "tau_source": taus[enc.name].source})
     return {"indexes": out, "skipped": skipped, "source_set_hash": sources.source_set_hash,
-            "source_classes": source_classes(sources)}
+            "source_classes": source_classes(sources, ws.indexes / CLASSES_FILE)}
 
 
 def tau_choices(index_summary: dict[str, Any]) -> dict[str, TauChoice]:
@@ -149,21 +151,48 @@ def persons_by_embedding(embeddings: dict[str, np.ndarray], tau: float) -> dict[
     return persons_from_embeddings(hashes, np.stack([embeddings[h] for h in hashes]), tau)
 
 
-def source_classes(sources: SourceSet) -> dict[str, str]:
+#: Gender labels of source photos, per labeller version and content hash (beside the indexes).
+CLASSES_FILE = "source_classes.json"
+
+
+def source_classes(sources: SourceSet, cache: Path | None = None) -> dict[str, str]:
     """Gender of each source from the bundled age/gender models, or ``{}`` when not installed.
 
     The recipe sampler keeps texture, eyes and mouth within one class:
     mixing across sexes is what made faces look broken (beards on made-up faces).
+    With ``cache`` (a JSON file), each photo is labelled once per labeller
+    version: when every source was labelled before, the labeller is not loaded.
     """
-    from ..privacy.attributes import AgeGenderLabeller, LabellerUnavailableError
+    from ..privacy.attributes import AgeGenderLabeller, LabellerUnavailableError, verify_bundled_models
 
     try:
-        labeller = AgeGenderLabeller()
+        version = verify_bundled_models()
     except LabellerUnavailableError as exc:
         log.warning("donor gender matching off: %s", exc)
         return {}
-    out = {}
-    for faces in sources.iter_faces():
-        labels = labeller.label([f.aligned for f in faces])
-        out.update({f.content_hash: a.gender for f, a in zip(faces, labels) if a is not None})
-    return out
+    known = _stored_classes(cache, version)
+    missing = tuple(e for e in sources.entries if e["content_hash"] not in known)
+    if missing:
+        try:
+            labeller = AgeGenderLabeller()
+        except LabellerUnavailableError as exc:
+            log.warning("donor gender matching off: %s", exc)
+            return {}
+        for faces in replace(sources, entries=missing).iter_faces():
+            labels = labeller.label([f.aligned for f in faces])
+            known.update({f.content_hash: a.gender if a is not None else None for f, a in zip(faces, labels)})
+        if cache is not None:
+            atomic_write_text(cache, json.dumps({"labeller": version, "classes": known}, sort_keys=True))
+    return {h: known[h] for h in sources.hashes() if known[h] is not None}
+
+
+def _stored_classes(cache: Path | None, version: str) -> dict[str, str | None]:
+    """``{content_hash: gender or None (no face found)}`` stored by ``version``; ``{}`` when none."""
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        stored = json.loads(cache.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s (%s); labelling the sources again", cache, exc)
+        return {}
+    return dict(stored["classes"]) if stored.get("labeller") == version else {}
