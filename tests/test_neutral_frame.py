@@ -76,6 +76,7 @@ def test_neutral_faces_keep_their_lips_closed(fitted, faces, monkeypatch):
     from personc_assets.core.backbones.morphable.shape import inner_lip_gap
 
     latent = dict(fitted.project(faces[:1])[0].latent)
+    monkeypatch.setattr(fitted, "config", dataclasses.replace(fitted.config, closed_mouth=True))
 
     def gaps() -> list[float]:
         out = []

