@@ -206,13 +206,23 @@ def child_ingest(corpus: Path, demo_args: list[str]) -> dict:
     return best
 
 
-def run_child(tree: Path, mode: str, out: Path, demo_args: list[str]) -> dict:
+def run_child(tree: Path, mode: str, out: Path, demo_args: list[str], record: Path) -> dict:
+    """``mode`` run by the code in ``tree`` in a fresh process; its figures are kept in ``record``
+    and read back from there when an interrupted benchmark runs again with the same ``--keep``."""
+    if record.exists():
+        print(f"{mode}: reusing {record}", flush=True)
+        return json.loads(record.read_text())
+    if mode == "demo":
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run, not one resumed from an interrupted one
     env = dict(os.environ, PYTHONPATH=str(tree))
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", mode, str(out), "--", *demo_args],
                           cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run in {tree} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = dict(json.loads(proc.stdout.strip().splitlines()[-1]), started=started, load=os.getloadavg()[0])
+    record.write_text(json.dumps(result))
+    return result
 
 
 # --------------------------------------------------------------------------- sections
@@ -222,13 +232,14 @@ def bench_demo(trees: dict[str, Path], outs: dict[str, Path], demo_args: list[st
     runs = {}
     for side, tree in trees.items():
         print(f"demo ({side}) in {tree} ...", flush=True)
-        runs[side] = run_child(tree, "demo", outs[side], demo_args)
+        runs[side] = run_child(tree, "demo", outs[side], demo_args, outs[side].parent / f"demo-{side}.json")
         r = runs[side]
         for s in r["steps"]:
             rows += [Row("demo", f"{side}: {s['step']}", "seconds", s["wall"], "s"),
                      Row("demo", f"{side}: {s['step']}", "CPU utilisation", s["cpu"] / max(s["wall"], 1e-9) / cpus,
                          f"of {cpus} CPUs", f"{s['cpu']:.1f} CPU s")]
-        rows += [Row("demo", f"{side}: whole run", "seconds", r["wall"], "s", r["message"]),
+        rows += [Row("demo", f"{side}: whole run", "seconds", r["wall"], "s",
+                     f"started {r['started']}, load average {r['load']:.1f} at the end; {r['message']}"),
                  Row("demo", f"{side}: whole run", "CPU utilisation", r["cpu"] / r["wall"] / cpus, f"of {cpus} CPUs",
                      f"{r['cpu']:.1f} CPU s")]
         if r["ics_seconds"]:
@@ -249,7 +260,7 @@ def bench_demo(trees: dict[str, Path], outs: dict[str, Path], demo_args: list[st
 def bench_indexes(trees: dict[str, Path], outs: dict[str, Path], demo_args: list[str], rows: list[Row]) -> None:
     walls = {}
     for side, tree in trees.items():
-        r = run_child(tree, "indexes", outs[side], demo_args)
+        r = run_child(tree, "indexes", outs[side], demo_args, outs[side].parent / f"indexes-{side}.json")
         walls[side] = r["wall"]
         rows.append(Row("indexes", f"{side}: embedding_indexes, indexes up to date", "seconds", r["wall"], "s",
                         f"{r['cpu']:.2f} CPU s in the main process"))
@@ -266,7 +277,8 @@ def bench_ingest(trees: dict[str, Path], work: Path, photos: int, rows: list[Row
         jittered_corpus(REPO.parent / "shared" / "faces", corpus, photos, seed=1)
     cpus = os.cpu_count() or 1
     for side, tree in trees.items():
-        best = run_child(tree, "ingest", corpus, [])
+        best = run_child(tree, "ingest", corpus, [], work / f"ingest-{side}.json")
+        best = {k: v for k, v in best.items() if k in ("1", "2")}
         for workers, r in best.items():
             rows.append(Row("ingest", f"{side}: {workers} process{'es' * (workers != '1')}", "faces/s",
                             r["faces"] / r["wall"], "faces/s",
@@ -365,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", default="0")
     p.add_argument("--ingest-photos", type=int, default=300, help="photos for the ingest section")
     p.add_argument("--skip", nargs="*", default=[], choices=["demo", "indexes", "ics", "ingest"])
-    p.add_argument("--keep", type=Path, help="keep both runs' output folders here")
+    p.add_argument("--keep", type=Path, help="keep both runs' output folders here (and resume from them)")
     p.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "bench_demo.csv")
     p.add_argument("--child", nargs=2, metavar=("MODE", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("demo_args", nargs="*", help=argparse.SUPPRESS)
