@@ -157,10 +157,27 @@ def child_demo(out: Path, demo_args: list[str]) -> dict:
     explained = json.loads((out / "state" / "ics_reports.json").read_text()) if result.success else {"explained": []}
     return {"package": personc_assets.__file__, "success": result.success, "message": result.message,
             "wall": end - start, "cpu": cpu.at(end) - cpu.at(start), "steps": steps,
-            "released": {Path(r["file"]).name: hashlib.sha256(Path(r["file"]).read_bytes()).hexdigest()
-                         for r in result.released},
+            "released": {Path(r["file"]).name: _pixels_sha256(Path(r["file"])) for r in result.released},
+            "ics": _ics_rows(out),
             "ics_seconds": [e["ics_seconds"] for e in explained["explained"]],
             "maps_seconds": [e["maps_seconds"] for e in explained["explained"]]}
+
+
+def _pixels_sha256(path: Path) -> str:
+    """sha256 of an image's decoded RGB pixels (a release's file also holds its run id)."""
+    import numpy as np
+    from PIL import Image
+
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB"))).tobytes()).hexdigest()
+
+
+def _ics_rows(out: Path) -> list[list]:
+    """Every stored ICS score of a run: ``[release, encoder, donor, factor, method, score]``."""
+    import duckdb
+
+    with duckdb.connect(str(out / "personc.duckdb"), read_only=True) as conn:
+        return [list(r) for r in conn.execute("SELECT release_id, encoder, donor, factor, method, score FROM ics "
+                                               "ORDER BY 1, 2, 3, 4, 5").fetchall()]
 
 
 def child_indexes(out: Path, demo_args: list[str]) -> dict:
@@ -248,7 +265,8 @@ def bench_demo(trees: dict[str, Path], outs: dict[str, Path], demo_args: list[st
         if r["ics_seconds"]:
             rows.append(Row("demo", f"{side}: ICS per released face", "seconds",
                             sum(r["ics_seconds"]) / len(r["ics_seconds"]), "s",
-                            f"{len(r['ics_seconds'])} faces; maps {sum(r['maps_seconds']) / len(r['maps_seconds']):.2f} s"))
+                            f"{len(r['ics_seconds'])} faces; maps {sum(r['maps_seconds']) / len(r['maps_seconds']):.2f} s; "
+                            "as the step times it, sharing the CPUs with whatever else the step runs then"))
     before, after = runs["before"], runs["after"]
     for metric, key in (("seconds", "wall"), ("CPU seconds", "cpu")):
         by_step = {side: {s["step"]: s[key] for s in r["steps"]} for side, r in runs.items()}
@@ -258,9 +276,13 @@ def bench_demo(trees: dict[str, Path], outs: dict[str, Path], demo_args: list[st
                                 by_step["before"][step] / max(by_step["after"][step], 1e-9), "x"))
         rows.append(Row("demo", "ratio: whole run", f"{metric} before / after", before[key] / after[key], "x"))
     same = before["released"] == after["released"] and bool(after["released"])
-    rows.append(Row("demo", "identical releases", "same files", float(same), "bool",
-                    f"{len(after['released'])} released after, {len(before['released'])} before (names and sha256 "
-                    "of the released files; both trees are exports, so both runs have the same code version)"))
+    rows.append(Row("demo", "identical releases", "same faces", float(same), "bool",
+                    f"{len(after['released'])} released after, {len(before['released'])} before (release ids and "
+                    "sha256 of the decoded pixels; both trees are exports: the same code version)"))
+    keys = [r[:5] for r in before["ics"]] == [r[:5] for r in after["ics"]]
+    worst = max((abs(a[5] - b[5]) for a, b in zip(before["ics"], after["ics"])), default=float("nan"))
+    rows.append(Row("demo", "ICS scores stored", "largest |after - before|", worst if keys else float("nan"), "cos",
+                    f"{len(after['ics'])} scores" + ("" if keys else "; the runs scored different releases")))
 
 
 def bench_indexes(trees: dict[str, Path], outs: dict[str, Path], demo_args: list[str], rows: list[Row]) -> None:
