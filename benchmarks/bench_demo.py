@@ -6,23 +6,25 @@ Measures, in one invocation (so that both sides see the same machine load):
    processes, before and after;
 2. ``demo``: ``python run_demo.py --num_samples 5 --tau 0.4`` (the README's
    first command, with ``--out`` in a temporary folder) run by the code at
-   ``--baseline`` (a git ref, exported into a temporary folder) and by
-   this tree, one after the other, each in a fresh process: wall seconds and
-   CPU utilisation (CPU seconds of the process and its workers / (wall x
-   CPUs)) of every asset, and whether both released the same files (sha256);
+   ``--baseline`` and at ``--after`` (git refs, each exported into a
+   temporary folder, so both runs report the same code version and watermark
+   the same release ids), one after the other, each in a fresh process: wall
+   seconds, CPU seconds (the process and its workers) and CPU utilisation
+   (CPU seconds / (wall x CPUs)) of every asset, and whether both released
+   the same files (sha256);
 3. ``indexes``: ``embedding_indexes`` run again on each side's finished
    workspace (everything up to date), where the age/gender labeller is now
    skipped;
-4. ``ics``: exact Shapley ICS of the released faces of this tree's run,
+4. ``ics``: exact Shapley ICS of the released faces of the after run,
    computed by ``build_coalition_table_reference`` and by the fast
-   ``build_coalition_table`` in this process, alternating face by face:
+   ``build_coalition_table`` in one process, alternating face by face:
    seconds per face, CPU utilisation, the ratio, and the largest difference
    of the scores.
 
 Absolute times depend on what else the machine runs; the ratios are measured
 in the same run. On Linux, CPU seconds are read from /proc.
 
-    python benchmarks/bench_demo.py [--baseline REF] [--num-samples 5] [--tau 0.4] [--seed 0]
+    python benchmarks/bench_demo.py --baseline REF [--after HEAD] [--num-samples 5] [--tau 0.4] [--seed 0]
         [--ingest-photos 300] [--skip demo ingest indexes ics] [--keep DIR] [--csv benchmarks/results/bench_demo.csv]
 """
 
@@ -155,10 +157,27 @@ def child_demo(out: Path, demo_args: list[str]) -> dict:
     explained = json.loads((out / "state" / "ics_reports.json").read_text()) if result.success else {"explained": []}
     return {"package": personc_assets.__file__, "success": result.success, "message": result.message,
             "wall": end - start, "cpu": cpu.at(end) - cpu.at(start), "steps": steps,
-            "released": {Path(r["file"]).name: hashlib.sha256(Path(r["file"]).read_bytes()).hexdigest()
-                         for r in result.released},
+            "released": {Path(r["file"]).name: _pixels_sha256(Path(r["file"])) for r in result.released},
+            "ics": _ics_rows(out),
             "ics_seconds": [e["ics_seconds"] for e in explained["explained"]],
             "maps_seconds": [e["maps_seconds"] for e in explained["explained"]]}
+
+
+def _pixels_sha256(path: Path) -> str:
+    """sha256 of an image's decoded RGB pixels (a release's file also holds its run id)."""
+    import numpy as np
+    from PIL import Image
+
+    return hashlib.sha256(np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB"))).tobytes()).hexdigest()
+
+
+def _ics_rows(out: Path) -> list[list]:
+    """Every stored ICS score of a run: ``[release, encoder, donor, factor, method, score]``."""
+    import duckdb
+
+    with duckdb.connect(str(out / "personc.duckdb"), read_only=True) as conn:
+        return [list(r) for r in conn.execute("SELECT release_id, encoder, donor, factor, method, score FROM ics "
+                                               "ORDER BY 1, 2, 3, 4, 5").fetchall()]
 
 
 def child_indexes(out: Path, demo_args: list[str]) -> dict:
@@ -206,13 +225,23 @@ def child_ingest(corpus: Path, demo_args: list[str]) -> dict:
     return best
 
 
-def run_child(tree: Path, mode: str, out: Path, demo_args: list[str]) -> dict:
+def run_child(tree: Path, mode: str, out: Path, demo_args: list[str], record: Path) -> dict:
+    """``mode`` run by the code in ``tree`` in a fresh process; its figures are kept in ``record``
+    and read back from there when an interrupted benchmark runs again with the same ``--keep``."""
+    if record.exists():
+        print(f"{mode}: reusing {record}", flush=True)
+        return json.loads(record.read_text())
+    if mode == "demo":
+        shutil.rmtree(out, ignore_errors=True)  # a fresh run, not one resumed from an interrupted one
     env = dict(os.environ, PYTHONPATH=str(tree))
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
     proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", mode, str(out), "--", *demo_args],
                           cwd=tree, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{mode} run in {tree} failed:\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    result = dict(json.loads(proc.stdout.strip().splitlines()[-1]), started=started, load=os.getloadavg()[0])
+    record.write_text(json.dumps(result))
+    return result
 
 
 # --------------------------------------------------------------------------- sections
@@ -222,34 +251,44 @@ def bench_demo(trees: dict[str, Path], outs: dict[str, Path], demo_args: list[st
     runs = {}
     for side, tree in trees.items():
         print(f"demo ({side}) in {tree} ...", flush=True)
-        runs[side] = run_child(tree, "demo", outs[side], demo_args)
+        runs[side] = run_child(tree, "demo", outs[side], demo_args, outs[side].parent / f"demo-{outs[side].name}.json")
         r = runs[side]
         for s in r["steps"]:
             rows += [Row("demo", f"{side}: {s['step']}", "seconds", s["wall"], "s"),
+                     Row("demo", f"{side}: {s['step']}", "CPU seconds", s["cpu"], "s"),
                      Row("demo", f"{side}: {s['step']}", "CPU utilisation", s["cpu"] / max(s["wall"], 1e-9) / cpus,
-                         f"of {cpus} CPUs", f"{s['cpu']:.1f} CPU s")]
-        rows += [Row("demo", f"{side}: whole run", "seconds", r["wall"], "s", r["message"]),
+                         f"of {cpus} CPUs")]
+        rows += [Row("demo", f"{side}: whole run", "seconds", r["wall"], "s",
+                     f"started {r['started']}, load average {r['load']:.1f} at the end; {r['message']}"),
                  Row("demo", f"{side}: whole run", "CPU utilisation", r["cpu"] / r["wall"] / cpus, f"of {cpus} CPUs",
                      f"{r['cpu']:.1f} CPU s")]
         if r["ics_seconds"]:
             rows.append(Row("demo", f"{side}: ICS per released face", "seconds",
                             sum(r["ics_seconds"]) / len(r["ics_seconds"]), "s",
-                            f"{len(r['ics_seconds'])} faces; maps {sum(r['maps_seconds']) / len(r['maps_seconds']):.2f} s"))
+                            f"{len(r['ics_seconds'])} faces; maps {sum(r['maps_seconds']) / len(r['maps_seconds']):.2f} s; "
+                            "as the step times it, sharing the CPUs with whatever else the step runs then"))
     before, after = runs["before"], runs["after"]
-    walls = {side: {s["step"]: s["wall"] for s in r["steps"]} for side, r in runs.items()}
-    for step in walls["after"]:
-        if step in walls["before"]:
-            rows.append(Row("demo", f"ratio: {step}", "before / after", walls["before"][step] / walls["after"][step], "x"))
-    rows.append(Row("demo", "ratio: whole run", "before / after", before["wall"] / after["wall"], "x"))
+    for metric, key in (("seconds", "wall"), ("CPU seconds", "cpu")):
+        by_step = {side: {s["step"]: s[key] for s in r["steps"]} for side, r in runs.items()}
+        for step in by_step["after"]:
+            if step in by_step["before"]:
+                rows.append(Row("demo", f"ratio: {step}", f"{metric} before / after",
+                                by_step["before"][step] / max(by_step["after"][step], 1e-9), "x"))
+        rows.append(Row("demo", "ratio: whole run", f"{metric} before / after", before[key] / after[key], "x"))
     same = before["released"] == after["released"] and bool(after["released"])
-    rows.append(Row("demo", "identical releases", "same files", float(same), "bool",
-                    f"{len(after['released'])} released after, {len(before['released'])} before (sha256 of each file)"))
+    rows.append(Row("demo", "identical releases", "same faces", float(same), "bool",
+                    f"{len(after['released'])} released after, {len(before['released'])} before (release ids and "
+                    "sha256 of the decoded pixels; both trees are exports: the same code version)"))
+    keys = [r[:5] for r in before["ics"]] == [r[:5] for r in after["ics"]]
+    worst = max((abs(a[5] - b[5]) for a, b in zip(before["ics"], after["ics"])), default=float("nan"))
+    rows.append(Row("demo", "ICS scores stored", "largest |after - before|", worst if keys else float("nan"), "cos",
+                    f"{len(after['ics'])} scores" + ("" if keys else "; the runs scored different releases")))
 
 
 def bench_indexes(trees: dict[str, Path], outs: dict[str, Path], demo_args: list[str], rows: list[Row]) -> None:
     walls = {}
     for side, tree in trees.items():
-        r = run_child(tree, "indexes", outs[side], demo_args)
+        r = run_child(tree, "indexes", outs[side], demo_args, outs[side].parent / f"indexes-{outs[side].name}.json")
         walls[side] = r["wall"]
         rows.append(Row("indexes", f"{side}: embedding_indexes, indexes up to date", "seconds", r["wall"], "s",
                         f"{r['cpu']:.2f} CPU s in the main process"))
@@ -266,7 +305,8 @@ def bench_ingest(trees: dict[str, Path], work: Path, photos: int, rows: list[Row
         jittered_corpus(REPO.parent / "shared" / "faces", corpus, photos, seed=1)
     cpus = os.cpu_count() or 1
     for side, tree in trees.items():
-        best = run_child(tree, "ingest", corpus, [])
+        best = run_child(tree, "ingest", corpus, [], work / f"ingest-{tree.name}.json")
+        best = {k: v for k, v in best.items() if k in ("1", "2")}
         for workers, r in best.items():
             rows.append(Row("ingest", f"{side}: {workers} process{'es' * (workers != '1')}", "faces/s",
                             r["faces"] / r["wall"], "faces/s",
@@ -277,8 +317,8 @@ def bench_ingest(trees: dict[str, Path], work: Path, photos: int, rows: list[Row
                         best["1"]["wall"] / best["2"]["wall"], "x"))
 
 
-def bench_ics(out: Path, demo_args: list[str], rows: list[Row]) -> None:
-    """Reference and fast ICS on the released faces of ``out``, alternating (this process)."""
+def child_ics(out: Path, demo_args: list[str]) -> dict:
+    """Reference and fast ICS of the released faces of ``out``, alternating face by face (this process)."""
     import numpy as np
     from PIL import Image
 
@@ -301,9 +341,7 @@ def bench_ics(out: Path, demo_args: list[str], rows: list[Row]) -> None:
     faces = {f.content_hash: f for batch in sources.iter_guarded_faces() for f in batch}
     entries = {e["content_hash"]: e for e in sources.guarded_entries()}
     paths = {"reference": build_coalition_table_reference, "fast": build_coalition_table}
-    seconds = {k: [] for k in paths}
-    cpu = {k: [] for k in paths}
-    worst = 0.0
+    figures: dict = {"seconds": {k: [] for k in paths}, "cpu": {k: [] for k in paths}, "worst": 0.0}
     for i, rel in enumerate(state["guard_verdicts"]["released"]):
         image = np.asarray(Image.open(rel["file"]).convert("RGB"))
         recipe = factory.stored_recipe(store, rel["candidate_id"])
@@ -315,23 +353,31 @@ def bench_ics(out: Path, demo_args: list[str], rows: list[Row]) -> None:
         for name in (("reference", "fast") if i % 2 == 0 else ("fast", "reference")):
             t0, c0 = time.perf_counter(), tree_cpu_seconds(os.getpid())
             results[name] = compute_ics(paths[name](factory.backbone, mixed, sim, released_image=image))
-            seconds[name].append(time.perf_counter() - t0)
-            cpu[name].append(tree_cpu_seconds(os.getpid()) - c0)
+            figures["seconds"][name].append(time.perf_counter() - t0)
+            figures["cpu"][name].append(tree_cpu_seconds(os.getpid()) - c0)
         a, b = results["reference"], results["fast"]
-        worst = max(worst, *(float(np.abs(getattr(a, k) - getattr(b, k)).max())
-                             for k in ("phi", "share", "drop", "v_full", "v_empty")))
+        figures["worst"] = max(figures["worst"], *(float(np.abs(getattr(a, k) - getattr(b, k)).max())
+                                                   for k in ("phi", "share", "drop", "v_full", "v_empty")))
+    return figures
+
+
+def bench_ics(tree: Path, out: Path, demo_args: list[str], rows: list[Row]) -> None:
+    """Reference and fast ICS on the released faces of the after run, by the after code."""
+    r = run_child(tree, "ics", out, demo_args, out.parent / f"ics-{out.name}.json")
+    seconds, cpu = r["seconds"], r["cpu"]
     if not seconds["fast"]:
         rows.append(Row("ics", "no released faces", "faces", 0, ""))
         return
     n, cpus = len(seconds["fast"]), os.cpu_count() or 1
-    for name in paths:
+    for name in ("reference", "fast"):
         mean, cpu_mean = sum(seconds[name]) / n, sum(cpu[name]) / n
-        rows += [Row("ics", name, "seconds per face", mean, "s", f"{n} released faces, 64 coalitions each"),
+        rows += [Row("ics", name, "seconds per face", mean, "s", f"{n} released faces, 64 coalitions each; "
+                     f"started {r['started']}"),
                  Row("ics", name, "CPU seconds per face", cpu_mean, "s"),
                  Row("ics", name, "CPU utilisation", cpu_mean / mean / cpus, f"of {cpus} CPUs")]
     rows += [Row("ics", "ratio reference / fast", "seconds", sum(seconds["reference"]) / sum(seconds["fast"]), "x"),
              Row("ics", "ratio reference / fast", "CPU seconds", sum(cpu["reference"]) / sum(cpu["fast"]), "x"),
-             Row("ics", "largest score difference", "|fast - reference|", worst, "cos",
+             Row("ics", "largest score difference", "|fast - reference|", r["worst"], "cos",
                  "phi, share, drop, v_full, v_empty")]
 
 
@@ -348,7 +394,7 @@ def print_tables(rows: list[Row]) -> None:
             print(f"{r.item:<{w_item}}  {r.metric:<{w_metric}}  {value:>9} {r.unit:<10} {r.note}")
 
 
-def baseline_tree(ref: str, where: Path) -> Path:
+def export_tree(ref: str, where: Path) -> Path:
     """The files of ``ref`` exported into ``where`` (no worktree registered in the repository)."""
     where.mkdir(parents=True)
     archive = subprocess.run(["git", "-C", str(REPO), "archive", "--format=tar", ref], check=True,
@@ -359,40 +405,41 @@ def baseline_tree(ref: str, where: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--baseline", help="git ref of the code to compare with (default: where this branch left main)")
+    p.add_argument("--baseline", help="git ref of the code before (required; e.g. the commit before a merge)")
+    p.add_argument("--after", default="HEAD", help="git ref of the code after (default HEAD)")
     p.add_argument("--num-samples", default="5")
     p.add_argument("--tau", default="0.4")
     p.add_argument("--seed", default="0")
     p.add_argument("--ingest-photos", type=int, default=300, help="photos for the ingest section")
     p.add_argument("--skip", nargs="*", default=[], choices=["demo", "indexes", "ics", "ingest"])
-    p.add_argument("--keep", type=Path, help="keep both runs' output folders here")
+    p.add_argument("--keep", type=Path, help="keep both runs' output folders here (and resume from them)")
     p.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "bench_demo.csv")
     p.add_argument("--child", nargs=2, metavar=("MODE", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("demo_args", nargs="*", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         mode, out = args.child
-        fn = {"demo": child_demo, "indexes": child_indexes, "ingest": child_ingest}[mode]
+        fn = {"demo": child_demo, "indexes": child_indexes, "ingest": child_ingest, "ics": child_ics}[mode]
         print(json.dumps(fn(Path(out), args.demo_args)))
         return 0
+    if not args.baseline:
+        p.error("--baseline is required: the git ref of the code to compare with")
     demo_args = ["--num_samples", args.num_samples, "--tau", args.tau, "--seed", args.seed]
-    if args.baseline is None:
-        args.baseline = subprocess.run(["git", "-C", str(REPO), "merge-base", "HEAD", "main"], check=True,
-                                       capture_output=True, text=True).stdout.strip()
     work = args.keep or Path(tempfile.mkdtemp(prefix="personc-bench-demo-"))
     rows: list[Row] = []
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", args.baseline], check=True,
-                            capture_output=True, text=True).stdout.strip()
-    here = subprocess.run(["git", "-C", str(REPO), "describe", "--always", "--dirty"], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    rows.append(Row("setup", "before / after", "code", float("nan"), "", f"before {args.baseline} ({commit}), after {here}"))
+    refs = {side: subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", ref], check=True,
+                                 capture_output=True, text=True).stdout.strip()
+            for side, ref in (("before", args.baseline), ("after", args.after))}
+    rows.append(Row("setup", "before / after", "code", float("nan"), "",
+                    f"before {args.baseline} ({refs['before']}), after {args.after} ({refs['after']})"))
     rows.append(Row("setup", "machine", "CPUs", os.cpu_count() or 1, "", f"load average {os.getloadavg()[0]:.1f} "
                     "at the start: other processes share the CPUs"))
-    trees = {"before": work / "baseline-tree", "after": REPO}
-    outs = {"before": work / "out-before", "after": work / "out-after"}
+    trees = {side: work / f"tree-{side}-{ref}" for side, ref in refs.items()}
+    outs = {side: work / f"out-{side}-{ref}" for side, ref in refs.items()}
     try:
-        if {"demo", "indexes", "ingest"} - set(args.skip) and not trees["before"].exists():
-            baseline_tree(args.baseline, trees["before"])
+        for side, ref in refs.items():
+            if not trees[side].exists():
+                export_tree(ref, trees[side])
         if "ingest" not in args.skip:
             bench_ingest(trees, work, args.ingest_photos, rows)
         if "demo" not in args.skip:
@@ -400,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         if "indexes" not in args.skip:
             bench_indexes(trees, outs, demo_args, rows)
         if "ics" not in args.skip:
-            bench_ics(outs["after"], demo_args, rows)
+            bench_ics(trees["after"], outs["after"], demo_args, rows)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -14,14 +14,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ..explain import (AttributionPanel, DonorPanel, DonorRecord, EncoderRecord, EncoderSimilarity,
-                       EncoderVerdictRecord, FaceReport, ReleaseManifest, ReleaseRecord, RunFigures, RunReport,
-                       SimilarityBar, face_occlusion_map, gallery_markdown, ics_digest, ics_markdown,
+                       EncoderVerdictRecord, FaceReport, ReleaseManifest, ReleaseRecord, ReportFiles, RunFigures,
+                       RunReport, SimilarityBar, face_occlusion_map, gallery_markdown, ics_digest, ics_markdown,
                        identity_contribution_scores, merge_manifest, save_overlay_png, write_face_report,
                        write_run_report)
 from ..ensemble import embed_sources
@@ -51,39 +52,47 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
     faces = {f.content_hash: f for batch in sources.iter_guarded_faces() for f in batch}
     entries = {e["content_hash"]: e for e in sources.guarded_entries()}
     taus = tau_choices(index_summary)
-    explained, records, gallery = [], [], []
-    for done, rel in enumerate(verdicts["released"], 1):
-        t0 = time.perf_counter()
-        image = np.asarray(Image.open(rel["file"]).convert("RGB"))
-        recipe = factory.stored_recipe(store, rel["candidate_id"])
-        mixed = factory.stored_factors(store, rel["candidate_id"], recipe)
-        targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel["nearest"].values() if h]]))
-        target_ids = [entries[h]["source_id"] for h in targets]
-        donor_emb = {enc.name: embed_sources(enc, [faces[h] for h in targets], store, run_id) for enc in encoders}
-        ics = identity_contribution_scores(factory.backbone, mixed, EncoderSimilarity(encoders, donor_emb, target_ids),
-                                           released_image=image)
-        t_ics = time.perf_counter() - t0
-        _store_ics(store, rel["release_id"], ics, run_id)
-        panels, t_maps = _attribution_panels(cfg, ws, rel, image, encoders[0], donor_emb[encoders[0].name],
-                                            targets, target_ids, recipe)
-        donors = _donor_panels(recipe, entries, faces)
-        bars = tuple(SimilarityBar(enc, rel["similarity"][enc] if rel["similarity"][enc] is not None else np.nan,
-                                   rel["tau"][enc], entries.get(rel["nearest"][enc] or "", {}).get("source_id"))
-                     for enc in rel["similarity"])
-        report = FaceReport(rel["release_id"], image, donors, bars, ics, tuple(panels), run_id,
-                            facts={"recipe": recipe.recipe_id, "mean pull": f"{recipe.mean_pull:.2f}",
-                                   "file": Path(rel["file"]).name, "backbone": cfg.backbone},
-                            timings={"ics_s": t_ics, "maps_s": t_maps})
-        files = write_face_report(ws.reports, report, show_sources=cfg.report_sources)
-        records.append(_release_record(ws, rel, recipe, entries, ics))
-        gallery.append((rel["release_id"], image, files.html.name))
-        explained.append({"release_id": rel["release_id"], "file": rel["file"], "report": str(files.html),
-                          "card": str(files.png) if files.png else None, "ics": ics.summary(),
-                          "sentences": [ics.sentence(e, entries[d]["source_id"]) for e in ics.encoder_names
-                                        for d in recipe.donors()],
-                          "ics_markdown": ics_markdown(ics, chart=False), "ics_seconds": t_ics, "maps_seconds": t_maps})
-        if progress:
-            progress(done, len(verdicts["released"]), f"{rel['release_id']} ICS {t_ics:.1f}s maps {t_maps:.1f}s")
+    faced, records = [], []
+    # reports and map overlays are drawn (matplotlib, mostly one core) by one thread while the
+    # next face is scored; the drawing thread is the only one that draws
+    with ThreadPoolExecutor(1, thread_name_prefix="reports") as drawing:
+        for done, rel in enumerate(verdicts["released"], 1):
+            t0 = time.perf_counter()
+            image = np.asarray(Image.open(rel["file"]).convert("RGB"))
+            recipe = factory.stored_recipe(store, rel["candidate_id"])
+            mixed = factory.stored_factors(store, rel["candidate_id"], recipe)
+            targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel["nearest"].values() if h]]))
+            target_ids = [entries[h]["source_id"] for h in targets]
+            donor_emb = {enc.name: embed_sources(enc, [faces[h] for h in targets], store, run_id) for enc in encoders}
+            ics = identity_contribution_scores(factory.backbone, mixed,
+                                               EncoderSimilarity(encoders, donor_emb, target_ids), released_image=image)
+            t_ics = time.perf_counter() - t0
+            _store_ics(store, rel["release_id"], ics, run_id)
+            panels, t_maps = _attribution_panels(cfg, rel, image, encoders[0], donor_emb[encoders[0].name],
+                                                targets, target_ids, recipe)
+            donors = _donor_panels(recipe, entries, faces)
+            bars = tuple(SimilarityBar(enc, rel["similarity"][enc] if rel["similarity"][enc] is not None else np.nan,
+                                       rel["tau"][enc], entries.get(rel["nearest"][enc] or "", {}).get("source_id"))
+                         for enc in rel["similarity"])
+            report = FaceReport(rel["release_id"], image, donors, bars, ics, tuple(panels), run_id,
+                                facts={"recipe": recipe.recipe_id, "mean pull": f"{recipe.mean_pull:.2f}",
+                                       "file": Path(rel["file"]).name, "backbone": cfg.backbone},
+                                timings={"ics_s": t_ics, "maps_s": t_maps})
+            files = drawing.submit(_draw_face, ws, report, cfg.report_sources)
+            records.append(_release_record(ws, rel, recipe, entries, ics))
+            faced.append((rel, image, recipe, ics, t_ics, t_maps, files))
+            if progress:
+                progress(done, len(verdicts["released"]), f"{rel['release_id']} ICS {t_ics:.1f}s maps {t_maps:.1f}s")
+        explained, gallery = [], []
+        for rel, image, recipe, ics, t_ics, t_maps, drawn in faced:
+            files = drawn.result()
+            gallery.append((rel["release_id"], image, files.html.name))
+            explained.append({"release_id": rel["release_id"], "file": rel["file"], "report": str(files.html),
+                              "card": str(files.png) if files.png else None, "ics": ics.summary(),
+                              "sentences": [ics.sentence(e, entries[d]["source_id"]) for e in ics.encoder_names
+                                            for d in recipe.donors()],
+                              "ics_markdown": ics_markdown(ics, chart=False), "ics_seconds": t_ics,
+                              "maps_seconds": t_maps})
     run_report = _run_report(run_id, verdicts, taus, gallery)
     report_path = write_run_report(ws.reports / "index.html", run_report)
     manifest = ReleaseManifest(
@@ -112,7 +121,7 @@ def _store_ics(store: LineageStore, release_id: str, ics, run_id: str) -> None:
         tx.upsert("ics", rows)
 
 
-def _attribution_panels(cfg: RunConfig, ws: Workspace, rel: dict[str, Any], image: np.ndarray, encoder,
+def _attribution_panels(cfg: RunConfig, rel: dict[str, Any], image: np.ndarray, encoder,
                         target_emb: np.ndarray, targets: list[str], target_ids: list[str], recipe):
     """Occlusion maps towards the nearest source and the primary donors (one encoder, black box)."""
     if not cfg.attribution_maps:
@@ -129,9 +138,16 @@ def _attribution_panels(cfg: RunConfig, ws: Workspace, rel: dict[str, Any], imag
     for h, i in zip(wanted, rows):
         caption = "nearest source" if h == nearest else "primary donor of " + ", ".join(
             f for f, d in recipe.primary.items() if d == h)
-        save_overlay_png(ws.reports / "maps" / f"{rel['release_id']}-{target_ids[i]}.png", image, amap, target_ids[i])
         panels.append(AttributionPanel(amap, target_ids[i], caption))
     return panels, amap.seconds
+
+
+def _draw_face(ws: Workspace, report: FaceReport, show_sources: str) -> ReportFiles:
+    """A face's map overlays (``reports/maps``) and its report and card."""
+    for panel in report.attributions:
+        save_overlay_png(ws.reports / "maps" / f"{report.release_id}-{panel.target}.png", report.image,
+                         panel.amap, panel.target)
+    return write_face_report(ws.reports, report, show_sources=show_sources)
 
 
 def _donor_panels(recipe, entries: dict[str, dict], faces: dict) -> tuple[DonorPanel, ...]:
