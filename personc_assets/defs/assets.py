@@ -56,14 +56,14 @@ def source_images(context: AssetExecutionContext, personc: PersonCConfig,
     return MaterializeResult(value=sset.as_dict(), metadata={
         "sources": len(sset.entries),
         "protect_only": len(sset.protect_only),
-        "group_A": sum(e["group"] == "A" for e in sset.entries),
-        "group_B": sum(e["group"] == "B" for e in sset.entries),
+        "group_A": sum(e.group == "A" for e in sset.entries),
+        "group_B": sum(e.group == "B" for e in sset.entries),
         "quarantined": len(quarantine),
         "duplicates": len(result.duplicates),
         "demo_sources": sset.demo,
         "quarantine_reasons": md_table(quarantine),
-        "protect_only_reasons": md_table([{"file": e["path"], "group": e["group"], "code": e["role_code"],
-                                           "reason": e["role_reason"]} for e in sset.protect_only]),
+        "protect_only_reasons": md_table([{"file": e.path, "group": e.group, "code": e.role_code,
+                                           "reason": e.role_reason} for e in sset.protect_only]),
         "source_set_hash": sset.source_set_hash,
     })
 

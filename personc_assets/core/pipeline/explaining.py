@@ -31,7 +31,7 @@ from .config import RunConfig, Workspace
 from . import reaudit
 from .generation import CandidateFactory
 from .indexing import build_encoders, embed_sources, tau_choices
-from .sources import SourceSet
+from .sources import SourceEntry, SourceSet
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
     factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
     # a release's nearest source may be a protect-only photo: look up every guarded source
     faces = {f.content_hash: f for batch in sources.iter_guarded_faces() for f in batch}
-    entries = {e["content_hash"]: e for e in sources.guarded_entries()}
+    entries = sources.by_hash()
     taus = tau_choices(index_summary)
     explained, records, gallery = [], [], []
     for done, rel in enumerate(verdicts["released"], 1):
@@ -57,7 +57,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
         recipe = factory.stored_recipe(store, rel["candidate_id"])
         mixed = factory.stored_factors(store, rel["candidate_id"], recipe)
         targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel["nearest"].values() if h]]))
-        target_ids = [entries[h]["source_id"] for h in targets]
+        target_ids = [entries[h].source_id for h in targets]
         donor_emb = {enc.name: embed_sources(enc, [faces[h] for h in targets], store, run_id) for enc in encoders}
         ics = identity_contribution_scores(factory.backbone, mixed, EncoderSimilarity(encoders, donor_emb, target_ids),
                                            released_image=image)
@@ -67,7 +67,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
                                             targets, target_ids, recipe)
         donors = _donor_panels(recipe, entries, faces)
         bars = tuple(SimilarityBar(enc, rel["similarity"][enc] if rel["similarity"][enc] is not None else np.nan,
-                                   rel["tau"][enc], entries.get(rel["nearest"][enc] or "", {}).get("source_id"))
+                                   rel["tau"][enc], _source_id(entries, rel["nearest"][enc]))
                      for enc in rel["similarity"])
         report = FaceReport(rel["release_id"], image, donors, bars, ics, tuple(panels), run_id,
                             facts={"recipe": recipe.recipe_id, "mean pull": f"{recipe.mean_pull:.2f}",
@@ -78,7 +78,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
         gallery.append((rel["release_id"], image, files.html.name))
         explained.append({"release_id": rel["release_id"], "file": rel["file"], "report": str(files.html),
                           "card": str(files.png) if files.png else None, "ics": ics.summary(),
-                          "sentences": [ics.sentence(e, entries[d]["source_id"]) for e in ics.encoder_names
+                          "sentences": [ics.sentence(e, entries[d].source_id) for e in ics.encoder_names
                                         for d in recipe.donors()],
                           "ics_markdown": ics_markdown(ics, chart=False), "ics_seconds": t_ics, "maps_seconds": t_maps})
         if progress:
@@ -93,7 +93,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
         figures=RunFigures(run_report.candidates, run_report.released, run_report.candidates - run_report.released,
                            dict(run_report.rejection_reasons)),
         config_hash=config_hash(cfg.as_dict()),
-        sources=dict(Counter(e["group"] for e in sources.entries)))
+        sources=dict(Counter(e.group for e in sources.entries)))
     manifest_sha = merge_manifest(ws.manifest, manifest)  # cumulative: earlier runs' releases stay listed
     reaudit.sync_manifests(store, [ws.root])  # keep revocations recorded by earlier audits
     return {"explained": explained, "manifest": str(ws.manifest), "manifest_sha256": manifest_sha,
@@ -133,25 +133,32 @@ def _attribution_panels(cfg: RunConfig, ws: Workspace, rel: dict[str, Any], imag
     return panels, amap.seconds
 
 
-def _donor_panels(recipe, entries: dict[str, dict], faces: dict) -> tuple[DonorPanel, ...]:
+def _source_id(entries: dict[str, SourceEntry], content_hash: str | None) -> str | None:
+    """The source id of a guarded photo, None when there is no such photo."""
+    entry = entries.get(content_hash or "")
+    return entry.source_id if entry else None
+
+
+def _donor_panels(recipe, entries: dict[str, SourceEntry], faces: dict) -> tuple[DonorPanel, ...]:
     panels = []
     for h in recipe.donors():
         weights = {f: w for f, parts in recipe.components.items() for d, w in parts if d == h}
         primary = tuple(f for f, d in recipe.primary.items() if d == h)
-        panels.append(DonorPanel(entries[h]["source_id"], entries[h]["group"], primary, weights, faces[h].aligned))
+        panels.append(DonorPanel(entries[h].source_id, entries[h].group, primary, weights, faces[h].aligned))
     return tuple(panels)
 
 
-def _release_record(ws: Workspace, rel: dict[str, Any], recipe, entries: dict[str, dict], ics) -> ReleaseRecord:
+def _release_record(ws: Workspace, rel: dict[str, Any], recipe, entries: dict[str, SourceEntry],
+                    ics) -> ReleaseRecord:
     from ..explain.watermark import payload_bits, bits_hex
     from ..atomic import file_sha256
 
-    donors = tuple(DonorRecord(h, entries[h]["source_id"], entries[h]["group"],
+    donors = tuple(DonorRecord(h, entries[h].source_id, entries[h].group,
                                tuple(f for f, d in recipe.primary.items() if d == h),
                                {f: round(w, 4) for f, parts in recipe.components.items() for d, w in parts if d == h})
                    for h in recipe.donors())
     verdicts = tuple(EncoderVerdictRecord(enc, sim if sim is not None else float("nan"),
-                                          entries.get(rel["nearest"][enc] or "", {}).get("source_id"), rel["tau"][enc])
+                                          _source_id(entries, rel["nearest"][enc]), rel["tau"][enc])
                      for enc, sim in rel["similarity"].items())
     return ReleaseRecord(rel["release_id"], str(Path(rel["file"]).relative_to(ws.root)), rel["content_hash"],
                          file_sha256(Path(rel["file"])), rel["candidate_id"], rel["recipe_id"], donors, verdicts,

@@ -297,5 +297,5 @@ def recheck_released_files(cfg: RunConfig, ws: Workspace, sources: SourceSet, in
 
 def donor_groups(sources: SourceSet, released: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """For each release, the groups its donors come from."""
-    group = {e["content_hash"]: e["group"] for e in sources.entries}
+    group = {e.content_hash: e.group for e in sources.entries}
     return [{"release_id": r["release_id"], "groups": sorted({group[d] for d in r["donors"]})} for r in released]

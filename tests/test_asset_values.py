@@ -1,0 +1,44 @@
+"""Asset values: each round-trips through the JSON the IO manager stores, and a malformed one is
+refused with an error that names the bad keys and the asset to re-materialize."""
+
+import json
+
+import pytest
+
+from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
+from personc_assets.core.pipeline.values import AssetValue, MalformedValueError
+
+DONOR = SourceEntry("h1", "A", "ann", "/src/A/ann.jpg", "/out/aligned/h1.npz", "A-ann-1")
+GRAY = SourceEntry("h2", "B", "bob", "/src/B/bob.jpg", "/out/aligned/h2.npz", "B-bob-1", "protect_only",
+                   "grayscale", "grayscale photo: no colour to lend")
+
+
+def through_json(value: AssetValue) -> AssetValue:
+    """``value`` after the trip the IO manager gives it: ``as_dict``, JSON text, ``from_dict``."""
+    return type(value).from_dict(json.loads(json.dumps(value.as_dict(), sort_keys=True)))
+
+
+def test_source_set_round_trips():
+    # why: every later step reads the sources back from this JSON, in this run and the next ones
+    sset = SourceSet("f" * 64, (DONOR,), demo=False, protect_only=(GRAY,))
+    assert through_json(sset) == sset
+    assert "role_code" not in DONOR.as_dict(), "a donor's entry stays as it was written before"
+
+
+def test_source_set_from_an_earlier_version_reads_without_roles():
+    # why: state written before protect-only photos existed has no roles; every photo was a donor
+    old = {"source_set_hash": "f" * 64, "demo": True, "entries": [
+        {k: v for k, v in DONOR.as_dict().items() if k != "role"}]}
+    assert SourceSet.from_dict(old) == SourceSet("f" * 64, (DONOR,), demo=True)
+
+
+def test_malformed_source_set_names_the_bad_keys():
+    # why: a hand-edited or truncated state file must say what is wrong and how to fix it
+    bad = SourceSet("f" * 64, (DONOR,), demo=False).as_dict()
+    bad["entries"][0].pop("aligned_path")
+    bad["entries"][0]["aligned"] = "/x.npz"
+    with pytest.raises(MalformedValueError, match=r"SourceEntry of source_images lacks 'aligned_path' and has "
+                                                  r"unknown 'aligned'.*re-materialize source_images"):
+        SourceSet.from_dict(bad)
+    with pytest.raises(MalformedValueError, match="must be a JSON object, got list"):
+        SourceSet.from_dict([])  # type: ignore[arg-type]
