@@ -42,3 +42,39 @@ def test_malformed_source_set_names_the_bad_keys():
         SourceSet.from_dict(bad)
     with pytest.raises(MalformedValueError, match="must be a JSON object, got list"):
         SourceSet.from_dict([])  # type: ignore[arg-type]
+
+
+def test_io_manager_hands_typed_values_downstream_in_this_run_and_the_next(tmp_path):
+    # why: assets take and return typed values, while the state files keep their JSON, so a job that
+    # starts half-way (the refresh, a re-run of the last steps) reads values stored by an earlier run
+    from dagster import AssetKey, MaterializeResult, asset, materialize
+
+    from personc_assets.defs.value_io import AssetValueIOManager
+
+    sset = SourceSet("f" * 64, (DONOR,), demo=False, protect_only=(GRAY,))
+    seen = {}
+
+    @asset
+    def source_images() -> MaterializeResult[SourceSet]:
+        return MaterializeResult(value=sset)
+
+    @asset
+    def typed(source_images: SourceSet) -> None:
+        seen["typed"] = source_images
+
+    @asset
+    def raw(source_images: dict) -> None:
+        seen["raw"] = source_images
+
+    io = {"io_manager": AssetValueIOManager(base_dir=str(tmp_path / "state"))}
+    assert materialize([source_images, typed, raw], resources=io).success
+    stored = json.loads((tmp_path / "state" / "source_images.json").read_text())
+    assert stored == sset.as_dict() and seen == {"typed": sset, "raw": sset.as_dict()}
+
+    seen.clear()
+    assert materialize([source_images, typed], resources=io, selection=[AssetKey("typed")]).success
+    assert seen == {"typed": sset}, "a later run loads the stored value as its type"
+
+    (tmp_path / "state" / "source_images.json").write_text(json.dumps({"entries": []}))
+    with pytest.raises(MalformedValueError, match="lacks 'source_set_hash', 'demo'"):
+        materialize([source_images, typed], resources=io, selection=[AssetKey("typed")])

@@ -12,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 from ..core.backbones.stylegan2 import backbone as stylegan2_backbone
 from ..core.lineage.store import LineageStore
 from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
+from ..core.pipeline.sources import SourceSet
 from .resources import PersonCConfig
 
 GROUP = "personc"
@@ -42,7 +43,7 @@ def md_table(rows: list[dict[str, Any]]) -> MetadataValue:
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def source_images(context: AssetExecutionContext, personc: PersonCConfig,
-                  duckdb: DuckDBResource) -> MaterializeResult:
+                  duckdb: DuckDBResource) -> MaterializeResult[SourceSet]:
     """Photos of groups A and B, validated, EXIF-oriented, with exactly one face each, aligned to
     the canonical frame and content-hashed. Donor photos lend factors and protect their person;
     protect-only photos (grayscale, small face) are indexed by the guard but never mixed; files
@@ -53,7 +54,7 @@ def source_images(context: AssetExecutionContext, personc: PersonCConfig,
                                               progress_logger(context, "ingest"))
     quarantine = [{"file": q.path, "group": q.group, "code": q.code, "reason": q.reason}
                   for q in result.quarantined]
-    return MaterializeResult(value=sset.as_dict(), metadata={
+    return MaterializeResult(value=sset, metadata={
         "sources": len(sset.entries),
         "protect_only": len(sset.protect_only),
         "group_A": sum(e.group == "A" for e in sset.entries),
@@ -70,12 +71,12 @@ def source_images(context: AssetExecutionContext, personc: PersonCConfig,
 
 @asset(group_name=GROUP, kinds={"python"}, tags=GPU_TAGS, pool=GPU_POOL)
 def projected_latents(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                      source_images: dict) -> MaterializeResult:
+                      source_images: SourceSet) -> MaterializeResult:
     """Each aligned source face projected into the selected backbone's latent space, with its
     reconstruction error."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
-        out = modeling.fit_and_project(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
+        out = modeling.fit_and_project(cfg, personc.workspace(), store, source_images,
                                        context.run.run_id, progress_logger(context, "project", every=5))
     return MaterializeResult(value=out, metadata={
         "backbone": cfg.backbone, "backbone_state": out["backbone"]["state_hash"][:16],
@@ -95,12 +96,12 @@ def factor_decompositions(context: AssetExecutionContext, personc: PersonCConfig
 
 @asset(group_name=GROUP, kinds={"python", "faiss"})
 def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                      source_images: dict) -> MaterializeResult:
+                      source_images: SourceSet) -> MaterializeResult:
     """Per encoder, the embeddings of every source face in a FAISS inner-product index (exact, or
     certified IVF for very large source sets: re-checked exactly wherever it could matter)."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
-        out = indexing.build_indexes(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
+        out = indexing.build_indexes(cfg, personc.workspace(), store, source_images,
                                      context.run.run_id, progress_logger(context, "embed"))
     for skipped in out["skipped"]:
         context.log.info(f"encoder {skipped['encoder']} skipped: {skipped['reason']}")
@@ -112,14 +113,13 @@ def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, du
 
 @asset(group_name=GROUP, kinds={"python"}, tags=GPU_TAGS, pool=GPU_POOL)
 def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                         source_images: dict, factor_decompositions: dict,
+                         source_images: SourceSet, factor_decompositions: dict,
                          embedding_indexes: dict) -> MaterializeResult:
     """First candidates: seeded recipes that take each factor from a different donor (A and B
     both represented), composed and synthesized by the backbone."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
-        out = generation.generate_first_attempts(cfg, personc.workspace(), store,
-                                                 sources.SourceSet.from_dict(source_images),
+        out = generation.generate_first_attempts(cfg, personc.workspace(), store, source_images,
                                                  factor_decompositions, embedding_indexes, context.run.run_id)
     return MaterializeResult(value=out, metadata={"generation_id": out["generation_id"],
                                                   "candidates": len(out["candidates"])})
@@ -127,13 +127,13 @@ def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig,
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"}, tags=GPU_TAGS, pool=GPU_POOL)
 def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                   source_images: dict, factor_decompositions: dict, embedding_indexes: dict,
+                   source_images: SourceSet, factor_decompositions: dict, embedding_indexes: dict,
                    generated_candidates: dict) -> MaterializeResult:
     """Each candidate embedded by every encoder and searched against every source; rejected
     (fail closed) at tau, on no single face, or on any error; rejected slots are regenerated."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
-        out = judging.judge_and_release(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
+        out = judging.judge_and_release(cfg, personc.workspace(), store, source_images,
                                         factor_decompositions, embedding_indexes, generated_candidates,
                                         context.run.run_id, progress_logger(context, "released", every=1))
     return MaterializeResult(value=out, metadata={
@@ -149,13 +149,13 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
 
 @asset(group_name=GROUP, kinds={"python", "html"}, tags=GPU_TAGS, pool=GPU_POOL)
 def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                source_images: dict, factor_decompositions: dict, embedding_indexes: dict,
+                source_images: SourceSet, factor_decompositions: dict, embedding_indexes: dict,
                 guard_verdicts: dict) -> MaterializeResult:
     """Identity Contribution Scores per released face, donor and factor; reports, gallery and
     the release manifest."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
-        out = explaining.explain_releases(cfg, personc.workspace(), store, sources.SourceSet.from_dict(source_images),
+        out = explaining.explain_releases(cfg, personc.workspace(), store, source_images,
                                           factor_decompositions, embedding_indexes, guard_verdicts, context.run.run_id,
                                           progress_logger(context, "explain", every=1))
     meta = explaining.dagster_metadata(out)

@@ -4,7 +4,8 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from dagster_duckdb import DuckDBResource
 
 from ..core.atomic import atomic_write_text
-from ..core.pipeline import indexing, sources
+from ..core.pipeline import indexing
+from ..core.pipeline.sources import SourceSet
 from ..core.redteam import redteam_sources, render_markdown
 from .assets import lineage
 from .resources import PersonCConfig
@@ -14,7 +15,7 @@ GROUP = "personc_audit"
 
 @asset(group_name=GROUP, kinds={"python"})
 def redteam_report(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                   source_images: dict, embedding_indexes: dict) -> MaterializeResult:
+                   source_images: SourceSet, embedding_indexes: dict) -> MaterializeResult:
     """Disguises of source faces (second photo held out of the index, mirror, crops, rotations, JPEG q20,
     64 px, brightness/contrast/colour, blur, sunglasses, 70/30 morph) judged by the run's guard:
     rejection rate per variant and encoder, and why (similarity or fail-closed)."""
@@ -23,7 +24,7 @@ def redteam_report(context: AssetExecutionContext, personc: PersonCConfig, duckd
     taus = indexing.tau_choices(embedding_indexes)
     encoders = [e for e in encoders if e.name in taus]  # only encoders the run indexed
     audit_only = tuple(cfg.audit_encoders)
-    faces = sources.SourceSet.from_dict(source_images).load_faces()
+    faces = source_images.load_faces()
     with lineage(duckdb) as store:
         report = redteam_sources(faces, encoders, taus, store, context.run_id, audit_only)
     table = render_markdown(report)

@@ -59,10 +59,9 @@ class PrivacyContext:
         return self.ws.root / "privacy" / mode
 
 
-def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, source_images: dict,
+def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, sset: sources.SourceSet,
                            factor_decompositions: dict, embedding_indexes: dict) -> PrivacyContext:
     """Build the context from the main pipeline's asset values."""
-    sset = sources.SourceSet.from_dict(source_images)
     ref = modeling.BackboneRef(**factor_decompositions["backbone"])
     backbone = context_frame(ref.load())  # the modes edit the user's own photo: they ask for its frame
     faces = tuple(sset.load_faces())
@@ -83,7 +82,7 @@ def prepare(cfg: RunConfig, store: LineageStore, run_id: str) -> PrivacyContext:
     latents = modeling.fit_and_project(cfg, ws, store, sset, run_id)
     factors = modeling.decompose_all(ws, store, latents, run_id)
     indexes = indexing.build_indexes(cfg, ws, store, sset, run_id)
-    return context_from_summaries(cfg, ws, store, sset.as_dict(), factors, indexes)
+    return context_from_summaries(cfg, ws, store, sset, factors, indexes)
 
 
 def _json(obj: Any) -> str:
