@@ -5,10 +5,12 @@ import json
 
 import pytest
 
+from personc_assets.core.pipeline.modeling import BackboneRef, FactorDecompositions, ProjectedLatents
 from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
 from personc_assets.core.pipeline.values import AssetValue, MalformedValueError
 
 DONOR = SourceEntry("h1", "A", "ann", "/src/A/ann.jpg", "/out/aligned/h1.npz", "A-ann-1")
+BACKBONE = BackboneRef("morphable", {"modes": 40}, "/out/backbone/m.npz", "b" * 64)
 GRAY = SourceEntry("h2", "B", "bob", "/src/B/bob.jpg", "/out/aligned/h2.npz", "B-bob-1", "protect_only",
                    "grayscale", "grayscale photo: no colour to lend")
 
@@ -42,6 +44,36 @@ def test_malformed_source_set_names_the_bad_keys():
         SourceSet.from_dict(bad)
     with pytest.raises(MalformedValueError, match="must be a JSON object, got list"):
         SourceSet.from_dict([])  # type: ignore[arg-type]
+
+
+def test_projected_latents_round_trip():
+    # why: the factor step rebuilds the fitted backbone from this value
+    latents = ProjectedLatents(BACKBONE, {"h1": "/out/latents/h1.npz"}, 1, 0.12, 0.3)
+    assert through_json(latents) == latents
+    assert through_json(ProjectedLatents(BACKBONE, {}, 0, None, None)).mean_reconstruction_error is None
+
+
+def test_malformed_projected_latents_names_the_bad_keys():
+    # why: a backbone reference without its state hash could load another fit unnoticed
+    bad = ProjectedLatents(BACKBONE, {}, 0, None, None).as_dict()
+    del bad["backbone"]["state_hash"]
+    with pytest.raises(MalformedValueError, match="BackboneRef of projected_latents lacks 'state_hash'"):
+        ProjectedLatents.from_dict(bad)
+
+
+def test_factor_decompositions_round_trip():
+    # why: generation, judging, the reports and the privacy modes all read the factors from this value
+    factors = FactorDecompositions(BACKBONE, {"h1": "/out/latents/h1.factors.npz"}, "/out/mean.factors.npz",
+                                   ("geometry", "texture"))
+    assert through_json(factors) == factors
+
+
+def test_malformed_factor_decompositions_names_the_bad_keys():
+    # why: the error must point at the asset that wrote the value, not at the one that read it
+    bad = FactorDecompositions(BACKBONE, {}, "/m.npz", ()).as_dict()
+    del bad["mean"]
+    with pytest.raises(MalformedValueError, match="FactorDecompositions of factor_decompositions lacks 'mean'"):
+        FactorDecompositions.from_dict(bad)
 
 
 def test_io_manager_hands_typed_values_downstream_in_this_run_and_the_next(tmp_path):

@@ -12,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 from ..core.backbones.stylegan2 import backbone as stylegan2_backbone
 from ..core.lineage.store import LineageStore
 from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
+from ..core.pipeline.modeling import FactorDecompositions, ProjectedLatents
 from ..core.pipeline.sources import SourceSet
 from .resources import PersonCConfig
 
@@ -71,7 +72,7 @@ def source_images(context: AssetExecutionContext, personc: PersonCConfig,
 
 @asset(group_name=GROUP, kinds={"python"}, tags=GPU_TAGS, pool=GPU_POOL)
 def projected_latents(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                      source_images: SourceSet) -> MaterializeResult:
+                      source_images: SourceSet) -> MaterializeResult[ProjectedLatents]:
     """Each aligned source face projected into the selected backbone's latent space, with its
     reconstruction error."""
     cfg = personc.run_config()
@@ -79,19 +80,19 @@ def projected_latents(context: AssetExecutionContext, personc: PersonCConfig, du
         out = modeling.fit_and_project(cfg, personc.workspace(), store, source_images,
                                        context.run.run_id, progress_logger(context, "project", every=5))
     return MaterializeResult(value=out, metadata={
-        "backbone": cfg.backbone, "backbone_state": out["backbone"]["state_hash"][:16],
-        "latents": len(out["latents"]), "projected_now": out["projected_now"],
-        "mean_reconstruction_error": float(out["mean_reconstruction_error"] or 0.0)})
+        "backbone": cfg.backbone, "backbone_state": out.backbone.state_hash[:16],
+        "latents": len(out.latents), "projected_now": out.projected_now,
+        "mean_reconstruction_error": float(out.mean_reconstruction_error or 0.0)})
 
 
 @asset(group_name=GROUP, kinds={"python"})
 def factor_decompositions(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                          projected_latents: dict) -> MaterializeResult:
+                          projected_latents: ProjectedLatents) -> MaterializeResult[FactorDecompositions]:
     """Each latent split into named factors: geometry, symmetry, texture and local features."""
     with lineage(duckdb) as store:
         out = modeling.decompose_all(personc.workspace(), store, projected_latents, context.run.run_id)
-    return MaterializeResult(value=out, metadata={"factors": MetadataValue.json(out["factor_names"]),
-                                                  "sources": len(out["factors"])})
+    return MaterializeResult(value=out, metadata={"factors": MetadataValue.json(list(out.factor_names)),
+                                                  "sources": len(out.factors)})
 
 
 @asset(group_name=GROUP, kinds={"python", "faiss"})
@@ -113,7 +114,7 @@ def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, du
 
 @asset(group_name=GROUP, kinds={"python"}, tags=GPU_TAGS, pool=GPU_POOL)
 def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                         source_images: SourceSet, factor_decompositions: dict,
+                         source_images: SourceSet, factor_decompositions: FactorDecompositions,
                          embedding_indexes: dict) -> MaterializeResult:
     """First candidates: seeded recipes that take each factor from a different donor (A and B
     both represented), composed and synthesized by the backbone."""
@@ -127,7 +128,7 @@ def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig,
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"}, tags=GPU_TAGS, pool=GPU_POOL)
 def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                   source_images: SourceSet, factor_decompositions: dict, embedding_indexes: dict,
+                   source_images: SourceSet, factor_decompositions: FactorDecompositions, embedding_indexes: dict,
                    generated_candidates: dict) -> MaterializeResult:
     """Each candidate embedded by every encoder and searched against every source; rejected
     (fail closed) at tau, on no single face, or on any error; rejected slots are regenerated."""
@@ -149,7 +150,7 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
 
 @asset(group_name=GROUP, kinds={"python", "html"}, tags=GPU_TAGS, pool=GPU_POOL)
 def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                source_images: SourceSet, factor_decompositions: dict, embedding_indexes: dict,
+                source_images: SourceSet, factor_decompositions: FactorDecompositions, embedding_indexes: dict,
                 guard_verdicts: dict) -> MaterializeResult:
     """Identity Contribution Scores per released face, donor and factor; reports, gallery and
     the release manifest."""

@@ -9,15 +9,16 @@ from dagster import (AssetExecutionContext, AssetSelection, Config, MaterializeR
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from ..core.pipeline.modeling import FactorDecompositions
+from ..core.pipeline.sources import SourceSet
 from ..core.privacy import steps
 from .assets import lineage, md_table
-from ..core.pipeline.sources import SourceSet
 from .resources import PersonCConfig
 
 GROUP = "personc_privacy"
 
 
-def _ctx(personc: PersonCConfig, store, source_images: SourceSet, factor_decompositions: dict,
+def _ctx(personc: PersonCConfig, store, source_images: SourceSet, factor_decompositions: FactorDecompositions,
          embedding_indexes: dict) -> steps.PrivacyContext:
     return steps.context_from_summaries(personc.run_config(), personc.workspace(), store, source_images,
                                         factor_decompositions, embedding_indexes)
@@ -30,7 +31,8 @@ class RankingConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def factor_identity_ranking(context: AssetExecutionContext, config: RankingConfig, personc: PersonCConfig,
-                            duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: dict,
+                            duckdb: DuckDBResource, source_images: SourceSet,
+                            factor_decompositions: FactorDecompositions,
                             embedding_indexes: dict) -> MaterializeResult:
     """How much identity each factor carries: identity change (1 - cosine) per population unit of change,
     measured with every encoder by swapping one factor for another person's."""
@@ -49,7 +51,7 @@ class AnonymizeConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def anonymized_faces(context: AssetExecutionContext, config: AnonymizeConfig, personc: PersonCConfig,
-                     duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: dict,
+                     duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: FactorDecompositions,
                      embedding_indexes: dict, factor_identity_ranking: dict) -> MaterializeResult:
     """Faces with their identity factors replaced from the population (context kept), released only when
     the guard passes them against every source and the original."""
@@ -71,7 +73,7 @@ class CancelableConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def cancelable_templates(context: AssetExecutionContext, config: CancelableConfig, personc: PersonCConfig,
-                         duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: dict,
+                         duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: FactorDecompositions,
                          embedding_indexes: dict) -> MaterializeResult:
     """Keyed synthetic templates (key never stored, only its id), guard-checked, revocable. Fails, with the
     measured figures, when the backbone cannot give templates their properties (nothing is made then)."""
@@ -100,7 +102,7 @@ class DPConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def dp_attribute_releases(context: AssetExecutionContext, config: DPConfig, personc: PersonCConfig,
-                          duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: dict,
+                          duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: FactorDecompositions,
                           embedding_indexes: dict) -> MaterializeResult:
     """Faces whose position along learned age/gender directions is released with OpenDP noise after
     clipping (real sensitivity), with directions fitted without the released person; every charge is in the

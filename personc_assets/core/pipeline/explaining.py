@@ -30,6 +30,7 @@ from ..versioning import config_hash
 from .config import RunConfig, Workspace
 from . import reaudit
 from .generation import CandidateFactory
+from .modeling import FactorDecompositions
 from .indexing import build_encoders, embed_sources, tau_choices
 from .sources import SourceEntry, SourceSet
 
@@ -39,13 +40,13 @@ Progress = Callable[[int, int, str], None]
 
 
 def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                     factors_summary: dict[str, Any], index_summary: dict[str, Any],
+                     decompositions: FactorDecompositions, index_summary: dict[str, Any],
                      verdicts: dict[str, Any], run_id: str, progress: Progress | None = None) -> dict[str, Any]:
     """ICS, maps and reports of every released face; the run report and the manifest."""
     from PIL import Image
 
     encoders, _ = build_encoders(cfg)
-    factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
+    factory = CandidateFactory(cfg, ws, store, sources, decompositions, index_summary)
     # a release's nearest source may be a protect-only photo: look up every guarded source
     faces = {f.content_hash: f for batch in sources.iter_guarded_faces() for f in batch}
     entries = sources.by_hash()
@@ -86,7 +87,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
     run_report = _run_report(run_id, verdicts, taus, gallery)
     report_path = write_run_report(ws.reports / "index.html", run_report)
     manifest = ReleaseManifest(
-        run_id=run_id, backbone=cfg.backbone, backbone_state_hash=factors_summary["backbone"]["state_hash"],
+        run_id=run_id, backbone=cfg.backbone, backbone_state_hash=decompositions.backbone.state_hash,
         encoders=tuple(EncoderRecord(e.name, e.version, taus[e.name].tau, taus[e.name].source,
                                      taus[e.name].why) for e in encoders),
         releases=tuple(records),

@@ -27,7 +27,7 @@ from ..types import Candidate, Recipe
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
 from .indexing import person_index, persons_by_embedding, source_embeddings
-from .modeling import BackboneRef
+from .modeling import FactorDecompositions
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
@@ -58,12 +58,12 @@ class CandidateFactory:
     """Makes the candidate for (slot, attempt) from the fitted backbone and source factors."""
 
     def __init__(self, cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                 factors_summary: dict[str, Any], index_summary: dict[str, Any]):
+                 decompositions: FactorDecompositions, index_summary: dict[str, Any]):
         self.cfg, self.ws = cfg, ws
-        self.ref = BackboneRef(**factors_summary["backbone"])
+        self.ref = decompositions.backbone
         self.backbone = self.ref.load()
-        self.factors = {h: load_npz(Path(p)) for h, p in factors_summary["factors"].items()}
-        self.mean = load_npz(Path(factors_summary["mean"]))
+        self.factors = decompositions.load_factors()
+        self.mean = decompositions.load_mean()
         embeddings = source_embeddings(store, sources, index_summary)
         persons = persons_by_embedding(embeddings, person_index(index_summary)["tau"])
         self.donors = describe_donors(sources.load_faces(), self.factors, labels=persons, embeddings=embeddings,
@@ -188,10 +188,10 @@ class CandidateFactory:
 
 
 def generate_first_attempts(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                            factors_summary: dict[str, Any], index_summary: dict[str, Any],
+                            decompositions: FactorDecompositions, index_summary: dict[str, Any],
                             run_id: str) -> dict[str, Any]:
     """Attempt 0 of every slot."""
-    factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
+    factory = CandidateFactory(cfg, ws, store, sources, decompositions, index_summary)
     made = factory.make([(s, 0) for s in range(cfg.num_samples)])
     rows = factory.save(store, made, run_id)
     return {"generation_id": factory.gen_id, "candidates": rows}

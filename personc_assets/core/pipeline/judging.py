@@ -28,6 +28,7 @@ from ..types import Candidate, Recipe
 from ..versioning import code_version
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory
+from .modeling import FactorDecompositions
 from .indexing import build_encoders
 from .sources import SourceSet
 
@@ -105,14 +106,14 @@ def _num(x: float) -> float | None:
 
 
 def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                      factors_summary: dict[str, Any], index_summary: dict[str, Any],
+                      decompositions: FactorDecompositions, index_summary: dict[str, Any],
                       first: dict[str, Any], run_id: str, progress: Progress | None = None) -> dict[str, Any]:
     """Judge the first attempts, regenerate rejected slots, release the passes."""
     from PIL import Image
 
     recover_staged(ws, store)
     guard = build_release_guard(cfg, ws, sources, index_summary)
-    factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
+    factory = CandidateFactory(cfg, ws, store, sources, decompositions, index_summary)
     _remember_earlier_releases(guard, store, factory.gen_id)
     pending: list[tuple[int, Candidate]] = []
     for row in first["candidates"]:

@@ -60,12 +60,12 @@ class PrivacyContext:
 
 
 def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, sset: sources.SourceSet,
-                           factor_decompositions: dict, embedding_indexes: dict) -> PrivacyContext:
+                           decompositions: modeling.FactorDecompositions, embedding_indexes: dict) -> PrivacyContext:
     """Build the context from the main pipeline's asset values."""
-    ref = modeling.BackboneRef(**factor_decompositions["backbone"])
+    ref = decompositions.backbone
     backbone = context_frame(ref.load())  # the modes edit the user's own photo: they ask for its frame
     faces = tuple(sset.load_faces())
-    factors = {h: load_npz(Path(p)) for h, p in factor_decompositions["factors"].items()}
+    factors = decompositions.load_factors()
     persons = indexing.persons_by_embedding(indexing.source_embeddings(store, sset, embedding_indexes),
                                             indexing.person_index(embedding_indexes)["tau"])
     pop = Population(backbone, ref.state_hash, faces, factors, persons)
