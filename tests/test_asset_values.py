@@ -5,6 +5,8 @@ import json
 
 import pytest
 
+from personc_assets.core.pipeline.config import TauChoice
+from personc_assets.core.pipeline.indexing import EmbeddingIndexes, EncoderIndex, SkippedIndex
 from personc_assets.core.pipeline.modeling import BackboneRef, FactorDecompositions, ProjectedLatents
 from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
 from personc_assets.core.pipeline.values import AssetValue, MalformedValueError
@@ -74,6 +76,39 @@ def test_malformed_factor_decompositions_names_the_bad_keys():
     del bad["mean"]
     with pytest.raises(MalformedValueError, match="FactorDecompositions of factor_decompositions lacks 'mean'"):
         FactorDecompositions.from_dict(bad)
+
+
+def encoder_index(name: str, tau: float, source: str = "default") -> EncoderIndex:
+    return EncoderIndex(name, f"{name}-v1", f"/out/indexes/{name}.faiss", "flat_ip", True, 4, 128,
+                        TauChoice(name, tau, f"why {name}", source))  # type: ignore[arg-type]
+
+
+def test_embedding_indexes_round_trip_with_their_tau_choices():
+    # why: every guard of the run, the re-audit and the red team take their taus from this value
+    indexes = EmbeddingIndexes((encoder_index("arcface", 0.4, "bare"), encoder_index("dlib", 0.9)),
+                               (SkippedIndex("magface", "no weights in weights/"),), "f" * 64, {"h1": "female"})
+    assert through_json(indexes) == indexes
+    assert indexes.tau_choices()["arcface"] == TauChoice("arcface", 0.4, "why arcface", "bare")
+    assert indexes.person_index().encoder == "dlib", "dlib tells people apart when it is in the run"
+    assert indexes.get("magface") is None
+    stored = indexes.as_dict()["indexes"][1]
+    assert (stored["tau"], stored["tau_why"], stored["tau_source"]) == (0.9, "why dlib", "default"), \
+        "the stored JSON keeps its flat tau keys"
+
+
+def test_embedding_indexes_from_before_tau_sources_and_classes():
+    # why: values stored before tau sources and donor classes existed still load, as the defaults
+    old = EmbeddingIndexes((encoder_index("dlib", 0.9),), (), "f" * 64).as_dict()
+    del old["indexes"][0]["tau_source"], old["source_classes"]
+    assert EmbeddingIndexes.from_dict(old) == EmbeddingIndexes((encoder_index("dlib", 0.9),), (), "f" * 64)
+
+
+def test_malformed_embedding_indexes_names_the_bad_keys():
+    # why: an index entry without its tau must not be guarded at some other tau
+    bad = EmbeddingIndexes((encoder_index("dlib", 0.9),), (), "f" * 64).as_dict()
+    del bad["indexes"][0]["tau"]
+    with pytest.raises(MalformedValueError, match="EncoderIndex of embedding_indexes lacks 'tau'"):
+        EmbeddingIndexes.from_dict(bad)
 
 
 def test_io_manager_hands_typed_values_downstream_in_this_run_and_the_next(tmp_path):

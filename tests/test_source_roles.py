@@ -66,7 +66,7 @@ def test_grayscale_photo_protects_but_is_no_donor(run):
     roles = dict(store.query("SELECT path, role FROM sources"))
     assert roles[gray] == "protect_only" and sum(r == "donor" for r in roles.values()) == 3
     assert store.query("SELECT role_reason FROM sources WHERE path = ?", [gray])[0][0].startswith("grayscale photo")
-    assert run["indexes"]["indexes"][0]["count"] == 4, "the guard indexes donors and protect-only photos"
+    assert run["indexes"].indexes[0].count == 4, "the guard indexes donors and protect-only photos"
 
 
 def test_grayscale_photo_makes_the_guard_reject_a_second_photo_of_its_person(run, shared_faces):

@@ -12,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 from ..core.backbones.stylegan2 import backbone as stylegan2_backbone
 from ..core.lineage.store import LineageStore
 from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
+from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.modeling import FactorDecompositions, ProjectedLatents
 from ..core.pipeline.sources import SourceSet
 from .resources import PersonCConfig
@@ -97,25 +98,25 @@ def factor_decompositions(context: AssetExecutionContext, personc: PersonCConfig
 
 @asset(group_name=GROUP, kinds={"python", "faiss"})
 def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                      source_images: SourceSet) -> MaterializeResult:
+                      source_images: SourceSet) -> MaterializeResult[EmbeddingIndexes]:
     """Per encoder, the embeddings of every source face in a FAISS inner-product index (exact, or
     certified IVF for very large source sets: re-checked exactly wherever it could matter)."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         out = indexing.build_indexes(cfg, personc.workspace(), store, source_images,
                                      context.run.run_id, progress_logger(context, "embed"))
-    for skipped in out["skipped"]:
-        context.log.info(f"encoder {skipped['encoder']} skipped: {skipped['reason']}")
+    for skipped in out.skipped:
+        context.log.info(f"encoder {skipped.encoder} skipped: {skipped.reason}")
     return MaterializeResult(value=out, metadata={
-        "encoders": md_table([{"encoder": i["encoder"], "version": i["encoder_version"], "sources": i["count"],
-                               "tau": i["tau"], "why": i["tau_why"]} for i in out["indexes"]]),
-        "skipped_encoders": md_table(out["skipped"])})
+        "encoders": md_table([{"encoder": i.encoder, "version": i.encoder_version, "sources": i.count,
+                               "tau": i.tau, "why": i.tau_choice.why} for i in out.indexes]),
+        "skipped_encoders": md_table([s.as_dict() for s in out.skipped])})
 
 
 @asset(group_name=GROUP, kinds={"python"}, tags=GPU_TAGS, pool=GPU_POOL)
 def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                          source_images: SourceSet, factor_decompositions: FactorDecompositions,
-                         embedding_indexes: dict) -> MaterializeResult:
+                         embedding_indexes: EmbeddingIndexes) -> MaterializeResult:
     """First candidates: seeded recipes that take each factor from a different donor (A and B
     both represented), composed and synthesized by the backbone."""
     cfg = personc.run_config()
@@ -128,8 +129,8 @@ def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig,
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"}, tags=GPU_TAGS, pool=GPU_POOL)
 def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                   source_images: SourceSet, factor_decompositions: FactorDecompositions, embedding_indexes: dict,
-                   generated_candidates: dict) -> MaterializeResult:
+                   source_images: SourceSet, factor_decompositions: FactorDecompositions,
+                   embedding_indexes: EmbeddingIndexes, generated_candidates: dict) -> MaterializeResult:
     """Each candidate embedded by every encoder and searched against every source; rejected
     (fail closed) at tau, on no single face, or on any error; rejected slots are regenerated."""
     cfg = personc.run_config()
@@ -150,8 +151,8 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
 
 @asset(group_name=GROUP, kinds={"python", "html"}, tags=GPU_TAGS, pool=GPU_POOL)
 def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                source_images: SourceSet, factor_decompositions: FactorDecompositions, embedding_indexes: dict,
-                guard_verdicts: dict) -> MaterializeResult:
+                source_images: SourceSet, factor_decompositions: FactorDecompositions,
+                embedding_indexes: EmbeddingIndexes, guard_verdicts: dict) -> MaterializeResult:
     """Identity Contribution Scores per released face, donor and factor; reports, gallery and
     the release manifest."""
     cfg = personc.run_config()

@@ -5,6 +5,7 @@ import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetIn, MetadataValue, asset_check
 
 from ..core.pipeline import judging
+from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.sources import SourceSet
 from .resources import PersonCConfig
 
@@ -13,7 +14,7 @@ from .resources import PersonCConfig
              additional_ins={"embedding_indexes": AssetIn("embedding_indexes"),
                              "source_images": AssetIn("source_images")})
 def released_faces_below_tau(personc: PersonCConfig, guard_verdicts: dict,
-                             embedding_indexes: dict, source_images: SourceSet) -> AssetCheckResult:
+                             embedding_indexes: EmbeddingIndexes, source_images: SourceSet) -> AssetCheckResult:
     """Every released PNG, re-read from disk, passes the whole guard again: a coherent face, no
     reused source photo, below tau for every encoder under every benign transform."""
     rows = judging.recheck_released_files(personc.run_config(), personc.workspace(),

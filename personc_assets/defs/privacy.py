@@ -9,6 +9,7 @@ from dagster import (AssetExecutionContext, AssetSelection, Config, MaterializeR
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.modeling import FactorDecompositions
 from ..core.pipeline.sources import SourceSet
 from ..core.privacy import steps
@@ -19,7 +20,7 @@ GROUP = "personc_privacy"
 
 
 def _ctx(personc: PersonCConfig, store, source_images: SourceSet, factor_decompositions: FactorDecompositions,
-         embedding_indexes: dict) -> steps.PrivacyContext:
+         embedding_indexes: EmbeddingIndexes) -> steps.PrivacyContext:
     return steps.context_from_summaries(personc.run_config(), personc.workspace(), store, source_images,
                                         factor_decompositions, embedding_indexes)
 
@@ -33,7 +34,7 @@ class RankingConfig(Config):
 def factor_identity_ranking(context: AssetExecutionContext, config: RankingConfig, personc: PersonCConfig,
                             duckdb: DuckDBResource, source_images: SourceSet,
                             factor_decompositions: FactorDecompositions,
-                            embedding_indexes: dict) -> MaterializeResult:
+                            embedding_indexes: EmbeddingIndexes) -> MaterializeResult:
     """How much identity each factor carries: identity change (1 - cosine) per population unit of change,
     measured with every encoder by swapping one factor for another person's."""
     with lineage(duckdb) as store:
@@ -52,7 +53,7 @@ class AnonymizeConfig(Config):
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def anonymized_faces(context: AssetExecutionContext, config: AnonymizeConfig, personc: PersonCConfig,
                      duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: FactorDecompositions,
-                     embedding_indexes: dict, factor_identity_ranking: dict) -> MaterializeResult:
+                     embedding_indexes: EmbeddingIndexes, factor_identity_ranking: dict) -> MaterializeResult:
     """Faces with their identity factors replaced from the population (context kept), released only when
     the guard passes them against every source and the original."""
     with lineage(duckdb) as store:
@@ -74,7 +75,7 @@ class CancelableConfig(Config):
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def cancelable_templates(context: AssetExecutionContext, config: CancelableConfig, personc: PersonCConfig,
                          duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: FactorDecompositions,
-                         embedding_indexes: dict) -> MaterializeResult:
+                         embedding_indexes: EmbeddingIndexes) -> MaterializeResult:
     """Keyed synthetic templates (key never stored, only its id), guard-checked, revocable. Fails, with the
     measured figures, when the backbone cannot give templates their properties (nothing is made then)."""
     key = os.environ.get(config.key_env)
@@ -103,7 +104,7 @@ class DPConfig(Config):
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def dp_attribute_releases(context: AssetExecutionContext, config: DPConfig, personc: PersonCConfig,
                           duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: FactorDecompositions,
-                          embedding_indexes: dict) -> MaterializeResult:
+                          embedding_indexes: EmbeddingIndexes) -> MaterializeResult:
     """Faces whose position along learned age/gender directions is released with OpenDP noise after
     clipping (real sensitivity), with directions fitted without the released person; every charge is in the
     DuckDB privacy ledger, which refuses once spent. Releases are watermarked, marked synthetic and listed in

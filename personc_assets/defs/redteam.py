@@ -5,6 +5,7 @@ from dagster_duckdb import DuckDBResource
 
 from ..core.atomic import atomic_write_text
 from ..core.pipeline import indexing
+from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.sources import SourceSet
 from ..core.redteam import redteam_sources, render_markdown
 from .assets import lineage
@@ -15,13 +16,13 @@ GROUP = "personc_audit"
 
 @asset(group_name=GROUP, kinds={"python"})
 def redteam_report(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                   source_images: SourceSet, embedding_indexes: dict) -> MaterializeResult:
+                   source_images: SourceSet, embedding_indexes: EmbeddingIndexes) -> MaterializeResult:
     """Disguises of source faces (second photo held out of the index, mirror, crops, rotations, JPEG q20,
     64 px, brightness/contrast/colour, blur, sunglasses, 70/30 morph) judged by the run's guard:
     rejection rate per variant and encoder, and why (similarity or fail-closed)."""
     cfg = personc.run_config()
     encoders, _ = indexing.build_encoders(cfg)
-    taus = indexing.tau_choices(embedding_indexes)
+    taus = embedding_indexes.tau_choices()
     encoders = [e for e in encoders if e.name in taus]  # only encoders the run indexed
     audit_only = tuple(cfg.audit_encoders)
     faces = source_images.load_faces()

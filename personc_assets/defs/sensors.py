@@ -21,6 +21,7 @@ from dagster_duckdb import DuckDBResource
 from ..core.atomic import atomic_write_text
 from ..core.faces.ingest import diff_snapshots, snapshot_folders
 from ..core.pipeline import reaudit
+from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.source_watch import RefreshState, WatchCursor, next_step
 from .assets import lineage, md_table
 from .resources import PersonCConfig
@@ -36,7 +37,7 @@ SNAPSHOT_FILE = "source_folders_snapshot.json"
 
 @asset(group_name=AUDIT_GROUP, kinds={"python", "duckdb"})
 def release_audit(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                  embedding_indexes: dict) -> MaterializeResult:
+                  embedding_indexes: EmbeddingIndexes) -> MaterializeResult:
     """Every face released so far, re-read from disk and re-checked by the guard against the
     current sources; a release that now reaches tau (or cannot be checked) is revoked, with the
     reason, in DuckDB and in the release manifest."""

@@ -31,7 +31,7 @@ from .config import RunConfig, Workspace
 from . import reaudit
 from .generation import CandidateFactory
 from .modeling import FactorDecompositions
-from .indexing import build_encoders, embed_sources, tau_choices
+from .indexing import EmbeddingIndexes, build_encoders, embed_sources
 from .sources import SourceEntry, SourceSet
 
 log = logging.getLogger(__name__)
@@ -40,17 +40,17 @@ Progress = Callable[[int, int, str], None]
 
 
 def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                     decompositions: FactorDecompositions, index_summary: dict[str, Any],
+                     decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
                      verdicts: dict[str, Any], run_id: str, progress: Progress | None = None) -> dict[str, Any]:
     """ICS, maps and reports of every released face; the run report and the manifest."""
     from PIL import Image
 
     encoders, _ = build_encoders(cfg)
-    factory = CandidateFactory(cfg, ws, store, sources, decompositions, index_summary)
+    factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
     # a release's nearest source may be a protect-only photo: look up every guarded source
     faces = {f.content_hash: f for batch in sources.iter_guarded_faces() for f in batch}
     entries = sources.by_hash()
-    taus = tau_choices(index_summary)
+    taus = indexes.tau_choices()
     explained, records, gallery = [], [], []
     for done, rel in enumerate(verdicts["released"], 1):
         t0 = time.perf_counter()

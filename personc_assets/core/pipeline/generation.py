@@ -26,7 +26,7 @@ from ..recipes import (describe_donors, mix_factors, new_roles, recipe_from_json
 from ..types import Candidate, Recipe
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
-from .indexing import person_index, persons_by_embedding, source_embeddings
+from .indexing import EmbeddingIndexes, persons_by_embedding, source_embeddings
 from .modeling import FactorDecompositions
 from .sources import SourceSet
 
@@ -58,36 +58,35 @@ class CandidateFactory:
     """Makes the candidate for (slot, attempt) from the fitted backbone and source factors."""
 
     def __init__(self, cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                 decompositions: FactorDecompositions, index_summary: dict[str, Any]):
+                 decompositions: FactorDecompositions, indexes: EmbeddingIndexes):
         self.cfg, self.ws = cfg, ws
         self.ref = decompositions.backbone
         self.backbone = self.ref.load()
         self.factors = decompositions.load_factors()
         self.mean = decompositions.load_mean()
-        embeddings = source_embeddings(store, sources, index_summary)
-        persons = persons_by_embedding(embeddings, person_index(index_summary)["tau"])
+        embeddings = source_embeddings(store, sources, indexes)
+        persons = persons_by_embedding(embeddings, indexes.person_index().tau)
         self.donors = describe_donors(sources.load_faces(), self.factors, labels=persons, embeddings=embeddings,
-                                      classes=index_summary.get("source_classes") or None)
+                                      classes=dict(indexes.source_classes) or None)
         self.person_of = {d.content_hash: d.person for d in self.donors}
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
-        self.novelty, self.protected = self._novelty_search(store, sources, index_summary)
+        self.novelty, self.protected = self._novelty_search(store, sources, indexes)
 
     def _novelty_search(self, store: LineageStore, sources: SourceSet,
-                        index_summary: dict[str, Any]) -> tuple[NoveltySearch | None, np.ndarray]:
+                        indexes: EmbeddingIndexes) -> tuple[NoveltySearch | None, np.ndarray]:
         """The novelty step against every guarded source under dlib (None when the backbone
         is not linearisable, dlib does not guard, or the step is switched off)."""
         knobs = NoveltyConfig(**dict(self.cfg.novelty))
-        by_name = {i["encoder"]: i for i in index_summary["indexes"]}
-        dlib = by_name.get("dlib")
+        dlib = indexes.get("dlib")
         if knobs.steps == 0 or dlib is None or not isinstance(self.backbone, LinearisedBackbone):
             return None, np.zeros((0, 128), np.float32)
         hashes = sources.guarded_hashes()
-        found = store.embeddings(dlib["encoder_version"], hashes)
+        found = store.embeddings(dlib.encoder_version, hashes)
         missing = [h[:10] for h in hashes if h not in found]
         if missing:
             raise RuntimeError(f"dlib embeddings of guarded sources {missing} are missing from the store; "
                                "re-materialize embedding_indexes")
-        return NoveltySearch(float(dlib["tau"]), knobs), np.stack([found[h] for h in hashes]).astype(np.float32)
+        return NoveltySearch(float(dlib.tau), knobs), np.stack([found[h] for h in hashes]).astype(np.float32)
 
     def recipe(self, slot: int, attempt: int, released: Sequence[Recipe] = ()) -> Recipe:
         """The recipe of ``(slot, attempt)``, dealt so that it differs from every
@@ -188,10 +187,10 @@ class CandidateFactory:
 
 
 def generate_first_attempts(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                            decompositions: FactorDecompositions, index_summary: dict[str, Any],
+                            decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
                             run_id: str) -> dict[str, Any]:
     """Attempt 0 of every slot."""
-    factory = CandidateFactory(cfg, ws, store, sources, decompositions, index_summary)
+    factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
     made = factory.make([(s, 0) for s in range(cfg.num_samples)])
     rows = factory.save(store, made, run_id)
     return {"generation_id": factory.gen_id, "candidates": rows}

@@ -29,7 +29,7 @@ from ..versioning import code_version
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory
 from .modeling import FactorDecompositions
-from .indexing import build_encoders
+from .indexing import EmbeddingIndexes, build_encoders
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
@@ -49,24 +49,23 @@ def reuse_index(ws: Workspace, sources: SourceSet) -> ReuseIndex:
     return index
 
 
-def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, index_summary: dict[str, Any]) -> Guard:
+def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, indexes: EmbeddingIndexes) -> Guard:
     """The guard that decides releases: the identity ensemble under benign transforms, after
     the realism gate (a coherent face) and the reuse gate (no region of a source photo)."""
-    identity = build_guard(cfg, index_summary, sources.source_set_hash)
+    identity = build_guard(cfg, indexes, sources.source_set_hash)
     realism = thresholds_for_sources(f for batch in sources.iter_faces() for f in batch)
     gates = (RealismCheck(realism), ReuseCheck(reuse_index(ws, sources)))
     return Guard(identity.members, gates=gates, transforms=BENIGN_TRANSFORMS)
 
 
-def build_guard(cfg: RunConfig, index_summary: dict[str, Any], source_set_hash: str | None = None) -> Guard:
+def build_guard(cfg: RunConfig, indexes: EmbeddingIndexes, source_set_hash: str | None = None) -> Guard:
     """The ensemble: each encoder with its index (a missing or stale index → every check rejects).
 
     ``source_set_hash`` is the current ``source_images`` hash: an index built over another
     source set is stale even when it matches its own summary. None trusts the summary.
     """
     encoders, _ = build_encoders(cfg)
-    current = source_set_hash or index_summary["source_set_hash"]
-    by_name = {i["encoder"]: i for i in index_summary["indexes"]}
+    current = source_set_hash or indexes.source_set_hash
     unknown = set(cfg.audit_encoders) - {e.name for e in encoders}
     if unknown:
         raise ValueError(f"audit-only encoder(s) {', '.join(sorted(unknown))} are not in use; "
@@ -74,17 +73,17 @@ def build_guard(cfg: RunConfig, index_summary: dict[str, Any], source_set_hash: 
     members = []
     for enc in encoders:
         gating = enc.name not in cfg.audit_encoders
-        info = by_name.get(enc.name)
+        info = indexes.get(enc.name)
         if info is None:
             members.append(GuardMember(enc, None, enc.default_tau, gating, f"no index built for {enc.name}"))
             continue
-        expect = IndexManifest(enc.name, enc.version, current, info["count"], enc.dim)
+        expect = IndexManifest(enc.name, enc.version, current, info.count, enc.dim)
         try:
-            index = EmbeddingIndex.load(Path(info["index_path"]), expect)
-            members.append(GuardMember(enc, index, info["tau"], gating))
+            index = EmbeddingIndex.load(Path(info.index_path), expect)
+            members.append(GuardMember(enc, index, info.tau, gating))
         except Exception as exc:
             log.error("index for %s unusable, every candidate will be rejected: %s", enc.name, exc)
-            members.append(GuardMember(enc, None, info["tau"], gating, str(exc)))
+            members.append(GuardMember(enc, None, info.tau, gating, str(exc)))
     return Guard(members)
 
 
@@ -106,14 +105,14 @@ def _num(x: float) -> float | None:
 
 
 def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                      decompositions: FactorDecompositions, index_summary: dict[str, Any],
+                      decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
                       first: dict[str, Any], run_id: str, progress: Progress | None = None) -> dict[str, Any]:
     """Judge the first attempts, regenerate rejected slots, release the passes."""
     from PIL import Image
 
     recover_staged(ws, store)
-    guard = build_release_guard(cfg, ws, sources, index_summary)
-    factory = CandidateFactory(cfg, ws, store, sources, decompositions, index_summary)
+    guard = build_release_guard(cfg, ws, sources, indexes)
+    factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
     _remember_earlier_releases(guard, store, factory.gen_id)
     pending: list[tuple[int, Candidate]] = []
     for row in first["candidates"]:
@@ -279,7 +278,7 @@ def _release(ws: Workspace, slot: int, cand: Candidate, marked: np.ndarray, v: V
     return {"row": row, "summary": summary}
 
 
-def recheck_released_files(cfg: RunConfig, ws: Workspace, sources: SourceSet, index_summary: dict[str, Any],
+def recheck_released_files(cfg: RunConfig, ws: Workspace, sources: SourceSet, indexes: EmbeddingIndexes,
                            released: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Re-read each released PNG from disk and run the full guard on it again.
 
@@ -288,7 +287,7 @@ def recheck_released_files(cfg: RunConfig, ws: Workspace, sources: SourceSet, in
     """
     from PIL import Image
 
-    guard = build_release_guard(cfg, ws, sources, index_summary)
+    guard = build_release_guard(cfg, ws, sources, indexes)
     images = [(r["release_id"], np.asarray(Image.open(r["file"]).convert("RGB"))) for r in released]
     return [{"release_id": v.candidate_id, "verdict": v.verdict, "reason": v.reason,
              **{f"sim_{ev.encoder}": _num(ev.max_similarity) for ev in v.per_encoder},

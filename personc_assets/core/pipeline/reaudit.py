@@ -30,6 +30,7 @@ from ..guard import PASS, REJECT, Verdict
 from ..lineage.store import LineageStore, file_lock, now
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
+from .indexing import EmbeddingIndexes
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +57,24 @@ class AuditOutcome:
         return self.verdict != PASS
 
 
-def audit_key(index_summary: Mapping[str, Any]) -> str:
+def audit_key(indexes: EmbeddingIndexes) -> str:
     """What an audit checked against: the source set, each encoder's version and tau."""
-    return config_hash({"sources": index_summary["source_set_hash"],
-                        "encoders": sorted((i["encoder"], i["encoder_version"], float(i["tau"]))
-                                           for i in index_summary["indexes"])})[:20]
+    return config_hash({"sources": indexes.source_set_hash,
+                        "encoders": sorted((i.encoder, i.encoder_version, float(i.tau)) for i in indexes.indexes)})[:20]
 
 
-def reaudit_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, index_summary: Mapping[str, Any],
+def reaudit_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, indexes: EmbeddingIndexes,
                      run_id: str, force: bool = False) -> dict[str, Any]:
     """Re-check every released (not yet revoked) face against the current sources.
 
-    ``index_summary`` is the ``embedding_indexes`` value of the refreshed
+    ``indexes`` is the ``embedding_indexes`` value of the refreshed
     sources. Releases that already passed this exact audit are skipped unless
     ``force``. Returns a JSON-serialisable summary with every outcome.
     """
     from .judging import build_guard
 
-    key = audit_key(index_summary)
-    set_hash = index_summary["source_set_hash"]
+    key = audit_key(indexes)
+    set_hash = indexes.source_set_hash
     rows = store.query("SELECT release_id, file FROM releases WHERE status IS DISTINCT FROM 'revoked' "
                        "AND (? OR last_audit_key IS DISTINCT FROM ?) ORDER BY release_id", [force, key])
     already = store.query("SELECT count(*) FROM releases WHERE status IS DISTINCT FROM 'revoked' "
@@ -82,7 +82,7 @@ def reaudit_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, index_s
     paths = dict(store.query("SELECT content_hash, path FROM sources"))
     outcomes: list[AuditOutcome] = []
     if rows:
-        guard = build_guard(cfg, index_summary)
+        guard = build_guard(cfg, indexes)
         for start in range(0, len(rows), AUDIT_BATCH):
             outcomes += _audit_batch(guard, rows[start:start + AUDIT_BATCH], paths, set_hash)
     _record(store, outcomes, key, set_hash, run_id)

@@ -60,16 +60,17 @@ class PrivacyContext:
 
 
 def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, sset: sources.SourceSet,
-                           decompositions: modeling.FactorDecompositions, embedding_indexes: dict) -> PrivacyContext:
+                           decompositions: modeling.FactorDecompositions,
+                           indexes: indexing.EmbeddingIndexes) -> PrivacyContext:
     """Build the context from the main pipeline's asset values."""
     ref = decompositions.backbone
     backbone = context_frame(ref.load())  # the modes edit the user's own photo: they ask for its frame
     faces = tuple(sset.load_faces())
     factors = decompositions.load_factors()
-    persons = indexing.persons_by_embedding(indexing.source_embeddings(store, sset, embedding_indexes),
-                                            indexing.person_index(embedding_indexes)["tau"])
+    persons = indexing.persons_by_embedding(indexing.source_embeddings(store, sset, indexes),
+                                            indexes.person_index().tau)
     pop = Population(backbone, ref.state_hash, faces, factors, persons)
-    guard = judging.build_guard(cfg, embedding_indexes)
+    guard = judging.build_guard(cfg, indexes)
     probe = IdentityProbe([m.encoder for m in guard.members])
     ensure_privacy_schema(store)
     return PrivacyContext(cfg, ws, pop, guard, probe)
