@@ -6,6 +6,7 @@ import json
 import pytest
 
 from personc_assets.core.pipeline.config import TauChoice
+from personc_assets.core.pipeline.generation import GeneratedCandidates, SavedCandidate
 from personc_assets.core.pipeline.indexing import EmbeddingIndexes, EncoderIndex, SkippedIndex
 from personc_assets.core.pipeline.modeling import BackboneRef, FactorDecompositions, ProjectedLatents
 from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
@@ -109,6 +110,20 @@ def test_malformed_embedding_indexes_names_the_bad_keys():
     del bad["indexes"][0]["tau"]
     with pytest.raises(MalformedValueError, match="EncoderIndex of embedding_indexes lacks 'tau'"):
         EmbeddingIndexes.from_dict(bad)
+
+
+def test_generated_candidates_round_trip():
+    # why: the guard judges exactly the first attempts this value lists
+    first = GeneratedCandidates("g" + "1" * 15, (SavedCandidate("c1", 0, 0, "r1", "/out/c1.png", ("h1", "h2")),))
+    assert through_json(first) == first
+
+
+def test_malformed_generated_candidates_names_the_bad_keys():
+    # why: a candidate without its slot cannot be retried in the right slot
+    bad = GeneratedCandidates("g1", (SavedCandidate("c1", 0, 0, "r1", "/c1.png", ()),)).as_dict()
+    del bad["candidates"][0]["slot"]
+    with pytest.raises(MalformedValueError, match="SavedCandidate of generated_candidates lacks 'slot'"):
+        GeneratedCandidates.from_dict(bad)
 
 
 def test_io_manager_hands_typed_values_downstream_in_this_run_and_the_next(tmp_path):

@@ -12,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 from ..core.backbones.stylegan2 import backbone as stylegan2_backbone
 from ..core.lineage.store import LineageStore
 from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
+from ..core.pipeline.generation import GeneratedCandidates
 from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.modeling import FactorDecompositions, ProjectedLatents
 from ..core.pipeline.sources import SourceSet
@@ -116,21 +117,21 @@ def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, du
 @asset(group_name=GROUP, kinds={"python"}, tags=GPU_TAGS, pool=GPU_POOL)
 def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                          source_images: SourceSet, factor_decompositions: FactorDecompositions,
-                         embedding_indexes: EmbeddingIndexes) -> MaterializeResult:
+                         embedding_indexes: EmbeddingIndexes) -> MaterializeResult[GeneratedCandidates]:
     """First candidates: seeded recipes that take each factor from a different donor (A and B
     both represented), composed and synthesized by the backbone."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         out = generation.generate_first_attempts(cfg, personc.workspace(), store, source_images,
                                                  factor_decompositions, embedding_indexes, context.run.run_id)
-    return MaterializeResult(value=out, metadata={"generation_id": out["generation_id"],
-                                                  "candidates": len(out["candidates"])})
+    return MaterializeResult(value=out, metadata={"generation_id": out.generation_id,
+                                                  "candidates": len(out.candidates)})
 
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"}, tags=GPU_TAGS, pool=GPU_POOL)
 def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                    source_images: SourceSet, factor_decompositions: FactorDecompositions,
-                   embedding_indexes: EmbeddingIndexes, generated_candidates: dict) -> MaterializeResult:
+                   embedding_indexes: EmbeddingIndexes, generated_candidates: GeneratedCandidates) -> MaterializeResult:
     """Each candidate embedded by every encoder and searched against every source; rejected
     (fail closed) at tau, on no single face, or on any error; rejected slots are regenerated."""
     cfg = personc.run_config()

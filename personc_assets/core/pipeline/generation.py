@@ -29,6 +29,7 @@ from .config import RunConfig, Workspace
 from .indexing import EmbeddingIndexes, persons_by_embedding, source_embeddings
 from .modeling import FactorDecompositions
 from .sources import SourceSet
+from .values import checked
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,45 @@ NOVEL_PARTS = ("context", "texture", "eyes", "nose", "mouth")
 MIN_NEW_ROLES = 3
 DRAWS_PER_CONTEXT = 8
 MAX_DRAWS = 64
+
+
+@dataclass(frozen=True)
+class SavedCandidate:
+    """A candidate written to disk (PNG, and its factors beside it) and recorded in the lineage."""
+
+    candidate_id: str
+    slot: int
+    attempt: int
+    recipe_id: str
+    image_path: str
+    donors: tuple[str, ...]   # content hashes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"candidate_id": self.candidate_id, "slot": self.slot, "attempt": self.attempt,
+                "recipe_id": self.recipe_id, "image_path": self.image_path, "donors": list(self.donors)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SavedCandidate":
+        d = checked(d, "SavedCandidate", "generated_candidates", ("candidate_id", "slot", "attempt", "recipe_id",
+                                                                  "image_path", "donors"))
+        return cls(d["candidate_id"], int(d["slot"]), int(d["attempt"]), d["recipe_id"], d["image_path"],
+                   tuple(d["donors"]))
+
+
+@dataclass(frozen=True)
+class GeneratedCandidates:
+    """The ``generated_candidates`` value: attempt 0 of every slot of one generation."""
+
+    generation_id: str
+    candidates: tuple[SavedCandidate, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"generation_id": self.generation_id, "candidates": [c.as_dict() for c in self.candidates]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GeneratedCandidates":
+        d = checked(d, "GeneratedCandidates", "generated_candidates", ("generation_id", "candidates"))
+        return cls(d["generation_id"], tuple(SavedCandidate.from_dict(c) for c in d["candidates"]))
 
 
 class CandidateFactory:
@@ -160,7 +200,7 @@ class CandidateFactory:
         return [(s, Candidate(candidate_id(self.gen_id, s, a), r, a, img, lat, mix))
                 for (s, a), r, img, lat, mix in zip(slots, recipes, images, latents, mixed)]
 
-    def save(self, store: LineageStore, made: list[tuple[int, Candidate]], run_id: str) -> list[dict[str, Any]]:
+    def save(self, store: LineageStore, made: list[tuple[int, Candidate]], run_id: str) -> list[SavedCandidate]:
         """Write candidate PNGs and their recipe/candidate rows (one transaction)."""
         out, t = [], now()
         for slot, c in made:
@@ -170,16 +210,15 @@ class CandidateFactory:
             factors_path = path.with_suffix(".npz")
             if c.factors and not factors_path.exists():
                 atomic_save_npz(factors_path, **{k: np.asarray(v) for k, v in c.factors.items()})
-            out.append({"candidate_id": c.candidate_id, "slot": slot, "attempt": c.attempt,
-                        "recipe_id": c.recipe.recipe_id, "image_path": str(path),
-                        "donors": list(c.recipe.donors())})
+            out.append(SavedCandidate(c.candidate_id, slot, c.attempt, c.recipe.recipe_id, str(path),
+                                      tuple(c.recipe.donors())))
         with store.transaction() as tx:
             tx.upsert("recipes", [{"recipe_id": c.recipe.recipe_id, "seed": c.recipe.seed,
                                       "mean_pull": c.recipe.mean_pull, "context_donor": c.recipe.context_donor,
                                       "recipe_json": recipe_json(c.recipe), "run_id": run_id} for _, c in made])
             tx.upsert("candidates", [{"candidate_id": c.candidate_id, "recipe_id": c.recipe.recipe_id,
                                          "generation_id": self.gen_id, "attempt": c.attempt,
-                                         "backbone_state": self.ref.state_hash, "image_path": o["image_path"],
+                                         "backbone_state": self.ref.state_hash, "image_path": o.image_path,
                                          "image_hash": pixel_hash(c.image), "run_id": run_id,
                                          "code_version": code_version(), "created_at": t}
                                         for (_, c), o in zip(made, out)])
@@ -188,9 +227,9 @@ class CandidateFactory:
 
 def generate_first_attempts(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
                             decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
-                            run_id: str) -> dict[str, Any]:
+                            run_id: str) -> GeneratedCandidates:
     """Attempt 0 of every slot."""
     factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
     made = factory.make([(s, 0) for s in range(cfg.num_samples)])
     rows = factory.save(store, made, run_id)
-    return {"generation_id": factory.gen_id, "candidates": rows}
+    return GeneratedCandidates(factory.gen_id, tuple(rows))

@@ -27,7 +27,7 @@ from ..release import release_id_for
 from ..types import Candidate, Recipe
 from ..versioning import code_version
 from .config import RunConfig, Workspace
-from .generation import CandidateFactory
+from .generation import CandidateFactory, GeneratedCandidates
 from .modeling import FactorDecompositions
 from .indexing import EmbeddingIndexes, build_encoders
 from .sources import SourceSet
@@ -106,7 +106,7 @@ def _num(x: float) -> float | None:
 
 def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
                       decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
-                      first: dict[str, Any], run_id: str, progress: Progress | None = None) -> dict[str, Any]:
+                      first: GeneratedCandidates, run_id: str, progress: Progress | None = None) -> dict[str, Any]:
     """Judge the first attempts, regenerate rejected slots, release the passes."""
     from PIL import Image
 
@@ -115,10 +115,10 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
     factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
     _remember_earlier_releases(guard, store, factory.gen_id)
     pending: list[tuple[int, Candidate]] = []
-    for row in first["candidates"]:
-        recipe = factory.stored_recipe(store, row["candidate_id"])
-        image = np.asarray(Image.open(row["image_path"]).convert("RGB"))
-        pending.append((row["slot"], Candidate(row["candidate_id"], recipe, row["attempt"], image)))
+    for saved in first.candidates:
+        recipe = factory.stored_recipe(store, saved.candidate_id)
+        image = np.asarray(Image.open(saved.image_path).convert("RGB"))
+        pending.append((saved.slot, Candidate(saved.candidate_id, recipe, saved.attempt, image)))
     attempts: list[dict[str, Any]] = []
     released: list[dict[str, Any]] = []
     released_recipes: list[Recipe] = []
