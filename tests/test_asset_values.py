@@ -7,6 +7,7 @@ import pytest
 
 from personc_assets.core.pipeline.config import TauChoice
 from personc_assets.core.pipeline.generation import GeneratedCandidates, SavedCandidate
+from personc_assets.core.pipeline.judging import GuardVerdicts, JudgedAttempt, ReleasedFace, UnreleasedSlot
 from personc_assets.core.pipeline.indexing import EmbeddingIndexes, EncoderIndex, SkippedIndex
 from personc_assets.core.pipeline.modeling import BackboneRef, FactorDecompositions, ProjectedLatents
 from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
@@ -124,6 +125,46 @@ def test_malformed_generated_candidates_names_the_bad_keys():
     del bad["candidates"][0]["slot"]
     with pytest.raises(MalformedValueError, match="SavedCandidate of generated_candidates lacks 'slot'"):
         GeneratedCandidates.from_dict(bad)
+
+
+def judged(slot: int, attempt: int, verdict: str, sim: float | None) -> JudgedAttempt:
+    return JudgedAttempt(slot, attempt, f"c{slot}{attempt}", verdict, "dlib: reaches tau" if verdict != "PASS" else "",
+                         f"r{slot}{attempt}", {"dlib": sim}, {"dlib": "h1" if sim is not None else None},
+                         {"dlib": 0.9})
+
+
+RELEASED = ReleasedFace("pc-1", "c01", "/out/released/pc-1.png", 0, 1, "p" * 64, "r01", ("h1", "h2"),
+                        {"texture": "h1", "eyes": "h2"}, {"dlib": 0.71, "arcface": None},
+                        {"dlib": "h1", "arcface": None}, {"dlib": 0.9, "arcface": 0.4})
+
+
+def test_guard_verdicts_round_trip_and_derive_pass_rate_and_unreleased_slots():
+    # why: the checks, the reports and the demo's summary read the releases from this value
+    verdicts = GuardVerdicts("g1", (RELEASED,), (judged(0, 0, "REJECT", 0.93), judged(0, 1, "PASS", 0.71),
+                                                 judged(1, 0, "REJECT", 0.95), judged(1, 1, "REJECT", None)),
+                             {"arcface": 0.0}, {"arcface": 1}, num_samples=2, max_attempts=2)
+    assert through_json(verdicts) == verdicts
+    assert verdicts.pass_rate == 0.25
+    assert verdicts.unreleased == (UnreleasedSlot(1, 2, "dlib: reaches tau"),)
+    stored = verdicts.as_dict()
+    assert stored["pass_rate"] == 0.25 and stored["unreleased"] == [
+        {"slot": 1, "attempts": 2, "last_reason": "dlib: reaches tau"}], "the stored JSON keeps its keys"
+    assert not RELEASED.reaches_tau("dlib") and not RELEASED.reaches_tau("arcface")
+
+
+def test_guard_verdicts_from_before_unreleased_slots():
+    # why: values stored before unreleased slots were reported still load, and now report them
+    old = GuardVerdicts("g1", (), (judged(0, 0, "REJECT", 0.93),), {}, {}, 1, 1).as_dict()
+    del old["unreleased"]
+    assert GuardVerdicts.from_dict(old).unreleased == (UnreleasedSlot(0, 1, "dlib: reaches tau"),)
+
+
+def test_malformed_guard_verdicts_names_the_bad_keys():
+    # why: a release without its taus cannot be re-checked or reported
+    bad = GuardVerdicts("g1", (RELEASED,), (), {}, {}, 1, 1).as_dict()
+    del bad["released"][0]["tau"]
+    with pytest.raises(MalformedValueError, match="ReleasedFace of guard_verdicts lacks 'tau'"):
+        GuardVerdicts.from_dict(bad)
 
 
 def test_io_manager_hands_typed_values_downstream_in_this_run_and_the_next(tmp_path):

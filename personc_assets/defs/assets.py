@@ -14,6 +14,7 @@ from ..core.lineage.store import LineageStore
 from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
 from ..core.pipeline.generation import GeneratedCandidates
 from ..core.pipeline.indexing import EmbeddingIndexes
+from ..core.pipeline.judging import GuardVerdicts
 from ..core.pipeline.modeling import FactorDecompositions, ProjectedLatents
 from ..core.pipeline.sources import SourceSet
 from .resources import PersonCConfig
@@ -131,7 +132,8 @@ def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig,
 @asset(group_name=GROUP, kinds={"python", "duckdb"}, tags=GPU_TAGS, pool=GPU_POOL)
 def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                    source_images: SourceSet, factor_decompositions: FactorDecompositions,
-                   embedding_indexes: EmbeddingIndexes, generated_candidates: GeneratedCandidates) -> MaterializeResult:
+                   embedding_indexes: EmbeddingIndexes,
+                   generated_candidates: GeneratedCandidates) -> MaterializeResult[GuardVerdicts]:
     """Each candidate embedded by every encoder and searched against every source; rejected
     (fail closed) at tau, on no single face, or on any error; rejected slots are regenerated."""
     cfg = personc.run_config()
@@ -140,20 +142,20 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
                                         factor_decompositions, embedding_indexes, generated_candidates,
                                         context.run.run_id, progress_logger(context, "released", every=1))
     return MaterializeResult(value=out, metadata={
-        "released": len(out["released"]), "requested": cfg.num_samples, "candidates_judged": len(out["attempts"]),
-        "pass_rate": float(out["pass_rate"]),
-        "audit_leakage_rate": MetadataValue.json(out["audit_leakage_rate"]),
-        "audit_unverified": MetadataValue.json(out["audit_unverified"]),
-        "attempts": md_table([{"slot": a["slot"], "attempt": a["attempt"], "verdict": a["verdict"],
+        "released": len(out.released), "requested": cfg.num_samples, "candidates_judged": len(out.attempts),
+        "pass_rate": float(out.pass_rate),
+        "audit_leakage_rate": MetadataValue.json(dict(out.audit_leakage_rate)),
+        "audit_unverified": MetadataValue.json(dict(out.audit_unverified)),
+        "attempts": md_table([{"slot": a.slot, "attempt": a.attempt, "verdict": a.verdict,
                                **{f"sim_{k}": round(v, 3) if v is not None else None
-                                  for k, v in a["similarity"].items()}, "reason": a["reason"][:80]}
-                              for a in out["attempts"]])})
+                                  for k, v in a.similarity.items()}, "reason": a.reason[:80]}
+                              for a in out.attempts])})
 
 
 @asset(group_name=GROUP, kinds={"python", "html"}, tags=GPU_TAGS, pool=GPU_POOL)
 def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                 source_images: SourceSet, factor_decompositions: FactorDecompositions,
-                embedding_indexes: EmbeddingIndexes, guard_verdicts: dict) -> MaterializeResult:
+                embedding_indexes: EmbeddingIndexes, guard_verdicts: GuardVerdicts) -> MaterializeResult:
     """Identity Contribution Scores per released face, donor and factor; reports, gallery and
     the release manifest."""
     cfg = personc.run_config()

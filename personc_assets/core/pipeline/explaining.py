@@ -32,6 +32,7 @@ from . import reaudit
 from .generation import CandidateFactory
 from .modeling import FactorDecompositions
 from .indexing import EmbeddingIndexes, build_encoders, embed_sources
+from .judging import GuardVerdicts, ReleasedFace
 from .sources import SourceEntry, SourceSet
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ Progress = Callable[[int, int, str], None]
 
 def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
                      decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
-                     verdicts: dict[str, Any], run_id: str, progress: Progress | None = None) -> dict[str, Any]:
+                     verdicts: GuardVerdicts, run_id: str, progress: Progress | None = None) -> dict[str, Any]:
     """ICS, maps and reports of every released face; the run report and the manifest."""
     from PIL import Image
 
@@ -52,38 +53,38 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
     entries = sources.by_hash()
     taus = indexes.tau_choices()
     explained, records, gallery = [], [], []
-    for done, rel in enumerate(verdicts["released"], 1):
+    for done, rel in enumerate(verdicts.released, 1):
         t0 = time.perf_counter()
-        image = np.asarray(Image.open(rel["file"]).convert("RGB"))
-        recipe = factory.stored_recipe(store, rel["candidate_id"])
-        mixed = factory.stored_factors(store, rel["candidate_id"], recipe)
-        targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel["nearest"].values() if h]]))
+        image = np.asarray(Image.open(rel.file).convert("RGB"))
+        recipe = factory.stored_recipe(store, rel.candidate_id)
+        mixed = factory.stored_factors(store, rel.candidate_id, recipe)
+        targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel.nearest.values() if h]]))
         target_ids = [entries[h].source_id for h in targets]
         donor_emb = {enc.name: embed_sources(enc, [faces[h] for h in targets], store, run_id) for enc in encoders}
         ics = identity_contribution_scores(factory.backbone, mixed, EncoderSimilarity(encoders, donor_emb, target_ids),
                                            released_image=image)
         t_ics = time.perf_counter() - t0
-        _store_ics(store, rel["release_id"], ics, run_id)
+        _store_ics(store, rel.release_id, ics, run_id)
         panels, t_maps = _attribution_panels(cfg, ws, rel, image, encoders[0], donor_emb[encoders[0].name],
                                             targets, target_ids, recipe)
         donors = _donor_panels(recipe, entries, faces)
-        bars = tuple(SimilarityBar(enc, rel["similarity"][enc] if rel["similarity"][enc] is not None else np.nan,
-                                   rel["tau"][enc], _source_id(entries, rel["nearest"][enc]))
-                     for enc in rel["similarity"])
-        report = FaceReport(rel["release_id"], image, donors, bars, ics, tuple(panels), run_id,
+        bars = tuple(SimilarityBar(enc, sim if sim is not None else np.nan, rel.tau[enc],
+                                   _source_id(entries, rel.nearest[enc]))
+                     for enc, sim in rel.similarity.items())
+        report = FaceReport(rel.release_id, image, donors, bars, ics, tuple(panels), run_id,
                             facts={"recipe": recipe.recipe_id, "mean pull": f"{recipe.mean_pull:.2f}",
-                                   "file": Path(rel["file"]).name, "backbone": cfg.backbone},
+                                   "file": Path(rel.file).name, "backbone": cfg.backbone},
                             timings={"ics_s": t_ics, "maps_s": t_maps})
         files = write_face_report(ws.reports, report, show_sources=cfg.report_sources)
         records.append(_release_record(ws, rel, recipe, entries, ics))
-        gallery.append((rel["release_id"], image, files.html.name))
-        explained.append({"release_id": rel["release_id"], "file": rel["file"], "report": str(files.html),
+        gallery.append((rel.release_id, image, files.html.name))
+        explained.append({"release_id": rel.release_id, "file": rel.file, "report": str(files.html),
                           "card": str(files.png) if files.png else None, "ics": ics.summary(),
                           "sentences": [ics.sentence(e, entries[d].source_id) for e in ics.encoder_names
                                         for d in recipe.donors()],
                           "ics_markdown": ics_markdown(ics, chart=False), "ics_seconds": t_ics, "maps_seconds": t_maps})
         if progress:
-            progress(done, len(verdicts["released"]), f"{rel['release_id']} ICS {t_ics:.1f}s maps {t_maps:.1f}s")
+            progress(done, len(verdicts.released), f"{rel.release_id} ICS {t_ics:.1f}s maps {t_maps:.1f}s")
     run_report = _run_report(run_id, verdicts, taus, gallery)
     report_path = write_run_report(ws.reports / "index.html", run_report)
     manifest = ReleaseManifest(
@@ -112,16 +113,16 @@ def _store_ics(store: LineageStore, release_id: str, ics, run_id: str) -> None:
         tx.upsert("ics", rows)
 
 
-def _attribution_panels(cfg: RunConfig, ws: Workspace, rel: dict[str, Any], image: np.ndarray, encoder,
+def _attribution_panels(cfg: RunConfig, ws: Workspace, rel: ReleasedFace, image: np.ndarray, encoder,
                         target_emb: np.ndarray, targets: list[str], target_ids: list[str], recipe):
     """Occlusion maps towards the nearest source and the primary donors (one encoder, black box)."""
     if not cfg.attribution_maps:
         return [], 0.0
     found = detect_faces(image)
     if len(found) != 1:
-        log.warning("%s: %d faces found when mapping attributions; maps skipped", rel["release_id"], len(found))
+        log.warning("%s: %d faces found when mapping attributions; maps skipped", rel.release_id, len(found))
         return [], 0.0
-    nearest = rel["nearest"].get(encoder.name)
+    nearest = rel.nearest.get(encoder.name)
     wanted = list(dict.fromkeys([h for h in [nearest, *recipe.primary.values()] if h]))
     rows = [targets.index(h) for h in wanted]
     amap = face_occlusion_map(image, found[0], encoder, target_emb[rows], [target_ids[i] for i in rows])
@@ -129,7 +130,7 @@ def _attribution_panels(cfg: RunConfig, ws: Workspace, rel: dict[str, Any], imag
     for h, i in zip(wanted, rows):
         caption = "nearest source" if h == nearest else "primary donor of " + ", ".join(
             f for f, d in recipe.primary.items() if d == h)
-        save_overlay_png(ws.reports / "maps" / f"{rel['release_id']}-{target_ids[i]}.png", image, amap, target_ids[i])
+        save_overlay_png(ws.reports / "maps" / f"{rel.release_id}-{target_ids[i]}.png", image, amap, target_ids[i])
         panels.append(AttributionPanel(amap, target_ids[i], caption))
     return panels, amap.seconds
 
@@ -149,7 +150,7 @@ def _donor_panels(recipe, entries: dict[str, SourceEntry], faces: dict) -> tuple
     return tuple(panels)
 
 
-def _release_record(ws: Workspace, rel: dict[str, Any], recipe, entries: dict[str, SourceEntry],
+def _release_record(ws: Workspace, rel: ReleasedFace, recipe, entries: dict[str, SourceEntry],
                     ics) -> ReleaseRecord:
     from ..explain.watermark import payload_bits, bits_hex
     from ..atomic import file_sha256
@@ -159,22 +160,22 @@ def _release_record(ws: Workspace, rel: dict[str, Any], recipe, entries: dict[st
                                {f: round(w, 4) for f, parts in recipe.components.items() for d, w in parts if d == h})
                    for h in recipe.donors())
     verdicts = tuple(EncoderVerdictRecord(enc, sim if sim is not None else float("nan"),
-                                          _source_id(entries, rel["nearest"][enc]), rel["tau"][enc])
-                     for enc, sim in rel["similarity"].items())
-    return ReleaseRecord(rel["release_id"], str(Path(rel["file"]).relative_to(ws.root)), rel["content_hash"],
-                         file_sha256(Path(rel["file"])), rel["candidate_id"], rel["recipe_id"], donors, verdicts,
-                         bits_hex(payload_bits(rel["release_id"])), ics_digest(ics))
+                                          _source_id(entries, rel.nearest[enc]), rel.tau[enc])
+                     for enc, sim in rel.similarity.items())
+    return ReleaseRecord(rel.release_id, str(Path(rel.file).relative_to(ws.root)), rel.content_hash,
+                         file_sha256(Path(rel.file)), rel.candidate_id, rel.recipe_id, donors, verdicts,
+                         bits_hex(payload_bits(rel.release_id)), ics_digest(ics))
 
 
-def _run_report(run_id: str, verdicts: dict[str, Any], taus: dict, gallery) -> RunReport:
-    attempts = verdicts["attempts"]
+def _run_report(run_id: str, verdicts: GuardVerdicts, taus: dict, gallery) -> RunReport:
+    attempts = verdicts.attempts
     sims = {}
     for enc in taus:
-        rel = np.array([a["similarity"].get(enc) for a in attempts if a["verdict"] == "PASS"], dtype=float)
-        rej = np.array([a["similarity"].get(enc) for a in attempts if a["verdict"] != "PASS"], dtype=float)
+        rel = np.array([a.similarity.get(enc) for a in attempts if a.passed], dtype=float)
+        rej = np.array([a.similarity.get(enc) for a in attempts if not a.passed], dtype=float)
         sims[enc] = (rel, rej)
-    reasons = Counter(_reason_kind(a["reason"]) for a in attempts if a["verdict"] != "PASS")
-    return RunReport(run_id, len(attempts), sum(a["verdict"] == "PASS" for a in attempts), sims,
+    reasons = Counter(_reason_kind(a.reason) for a in attempts if not a.passed)
+    return RunReport(run_id, len(attempts), sum(a.passed for a in attempts), sims,
                      {k: v.tau for k, v in taus.items()}, tuple(gallery), dict(reasons))
 
 
