@@ -6,6 +6,7 @@ import json
 import pytest
 
 from personc_assets.core.pipeline.config import TauChoice
+from personc_assets.core.pipeline.explaining import ExplainedRelease, IcsReports
 from personc_assets.core.pipeline.generation import GeneratedCandidates, SavedCandidate
 from personc_assets.core.pipeline.judging import GuardVerdicts, JudgedAttempt, ReleasedFace, UnreleasedSlot
 from personc_assets.core.pipeline.indexing import EmbeddingIndexes, EncoderIndex, SkippedIndex
@@ -165,6 +166,24 @@ def test_malformed_guard_verdicts_names_the_bad_keys():
     del bad["released"][0]["tau"]
     with pytest.raises(MalformedValueError, match="ReleasedFace of guard_verdicts lacks 'tau'"):
         GuardVerdicts.from_dict(bad)
+
+
+def test_ics_reports_round_trip():
+    # why: the demo's summary names the manifest this value points at
+    explained = ExplainedRelease("pc-1", "/out/released/pc-1.png", "/out/reports/pc-1.html", None,
+                                 {"normalisation": "share = phi / sum(|phi|)", "undetected_coalitions": [["eyes"]],
+                                  "scores": {"dlib": {"A-ann-1": {"v_full": 0.7, "share": {"eyes": 0.5}}}}},
+                                 ("eyes carry half of the likeness to A-ann-1",), "| factor | share |", 1.5, 0.25)
+    reports = IcsReports((explained,), "/out/manifest.json", "m" * 64, "/out/reports/index.html", 0.5, "![pc-1]")
+    assert through_json(reports) == reports
+
+
+def test_malformed_ics_reports_names_the_bad_keys():
+    # why: a report list without the manifest's path would hide where the releases are listed
+    bad = IcsReports((), "/out/manifest.json", "m", "/r.html", 0.0, "").as_dict()
+    del bad["manifest"]
+    with pytest.raises(MalformedValueError, match="IcsReports of ics_reports lacks 'manifest'"):
+        IcsReports.from_dict(bad)
 
 
 def test_io_manager_hands_typed_values_downstream_in_this_run_and_the_next(tmp_path):

@@ -12,6 +12,7 @@ from dagster_duckdb import DuckDBResource
 from ..core.backbones.stylegan2 import backbone as stylegan2_backbone
 from ..core.lineage.store import LineageStore
 from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
+from ..core.pipeline.explaining import IcsReports
 from ..core.pipeline.generation import GeneratedCandidates
 from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.judging import GuardVerdicts
@@ -155,7 +156,7 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
 @asset(group_name=GROUP, kinds={"python", "html"}, tags=GPU_TAGS, pool=GPU_POOL)
 def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                 source_images: SourceSet, factor_decompositions: FactorDecompositions,
-                embedding_indexes: EmbeddingIndexes, guard_verdicts: GuardVerdicts) -> MaterializeResult:
+                embedding_indexes: EmbeddingIndexes, guard_verdicts: GuardVerdicts) -> MaterializeResult[IcsReports]:
     """Identity Contribution Scores per released face, donor and factor; reports, gallery and
     the release manifest."""
     cfg = personc.run_config()

@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -34,15 +35,67 @@ from .modeling import FactorDecompositions
 from .indexing import EmbeddingIndexes, build_encoders, embed_sources
 from .judging import GuardVerdicts, ReleasedFace
 from .sources import SourceEntry, SourceSet
+from .values import checked
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
 
 
+@dataclass(frozen=True)
+class ExplainedRelease:
+    """A released face's report: its files, ICS summary and the sentences that read it."""
+
+    release_id: str
+    file: str
+    report: str                 # the HTML report
+    card: str | None            # its PNG summary card, when rendered
+    ics: Mapping[str, Any]      # ``ICSResult.summary()``: JSON-ready shares per encoder, donor and factor
+    sentences: tuple[str, ...]
+    ics_markdown: str
+    ics_seconds: float
+    maps_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"release_id": self.release_id, "file": self.file, "report": self.report, "card": self.card,
+                "ics": dict(self.ics), "sentences": list(self.sentences), "ics_markdown": self.ics_markdown,
+                "ics_seconds": self.ics_seconds, "maps_seconds": self.maps_seconds}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ExplainedRelease":
+        d = checked(d, "ExplainedRelease", "ics_reports", ("release_id", "file", "report", "card", "ics", "sentences",
+                                                           "ics_markdown", "ics_seconds", "maps_seconds"))
+        return cls(d["release_id"], d["file"], d["report"], d["card"], dict(d["ics"]), tuple(d["sentences"]),
+                   d["ics_markdown"], float(d["ics_seconds"]), float(d["maps_seconds"]))
+
+
+@dataclass(frozen=True)
+class IcsReports:
+    """The ``ics_reports`` value: every released face explained, the run report and the manifest."""
+
+    explained: tuple[ExplainedRelease, ...]
+    manifest: str               # the workspace's cumulative release manifest
+    manifest_sha256: str
+    run_report: str             # the run's HTML report
+    pass_rate: float
+    gallery_markdown: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"explained": [e.as_dict() for e in self.explained], "manifest": self.manifest,
+                "manifest_sha256": self.manifest_sha256, "run_report": self.run_report, "pass_rate": self.pass_rate,
+                "gallery_markdown": self.gallery_markdown}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "IcsReports":
+        d = checked(d, "IcsReports", "ics_reports", ("explained", "manifest", "manifest_sha256", "run_report",
+                                                     "pass_rate", "gallery_markdown"))
+        return cls(tuple(ExplainedRelease.from_dict(e) for e in d["explained"]), d["manifest"],
+                   d["manifest_sha256"], d["run_report"], float(d["pass_rate"]), d["gallery_markdown"])
+
+
 def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
                      decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
-                     verdicts: GuardVerdicts, run_id: str, progress: Progress | None = None) -> dict[str, Any]:
+                     verdicts: GuardVerdicts, run_id: str, progress: Progress | None = None) -> IcsReports:
     """ICS, maps and reports of every released face; the run report and the manifest."""
     from PIL import Image
 
@@ -78,11 +131,10 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
         files = write_face_report(ws.reports, report, show_sources=cfg.report_sources)
         records.append(_release_record(ws, rel, recipe, entries, ics))
         gallery.append((rel.release_id, image, files.html.name))
-        explained.append({"release_id": rel.release_id, "file": rel.file, "report": str(files.html),
-                          "card": str(files.png) if files.png else None, "ics": ics.summary(),
-                          "sentences": [ics.sentence(e, entries[d].source_id) for e in ics.encoder_names
-                                        for d in recipe.donors()],
-                          "ics_markdown": ics_markdown(ics, chart=False), "ics_seconds": t_ics, "maps_seconds": t_maps})
+        explained.append(ExplainedRelease(
+            rel.release_id, rel.file, str(files.html), str(files.png) if files.png else None, ics.summary(),
+            tuple(ics.sentence(e, entries[d].source_id) for e in ics.encoder_names for d in recipe.donors()),
+            ics_markdown(ics, chart=False), t_ics, t_maps))
         if progress:
             progress(done, len(verdicts.released), f"{rel.release_id} ICS {t_ics:.1f}s maps {t_maps:.1f}s")
     run_report = _run_report(run_id, verdicts, taus, gallery)
@@ -98,9 +150,8 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
         sources=dict(Counter(e.group for e in sources.entries)))
     manifest_sha = merge_manifest(ws.manifest, manifest)  # cumulative: earlier runs' releases stay listed
     reaudit.sync_manifests(store, [ws.root])  # keep revocations recorded by earlier audits
-    return {"explained": explained, "manifest": str(ws.manifest), "manifest_sha256": manifest_sha,
-            "run_report": str(report_path), "pass_rate": run_report.pass_rate,
-            "gallery_markdown": gallery_markdown([(rid, img) for rid, img, _ in gallery])}
+    return IcsReports(tuple(explained), str(ws.manifest), manifest_sha, str(report_path), run_report.pass_rate,
+                      gallery_markdown([(rid, img) for rid, img, _ in gallery]))
 
 
 def _store_ics(store: LineageStore, release_id: str, ics, run_id: str) -> None:
@@ -190,10 +241,10 @@ def _reason_kind(reason: str) -> str:
     return "; ".join(parts)
 
 
-def dagster_metadata(out: dict[str, Any]) -> dict[str, Any]:
+def dagster_metadata(out: IcsReports) -> dict[str, Any]:
     """Plain values and markdown for the asset's metadata (the Dagster layer wraps them)."""
-    ics_md = "\n\n".join(f"### {e['release_id']}\n\n{e['ics_markdown']}" for e in out["explained"])
-    return {"released": len(out["explained"]), "pass_rate": float(out["pass_rate"]),
-            "gallery": out["gallery_markdown"], "ics": ics_md or "_no released faces_",
-            "manifest": out["manifest"], "run_report": out["run_report"],
-            "ics_seconds_per_face": float(np.mean([e["ics_seconds"] for e in out["explained"]]) if out["explained"] else 0.0)}
+    ics_md = "\n\n".join(f"### {e.release_id}\n\n{e.ics_markdown}" for e in out.explained)
+    return {"released": len(out.explained), "pass_rate": float(out.pass_rate),
+            "gallery": out.gallery_markdown, "ics": ics_md or "_no released faces_",
+            "manifest": out.manifest, "run_report": out.run_report,
+            "ics_seconds_per_face": float(np.mean([e.ics_seconds for e in out.explained]) if out.explained else 0.0)}
