@@ -11,6 +11,7 @@ from personc_assets.core.pipeline.generation import GeneratedCandidates, SavedCa
 from personc_assets.core.pipeline.judging import GuardVerdicts, JudgedAttempt, ReleasedFace, UnreleasedSlot
 from personc_assets.core.pipeline.indexing import EmbeddingIndexes, EncoderIndex, SkippedIndex
 from personc_assets.core.pipeline.modeling import BackboneRef, FactorDecompositions, ProjectedLatents
+from personc_assets.core.pipeline.reaudit import AuditOutcome, ReleaseAudit
 from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
 from personc_assets.core.pipeline.values import AssetValue, MalformedValueError
 
@@ -184,6 +185,26 @@ def test_malformed_ics_reports_names_the_bad_keys():
     del bad["manifest"]
     with pytest.raises(MalformedValueError, match="IcsReports of ics_reports lacks 'manifest'"):
         IcsReports.from_dict(bad)
+
+
+def test_release_audit_round_trips_and_derives_its_counts():
+    # why: the audit's counts must agree with its outcomes, in the run and when read back
+    kept = AuditOutcome("pc-1", "/out/released/pc-1.png", "PASS", "", {"dlib": 0.7}, {"dlib": "/src/A/ann.jpg"})
+    revoked = AuditOutcome("pc-2", "/out/released/pc-2.png", "REJECT", "re-audit against source set ffff: "
+                           "dlib: reaches tau", {"dlib": 0.93}, {"dlib": "/src/B/bob new.jpg"})
+    audit = ReleaseAudit("k" * 20, "f" * 64, 3, (kept, revoked), ("/out/manifest.json",), ())
+    assert through_json(audit) == audit
+    assert (audit.audited, audit.kept, audit.revoked) == (2, 1, (revoked,))
+    stored = audit.as_dict()
+    assert (stored["audited"], stored["kept"], stored["revoked"]) == (2, 1, [revoked.as_dict()])
+
+
+def test_malformed_release_audit_names_the_bad_keys():
+    # why: an outcome without its verdict cannot say whether the release was kept
+    bad = ReleaseAudit("k", "f", 0, (AuditOutcome("pc-1", "/x.png", "PASS", "", {}, {}),), (), ()).as_dict()
+    del bad["outcomes"][0]["verdict"]
+    with pytest.raises(MalformedValueError, match="AuditOutcome of release_audit lacks 'verdict'"):
+        ReleaseAudit.from_dict(bad)
 
 
 def test_io_manager_hands_typed_values_downstream_in_this_run_and_the_next(tmp_path):

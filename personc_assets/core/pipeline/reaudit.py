@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -31,6 +31,7 @@ from ..lineage.store import LineageStore, file_lock, now
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
 from .indexing import EmbeddingIndexes
+from .values import checked
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,57 @@ class AuditOutcome:
     def revoked(self) -> bool:
         return self.verdict != PASS
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"release_id": self.release_id, "file": self.file, "verdict": self.verdict, "reason": self.reason,
+                "similarity": dict(self.similarity), "nearest": dict(self.nearest)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "AuditOutcome":
+        d = checked(d, "AuditOutcome", "release_audit", ("release_id", "file", "verdict", "reason", "similarity",
+                                                         "nearest"))
+        return cls(d["release_id"], d["file"], d["verdict"], d["reason"], dict(d["similarity"]), dict(d["nearest"]))
+
+
+@dataclass(frozen=True)
+class ReleaseAudit:
+    """The ``release_audit`` value: every release re-checked against the current sources."""
+
+    audit_key: str                        # ``audit_key`` of the indexes checked against
+    source_set_hash: str
+    skipped_already_audited: int          # releases that passed this exact audit before
+    outcomes: tuple[AuditOutcome, ...]
+    manifests: tuple[str, ...]            # manifests whose revocations were written
+    orphaned_files: tuple[str, ...]       # PNGs with no release row, moved aside
+
+    #: Written for readers of the stored JSON; recomputed from the outcomes when read back.
+    DERIVED = ("audited", "kept", "revoked")
+
+    @property
+    def revoked(self) -> tuple[AuditOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.revoked)
+
+    @property
+    def audited(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def kept(self) -> int:
+        return self.audited - len(self.revoked)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"audit_key": self.audit_key, "source_set_hash": self.source_set_hash, "audited": self.audited,
+                "kept": self.kept, "skipped_already_audited": self.skipped_already_audited,
+                "revoked": [o.as_dict() for o in self.revoked], "outcomes": [o.as_dict() for o in self.outcomes],
+                "manifests": list(self.manifests), "orphaned_files": list(self.orphaned_files)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ReleaseAudit":
+        d = checked(d, "ReleaseAudit", "release_audit", ("audit_key", "source_set_hash", "skipped_already_audited",
+                                                         "outcomes", "manifests", "orphaned_files"), cls.DERIVED)
+        return cls(d["audit_key"], d["source_set_hash"], int(d["skipped_already_audited"]),
+                   tuple(AuditOutcome.from_dict(o) for o in d["outcomes"]), tuple(d["manifests"]),
+                   tuple(d["orphaned_files"]))
+
 
 def audit_key(indexes: EmbeddingIndexes) -> str:
     """What an audit checked against: the source set, each encoder's version and tau."""
@@ -64,12 +116,12 @@ def audit_key(indexes: EmbeddingIndexes) -> str:
 
 
 def reaudit_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, indexes: EmbeddingIndexes,
-                     run_id: str, force: bool = False) -> dict[str, Any]:
+                     run_id: str, force: bool = False) -> ReleaseAudit:
     """Re-check every released (not yet revoked) face against the current sources.
 
     ``indexes`` is the ``embedding_indexes`` value of the refreshed
     sources. Releases that already passed this exact audit are skipped unless
-    ``force``. Returns a JSON-serialisable summary with every outcome.
+    ``force``. Returns every outcome.
     """
     from .judging import build_guard
 
@@ -91,10 +143,8 @@ def reaudit_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, indexes
         log.warning("release %s revoked: %s", o.release_id, o.reason)
     manifests = sync_manifests(store, [ws.root, *{Path(o.file).parent.parent for o in revoked}])
     orphans = set_aside_orphan_release_files(ws, store)
-    return {"audit_key": key, "source_set_hash": set_hash, "audited": len(outcomes),
-            "kept": len(outcomes) - len(revoked), "skipped_already_audited": already,
-            "revoked": [asdict(o) for o in revoked], "outcomes": [asdict(o) for o in outcomes],
-            "manifests": [str(m) for m in manifests], "orphaned_files": [str(p) for p in orphans]}
+    return ReleaseAudit(key, set_hash, already, tuple(outcomes), tuple(str(m) for m in manifests),
+                        tuple(str(p) for p in orphans))
 
 
 def _audit_batch(guard, rows: Sequence[tuple[str, str]], paths: Mapping[str, str],
