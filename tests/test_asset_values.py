@@ -13,7 +13,7 @@ from personc_assets.core.pipeline.indexing import EmbeddingIndexes, EncoderIndex
 from personc_assets.core.pipeline.modeling import BackboneRef, FactorDecompositions, ProjectedLatents
 from personc_assets.core.pipeline.reaudit import AuditOutcome, ReleaseAudit
 from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
-from personc_assets.core.pipeline.values import AssetValue, MalformedValueError
+from personc_assets.core.values import AssetValue, MalformedValueError
 
 DONOR = SourceEntry("h1", "A", "ann", "/src/A/ann.jpg", "/out/aligned/h1.npz", "A-ann-1")
 BACKBONE = BackboneRef("morphable", {"modes": 40}, "/out/backbone/m.npz", "b" * 64)

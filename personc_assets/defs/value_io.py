@@ -14,7 +14,7 @@ from typing import Any
 
 from dagster import InputContext, OutputContext
 
-from ..core.pipeline.values import AssetValue
+from ..core.values import AssetValue
 from .resources import JsonIOManager
 
 

@@ -27,6 +27,7 @@ from ..explain import (AttributionPanel, DonorPanel, DonorRecord, EncoderRecord,
                        write_run_report)
 from ..faces.detect import detect_faces
 from ..lineage.store import LineageStore
+from ..values import checked
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
 from . import reaudit
@@ -35,7 +36,6 @@ from .modeling import FactorDecompositions
 from .indexing import EmbeddingIndexes, build_encoders, embed_sources
 from .judging import GuardVerdicts, ReleasedFace
 from .sources import SourceEntry, SourceSet
-from .values import checked
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,12 @@ from ..lineage.store import LineageStore, now
 from ..recipes import (describe_donors, mix_factors, new_roles, recipe_from_json, recipe_json,
                        sample_recipes)
 from ..types import Candidate, Recipe
+from ..values import checked
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
 from .indexing import EmbeddingIndexes, persons_by_embedding, source_embeddings
 from .modeling import FactorDecompositions
 from .sources import SourceSet
-from .values import checked
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from ..faces.detect import face_from_landmarks
 from ..index import EmbeddingIndex, IndexManifest, source_set_hash
 from ..lineage.store import LineageStore
 from ..types import SourceFace
+from ..values import checked
 from .config import RunConfig, TauChoice, Workspace, resolve_taus
 from .sources import SourceSet
 from .thresholds import calibrated_taus
-from .values import checked
 
 log = logging.getLogger(__name__)
 

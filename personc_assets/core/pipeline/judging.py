@@ -25,13 +25,13 @@ from ..lineage.store import LineageStore, now
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
 from ..release import release_id_for
 from ..types import Candidate, Recipe
+from ..values import checked
 from ..versioning import code_version
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory, GeneratedCandidates
 from .modeling import FactorDecompositions
 from .indexing import EmbeddingIndexes, build_encoders
 from .sources import SourceSet
-from .values import checked
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ import numpy as np
 from ..atomic import atomic_save_npz, load_npz
 from ..backbones import BACKBONES, Backbone
 from ..lineage.store import LineageStore
+from ..values import checked
 from ..versioning import code_version
 from .config import RunConfig, Workspace
 from .sources import SourceSet
-from .values import checked
 
 log = logging.getLogger(__name__)
 

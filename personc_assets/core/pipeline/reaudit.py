@@ -28,10 +28,10 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..guard import PASS, REJECT, Verdict
 from ..lineage.store import LineageStore, file_lock, now
+from ..values import checked
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
 from .indexing import EmbeddingIndexes
-from .values import checked
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from ..faces.walk import WALK_CODES
 from ..index import source_set_hash
 from ..lineage.store import LineageStore, now
 from ..types import SourceFace
+from ..values import checked
 from ..versioning import code_version
 from .config import RunConfig, Workspace
-from .values import checked
 
 log = logging.getLogger(__name__)
 

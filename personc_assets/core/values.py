@@ -2,10 +2,10 @@
 
 Each step of the pipeline returns one such value (``SourceSet``,
 ``EmbeddingIndexes``, ``GuardVerdicts``, ...), defined beside the step that
-makes it. ``as_dict`` gives the JSON object the Dagster IO manager stores
-between steps (and across runs); ``from_dict`` reads it back and raises
-``MalformedValueError`` naming the missing or unexpected keys when the JSON is
-not what the step writes.
+makes it (``pipeline/*.py``, ``redteam.py``). ``as_dict`` gives the JSON
+object the Dagster IO manager stores between steps (and across runs);
+``from_dict`` reads it back and raises ``MalformedValueError`` naming the
+missing or unexpected keys when the JSON is not what the step writes.
 """
 
 from __future__ import annotations
