@@ -13,6 +13,7 @@ from personc_assets.core.pipeline.indexing import EmbeddingIndexes, EncoderIndex
 from personc_assets.core.pipeline.modeling import BackboneRef, FactorDecompositions, ProjectedLatents
 from personc_assets.core.pipeline.reaudit import AuditOutcome, ReleaseAudit
 from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
+from personc_assets.core.redteam import ENSEMBLE, MissedTrial, RedTeamSummary, VariantRow
 from personc_assets.core.values import AssetValue, MalformedValueError
 
 DONOR = SourceEntry("h1", "A", "ann", "/src/A/ann.jpg", "/out/aligned/h1.npz", "A-ann-1")
@@ -205,6 +206,26 @@ def test_malformed_release_audit_names_the_bad_keys():
     del bad["outcomes"][0]["verdict"]
     with pytest.raises(MalformedValueError, match="AuditOutcome of release_audit lacks 'verdict'"):
         ReleaseAudit.from_dict(bad)
+
+
+def test_redteam_summary_round_trips_and_derives_all_rejected():
+    # why: "all rejected" must follow from the ensemble's rows, not from a flag that could disagree
+    rows = (VariantRow("mirror", ENSEMBLE, True, 2, 2, 2, {}, None, None),
+            VariantRow("mirror", "dlib", True, 2, 2, 2, {}, 0.91, 0.9),
+            VariantRow("blur", ENSEMBLE, True, 2, 1, 0, {"no face found": 1}, None, None),
+            VariantRow("blur", "arcface", False, 2, 0, 0, {}, 0.2, 0.4))
+    summary = RedTeamSummary(("dlib", "arcface"), rows, (MissedTrial("blur", "bob", "B-bob-1", "PASS"),))
+    assert through_json(summary) == summary
+    assert not summary.all_rejected and RedTeamSummary(("dlib",), rows[:2], ()).all_rejected
+    assert summary.as_dict()["rows"][0]["rate"] == 1.0, "the stored JSON keeps each row's rate"
+
+
+def test_malformed_redteam_summary_names_the_bad_keys():
+    # why: a row without its trial count cannot give a rejection rate
+    bad = RedTeamSummary(("dlib",), (VariantRow("mirror", "dlib", True, 1, 1, 1, {}, 0.9, 0.9),), ()).as_dict()
+    del bad["rows"][0]["trials"]
+    with pytest.raises(MalformedValueError, match="VariantRow of redteam_report lacks 'trials'"):
+        RedTeamSummary.from_dict(bad)
 
 
 def test_io_manager_hands_typed_values_downstream_in_this_run_and_the_next(tmp_path):
