@@ -2,6 +2,7 @@
 refused with an error that names the bad keys and the asset to re-materialize."""
 
 import json
+import math
 
 import pytest
 
@@ -13,6 +14,8 @@ from personc_assets.core.pipeline.indexing import EmbeddingIndexes, EncoderIndex
 from personc_assets.core.pipeline.modeling import BackboneRef, FactorDecompositions, ProjectedLatents
 from personc_assets.core.pipeline.reaudit import AuditOutcome, ReleaseAudit
 from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
+from personc_assets.core.privacy.disentangle import CONTEXT, FactorRanking, FactorSensitivity
+from personc_assets.core.privacy.results import RecordedRanking
 from personc_assets.core.redteam import ENSEMBLE, MissedTrial, RedTeamSummary, VariantRow
 from personc_assets.core.values import AssetValue, MalformedValueError
 
@@ -226,6 +229,27 @@ def test_malformed_redteam_summary_names_the_bad_keys():
     del bad["rows"][0]["trials"]
     with pytest.raises(MalformedValueError, match="VariantRow of redteam_report lacks 'trials'"):
         RedTeamSummary.from_dict(bad)
+
+
+def test_recorded_ranking_round_trips_with_the_context_rows_unmeasured_units():
+    # why: the anonymizer works from this value; the context row has no unit (NaN, stored as null)
+    rows = (FactorSensitivity("eyes", "dlib", 0.4, 0.2, 0.05, 0.5, 4, 0),
+            FactorSensitivity("texture", "dlib", 0.1, 0.1, 0.02, 1.0, 4, 1),
+            FactorSensitivity(CONTEXT, "dlib", math.nan, 0.05, 0.01, math.nan, 4, 0))
+    recorded = RecordedRanking("rank-1", FactorRanking(rows, "b" * 64, ("h1", "h2"), 2))
+    back = through_json(recorded)
+    assert back.ranking_id == "rank-1" and back.ranking.rows[:2] == rows[:2]
+    assert math.isnan(back.ranking.rows[2].per_unit) and back.ranking.rows[2].n == 4
+    assert back.ranking.order() == ("eyes", "texture") and recorded.as_dict()["order"] == ["eyes", "texture"]
+
+
+def test_malformed_recorded_ranking_names_the_bad_keys():
+    # why: a ranking row without its encoder cannot be told apart from the others
+    rows = (FactorSensitivity("eyes", "dlib", 0.4, 0.2, 0.05, 0.5, 4, 0),)
+    bad = RecordedRanking("rank-1", FactorRanking(rows, "b", (), 1)).as_dict()
+    del bad["rows"][0]["encoder"]
+    with pytest.raises(MalformedValueError, match="FactorSensitivity of factor_identity_ranking lacks 'encoder'"):
+        RecordedRanking.from_dict(bad)
 
 
 def test_io_manager_hands_typed_values_downstream_in_this_run_and_the_next(tmp_path):

@@ -91,7 +91,7 @@ def run_anonymize(args: argparse.Namespace) -> int:
     steps, ctx, store, run_id = _prepare(args, "anonymize")
     ranking = steps.run_ranking(ctx, store, run_id)
     out = steps.run_anonymize(ctx, store, run_id, ranking, args.strength, args.attempts, args.limit, args.input)
-    return _print({"run_id": run_id, "factor_order": ranking["order"], **out})
+    return _print({"run_id": run_id, "factor_order": list(ranking.ranking.order()), **out})
 
 
 def run_cancelable(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.modeling import FactorDecompositions
 from ..core.pipeline.sources import SourceSet
 from ..core.privacy import steps
+from ..core.privacy.results import RecordedRanking
 from .assets import lineage, md_table
 from .resources import PersonCConfig
 
@@ -34,14 +35,14 @@ class RankingConfig(Config):
 def factor_identity_ranking(context: AssetExecutionContext, config: RankingConfig, personc: PersonCConfig,
                             duckdb: DuckDBResource, source_images: SourceSet,
                             factor_decompositions: FactorDecompositions,
-                            embedding_indexes: EmbeddingIndexes) -> MaterializeResult:
+                            embedding_indexes: EmbeddingIndexes) -> MaterializeResult[RecordedRanking]:
     """How much identity each factor carries: identity change (1 - cosine) per population unit of change,
     measured with every encoder by swapping one factor for another person's."""
     with lineage(duckdb) as store:
         ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
         out = steps.run_ranking(ctx, store, context.run_id, config.n_probes, config.donors_per_probe)
-    return MaterializeResult(value=out, metadata={"order": MetadataValue.json(out["order"]),
-                                                  "table": md_table(out["rows"])})
+    return MaterializeResult(value=out, metadata={"order": MetadataValue.json(list(out.ranking.order())),
+                                                  "table": md_table(out.ranking.table())})
 
 
 class AnonymizeConfig(Config):
@@ -52,8 +53,9 @@ class AnonymizeConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def anonymized_faces(context: AssetExecutionContext, config: AnonymizeConfig, personc: PersonCConfig,
-                     duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: FactorDecompositions,
-                     embedding_indexes: EmbeddingIndexes, factor_identity_ranking: dict) -> MaterializeResult:
+                     duckdb: DuckDBResource, source_images: SourceSet,
+                     factor_decompositions: FactorDecompositions, embedding_indexes: EmbeddingIndexes,
+                     factor_identity_ranking: RecordedRanking) -> MaterializeResult:
     """Faces with their identity factors replaced from the population (context kept), released only when
     the guard passes them against every source and the original."""
     with lineage(duckdb) as store:

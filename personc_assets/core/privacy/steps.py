@@ -28,10 +28,11 @@ from ..types import SourceFace
 from ..versioning import code_version, config_hash
 from .attributes import AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError, fit_direction
 from .cancelable import Assessment
-from .disentangle import FactorRanking, FactorSensitivity, rank_factors
+from .disentangle import rank_factors
 from .dp import DPSpec, PrivacyLedger, check_held_out, guarantee, privatize_factors
 from .lineage import ensure_privacy_schema, upsert
 from .population import FactorScale, IdentityProbe, Population, context_frame
+from .results import RecordedRanking
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _json(obj: Any) -> str:
 # ------------------------------------------------------------------------ ranking
 
 def run_ranking(ctx: PrivacyContext, store: LineageStore, run_id: str, n_probes: int = 4,
-                donors_per_probe: int = 2, seed: int = 0) -> dict[str, Any]:
+                donors_per_probe: int = 2, seed: int = 0) -> RecordedRanking:
     """Measure and record the factor identity ranking."""
     ranking = rank_factors(ctx.pop, ctx.probe, n_probes, donors_per_probe, seed)
     rid = "rank-" + config_hash({"state": ctx.pop.backbone_state, "probes": ranking.probes,
@@ -113,15 +114,7 @@ def run_ranking(ctx: PrivacyContext, store: LineageStore, run_id: str, n_probes:
         upsert(tx, "privacy_factor_ranking", [
             {**{k: v for k, v in r.as_row().items()}, "ranking_id": rid, "backbone_state": ctx.pop.backbone_state,
              "rank": order.get(r.factor), "run_id": run_id, "created_at": t} for r in ranking.rows])
-    return {"ranking_id": rid, "backbone_state": ranking.backbone_state, "probes": list(ranking.probes),
-            "donors_per_probe": donors_per_probe, "order": list(ranking.order()), "shares": ranking.shares(),
-            "rows": ranking.table()}
-
-
-def ranking_from_summary(summary: dict[str, Any]) -> FactorRanking:
-    rows = tuple(FactorSensitivity(**{k: (math.nan if v is None else v) for k, v in r.items()})
-                 for r in summary["rows"])
-    return FactorRanking(rows, summary["backbone_state"], tuple(summary["probes"]), summary["donors_per_probe"])
+    return RecordedRanking(rid, ranking)
 
 
 # ---------------------------------------------------------------------- labelling
@@ -149,7 +142,7 @@ def _select(ctx: PrivacyContext, limit: int | None) -> list:
 
 # ---------------------------------------------------------------------- anonymize
 
-def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking: dict[str, Any],
+def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking: RecordedRanking,
                   strength: float = 1.0, attempts: int = 4, limit: int | None = 3,
                   inputs: Sequence[Path] = ()) -> dict[str, Any]:
     """Anonymize ``inputs`` (photos) or, without inputs, ``limit`` source faces."""
@@ -158,7 +151,7 @@ def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking
 
     labeller, labels = label_sources(ctx)
     knobs = AnonymizeKnobs(strength=strength, attempts=attempts)
-    anon = Anonymizer(ctx.pop, ranking_from_summary(ranking), ctx.guard, ctx.probe, labeller, labels, knobs)
+    anon = Anonymizer(ctx.pop, ranking.ranking, ctx.guard, ctx.probe, labeller, labels, knobs)
     faces = [ingest_file(Path(p), "A", Path(p).stem) for p in inputs] if inputs else _select(ctx, limit)
     folder = ctx.folder("anonymized")
     rows, out = [], []
@@ -169,7 +162,7 @@ def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking
             atomic_save_png(path, res.chosen.image)
         c = res.chosen
         row = {"output_id": res.output_id, "input_hash": face.content_hash, "backbone_state": ctx.pop.backbone_state,
-               "ranking_id": ranking["ranking_id"], "strength": strength, "strength_used": c.strength,
+               "ranking_id": ranking.ranking_id, "strength": strength, "strength_used": c.strength,
                "attempts": len(res.attempts), "passed": res.passed, "reason": c.reason,
                "alphas_json": _json(dict(c.alphas)),
                "recipe_json": _json({f: [list(p) for p in parts] for f, parts in c.recipe.components.items()}),
