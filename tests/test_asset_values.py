@@ -15,7 +15,10 @@ from personc_assets.core.pipeline.modeling import BackboneRef, FactorDecompositi
 from personc_assets.core.pipeline.reaudit import AuditOutcome, ReleaseAudit
 from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
 from personc_assets.core.privacy.disentangle import CONTEXT, FactorRanking, FactorSensitivity
-from personc_assets.core.privacy.results import RecordedRanking
+from personc_assets.core.privacy.dp import PrivacyBudget
+from personc_assets.core.privacy.results import (AnonymizedFace, AnonymizedFaces, CancelableTemplate,
+                                                 CancelableTemplates, DPRefusal, DPReleasedFace, DPReleases,
+                                                 RecordedRanking)
 from personc_assets.core.redteam import ENSEMBLE, MissedTrial, RedTeamSummary, VariantRow
 from personc_assets.core.values import AssetValue, MalformedValueError
 
@@ -250,6 +253,60 @@ def test_malformed_recorded_ranking_names_the_bad_keys():
     del bad["rows"][0]["encoder"]
     with pytest.raises(MalformedValueError, match="FactorSensitivity of factor_identity_ranking lacks 'encoder'"):
         RecordedRanking.from_dict(bad)
+
+
+def test_anonymized_faces_round_trip_and_count_what_passed():
+    # why: the asset's counts must follow from the outputs it lists
+    passed = AnonymizedFace("an-1", "h1", True, "", 0.8, 2, "female", "female", 31, 28, "/out/privacy/an-1.png",
+                            {"dlib": 0.6}, {"dlib": 0.7})
+    refused = AnonymizedFace("an-2", "h2", False, "dlib: reaches tau", 1.0, 4, None, None, None, None, None,
+                             {"dlib": 0.95}, {"dlib": 0.95})
+    faces = AnonymizedFaces(1.0, (passed, refused))
+    assert through_json(faces) == faces and (faces.passed, faces.faces) == (1, 2)
+
+
+def test_malformed_anonymized_faces_names_the_bad_keys():
+    # why: an output without its verdict cannot be counted as passed or refused
+    bad = AnonymizedFaces(1.0, (AnonymizedFace("an-1", "h1", True, "", 1.0, 1, None, None, None, None, None, {},
+                                               {}),)).as_dict()
+    del bad["outputs"][0]["passed"]
+    with pytest.raises(MalformedValueError, match="AnonymizedFace of anonymized_faces lacks 'passed'"):
+        AnonymizedFaces.from_dict(bad)
+
+
+def test_cancelable_templates_round_trip_and_count_what_passed():
+    # why: the asset reports how many faces were enrolled under the key, and the measured properties
+    templates = CancelableTemplates("key-1", (CancelableTemplate("t-1", "h1", "signed-permutation/v2", True, "",
+                                                                 "/out/privacy/t-1.png", {"dlib": 0.3}),),
+                                    ({"encoder": "dlib", "property": "unlinkability", "passed": True},))
+    assert through_json(templates) == templates and (templates.passed, templates.faces) == (1, 1)
+
+
+def test_malformed_cancelable_templates_names_the_bad_keys():
+    # why: templates without their key id cannot be revoked
+    bad = CancelableTemplates("key-1", (), ()).as_dict()
+    del bad["key_id"]
+    with pytest.raises(MalformedValueError, match="CancelableTemplates of cancelable_templates lacks 'key_id'"):
+        CancelableTemplates.from_dict(bad)
+
+
+def test_dp_releases_round_trip():
+    # why: the DP summary carries the spend and what the epsilon covers; none of it may be lost
+    releases = DPReleases({"ann": {"gender": {"direction_id": "dir-gender-1", "cv_accuracy": 0.9}}},
+                          (DPReleasedFace("dp-1", "h1", 1.0, 0.0, "female", "male", 30, 33,
+                                          "/out/privacy/dp/dp-1.png", "ann", "ab" * 8),),
+                          (DPRefusal("h2", "budget", "face h2 would spend 5 of 4"),), 1.0, "laplace", 0.0, 2.0, 1.0,
+                          0.0, PrivacyBudget(4.0, 1e-5, None), {"covers": "the attribute coordinates"},
+                          "/out/manifest.json", "m" * 64)
+    assert through_json(releases) == releases
+
+
+def test_malformed_dp_releases_names_the_bad_keys():
+    # why: a budget without its per-face epsilon would hide how much a face may spend
+    bad = DPReleases({}, (), (), 1.0, "laplace", 0.0, 2.0, 0.0, 0.0, PrivacyBudget(), {}, None, None).as_dict()
+    del bad["budget"]["epsilon_per_face"]
+    with pytest.raises(MalformedValueError, match="PrivacyBudget of dp_attribute_releases lacks 'epsilon_per_face'"):
+        DPReleases.from_dict(bad)
 
 
 def test_io_manager_hands_typed_values_downstream_in_this_run_and_the_next(tmp_path):
