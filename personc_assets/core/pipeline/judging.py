@@ -189,7 +189,7 @@ def build_guard(cfg: RunConfig, indexes: EmbeddingIndexes, source_set_hash: str 
     """The ensemble: each encoder with its index (a missing or stale index → every check rejects).
 
     ``source_set_hash`` is the current ``source_images`` hash: an index built over another
-    source set is stale even when it matches its own summary. None trusts the summary.
+    source set is stale even when it matches ``indexes``. None trusts ``indexes.source_set_hash``.
     """
     encoders, _ = build_encoders(cfg)
     current = source_set_hash or indexes.source_set_hash

@@ -1,10 +1,10 @@
 """The privacy modes as pipeline steps: shared by the Dagster assets and the CLI.
 
-Each step takes the main pipeline's summaries (``source_images``,
+Each step takes the main pipeline's values (``source_images``,
 ``factor_decompositions``, ``embedding_indexes``), works on the fitted
 backbone and the guard of that run, writes PNGs under
 ``<out>/privacy/<mode>/`` and its rows into the privacy tables of the run's
-DuckDB file, and returns a JSON-serialisable summary.
+DuckDB file, and returns its asset value (``results.py``).
 """
 
 from __future__ import annotations
