@@ -29,17 +29,17 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from personc_assets.core.encoders.cache import EmbeddingCache, embed_cached  # noqa: E402
-from personc_assets.core.encoders.dlib_encoder import (DESCRIPTOR_FILE, DlibEncoder,  # noqa: E402
-                                                       dlib_chip)
-from personc_assets.core.encoders.dlib_format import anet_flops, load_anet  # noqa: E402
-from personc_assets.core.encoders.dlib_torch import TorchDlibEncoder  # noqa: E402
+from personc_assets.core.encoders.common import dlib_chip  # noqa: E402
+from personc_assets.core.encoders.dlib import DESCRIPTOR_FILE, DlibEncoder, TorchDlibEncoder  # noqa: E402
+from personc_assets.core.encoders.dlib.format import anet_flops, load_anet  # noqa: E402
+from personc_assets.core.ensemble import embed_sources  # noqa: E402
 from personc_assets.core.faces.align import align_face  # noqa: E402
 from personc_assets.core.faces.detect import (DETECT_MAX_SIDE, detect_faces,  # noqa: E402
                                               dlib_model_path, landmarks_in_box)
-from personc_assets.core.faces.fast_detect import (detect_faces_pyramid,  # noqa: E402
-                                                   full_resolution_box, pyramid_shrink)
 from personc_assets.core.faces.loading import decode_image  # noqa: E402
+from personc_assets.core.faces.pyramid import full_resolution_box, pyramid_shrink  # noqa: E402
+from personc_assets.core.lineage.store import LineageStore  # noqa: E402
+from personc_assets.core.types import SourceFace  # noqa: E402
 
 log = logging.getLogger("bench_dlib")
 
@@ -105,7 +105,7 @@ def bench_detection(photos: list[np.ndarray], rows: list[Row]) -> tuple[int, flo
         n_faces += len(rects)
     per = 1e3 / n_faces
     rows += [Row("detection", "dlib full resolution (reference)", "ms/face", t_full * per, "ms"),
-             Row("detection", "cv2 resize to 1024 (detect_faces)", "ms/face", t_resize * per, "ms"),
+             Row("detection", "cv2 resize to 1024 (earlier detect_faces)", "ms/face", t_resize * per, "ms"),
              Row("detection", "dlib pyramid to 1024 (fast, exact)", "ms/face", t_pyr * per, "ms"),
              Row("landmarks", "dlib 68 points, full resolution (both)", "ms/face", t_lm * per, "ms")]
     return n_faces, t_lm * per
@@ -184,7 +184,7 @@ STAGES = ("decode", "detect+landmarks", "align", "embed")
 
 
 def _front(path: Path, detect, stages: dict[str, float]):
-    """Decode, detect and align one photo; returns (content hash, best face) or None."""
+    """Decode, detect and align one photo; returns (best face, aligned source face) or None."""
     t0 = time.perf_counter()
     decoded = decode_image(path)
     t1 = time.perf_counter()
@@ -194,42 +194,43 @@ def _front(path: Path, detect, stages: dict[str, float]):
     stages["detect+landmarks"] += t2 - t1
     if not found:
         return None
-    align_face(decoded.pixels, found[0].landmarks)
+    aligned, landmarks, _ = align_face(decoded.pixels, found[0].landmarks)
     stages["align"] += time.perf_counter() - t2
-    return decoded.content_hash, found[0]
+    return found[0], SourceFace(decoded.content_hash, "A", path.stem, str(path), aligned, landmarks)
 
 
 def ingest_before_after(paths: list[Path], dlib_enc: DlibEncoder, fast: TorchDlibEncoder,
-                        cache: EmbeddingCache) -> dict[str, dict[str, float]]:
+                        store: LineageStore) -> dict[str, dict[str, float]]:
     """Ingest every photo on both paths, alternating photo by photo (same CPU conditions).
 
-    before: cv2-resize detection, dlib's descriptor one photo at a time.
-    after: dlib-pyramid detection, torch descriptors batched through the cache
-    (cold); "warm" is the same run with every embedding already cached.
+    before: dlib's descriptor one photo at a time.
+    after: torch descriptors of the aligned crops, batched through the lineage
+    store's embedding cache as the pipeline does (``ensemble.embed_sources``,
+    cold); "warm" is the same run with every embedding already in the store.
     """
     before = dict.fromkeys(STAGES, 0.0)
     after = dict.fromkeys(STAGES, 0.0)
-    keys, faces = [], []
+    sources = {}
     for path in paths:
         got = _front(path, detect_faces, before)
         if got:
             t0 = time.perf_counter()
-            dlib_enc.embed([got[1]])
+            dlib_enc.embed([got[0]])
             before["embed"] += time.perf_counter() - t0
-        got = _front(path, detect_faces_pyramid, after)
+        got = _front(path, detect_faces, after)
         if got:
-            keys.append(got[0])
-            faces.append(got[1])
+            sources[got[1].content_hash] = got[1]
+    faces = list(sources.values())
     warm = dict(after)
     t0 = time.perf_counter()
-    embed_cached(fast, cache, keys, faces)
+    embed_sources(fast, faces, store, "bench")
     after["embed"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    embed_cached(fast, cache, keys, faces)
+    embed_sources(fast, faces, store, "bench")
     warm["embed"] = time.perf_counter() - t0
-    return {"before: cv2 resize + dlib descriptor, per photo": before,
-            "after: dlib pyramid + torch, batched, cold cache": after,
-            "after: same, warm embedding cache": warm}
+    return {"before: dlib descriptor, per photo": before,
+            "after: torch, batched, cold lineage cache": after,
+            "after: same, warm lineage cache": warm}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows.append(Row("machine", "load average at start (1 min)", "load", os.getloadavg()[0], ""))
     n_faces, _ = bench_detection(photos, rows)
-    faces = [f for image in photos for f in detect_faces_pyramid(image)]
+    faces = [f for image in photos for f in detect_faces(image)]
     start = time.perf_counter()
     chips = np.stack([dlib_chip(f) for f in faces])
     rows.append(Row("chip", "dlib get_face_chip 150 px (both)", "ms/face",
@@ -274,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         copies = write_jittered_copies(paths, args.photos, Path(tmp))
-        cache = EmbeddingCache.for_encoder(Path(tmp) / "cache", fast)
-        runs = ingest_before_after(copies, dlib_enc, fast, cache)
+        store = LineageStore.open(Path(tmp) / "bench.duckdb")
+        runs = ingest_before_after(copies, dlib_enc, fast, store)
     totals = []
     for label, stages in runs.items():
         totals.append(sum(stages.values()))

@@ -8,7 +8,7 @@ and the default safety margin:
                N), the FLOP bound of exact search; also the reference answer;
 - ``exact``  : ``EmbeddingIndex`` kind ``flat_ip`` (faiss IndexFlatIP, BLAS);
 - ``approx`` : ``EmbeddingIndex`` kind ``ivf_flat`` — certified IVF search that
-               re-checks candidates and falls back to exact search for every
+               rescores candidates and falls back to exact search for every
                query it cannot prove (the guard's path at large N);
 - ``ivf_raw``: the same faiss IVF searched plainly (nprobe cells, no proof) —
                what an uncertified approximate index would report.

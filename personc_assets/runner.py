@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .core.pipeline.config import RunConfig
 
 if TYPE_CHECKING:
     from .core.values import AssetValue
@@ -23,25 +25,6 @@ V = TypeVar("V", bound="AssetValue")
 
 ASSET_ORDER = ("source_images", "projected_latents", "factor_decompositions", "embedding_indexes",
                "generated_candidates", "guard_verdicts", "ics_reports")
-
-
-@dataclass(frozen=True)
-class DemoRequest:
-    out_dir: Path = Path("data/out")
-    db_path: Path | None = None
-    num_samples: int = 5
-    max_attempts: int = 20
-    seed: int = 0
-    taus: Mapping[str, float] = field(default_factory=dict)
-    bare_tau: float | None = None
-    target_fmr: float | None = None
-    backbone: str = "morphable"
-    backbone_options: Mapping[str, Any] = field(default_factory=dict)
-    sources_a: Path | None = None
-    sources_b: Path | None = None
-    weights_dir: Path = Path("weights")
-    encoders: tuple[str, ...] | None = None
-    audit_encoders: tuple[str, ...] = ()
 
 
 @dataclass
@@ -89,23 +72,19 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def run_pipeline(request: DemoRequest) -> DemoResult:
-    """Materialize every asset in order; never raises for a failed step (see ``success``)."""
+def run_pipeline(config: RunConfig, db_path: Path | None = None) -> DemoResult:
+    """Materialize every asset of ``config``'s run in order (lineage in ``db_path``, default
+    OUT/personc.duckdb); never raises for a failed step (see ``success``)."""
     from dagster import DagsterEventType, DagsterInstance
 
     from .definitions import build_definitions
+    from .defs.resources import resource_values
 
-    out_dir = Path(request.out_dir).resolve()
-    db_path = Path(request.db_path).resolve() if request.db_path else out_dir / "personc.duckdb"
-    defs = build_definitions(
-        out_dir=str(out_dir), db_path=str(db_path),
-        sources_a=str(request.sources_a.resolve()) if request.sources_a else None,
-        sources_b=str(request.sources_b.resolve()) if request.sources_b else None,
-        backbone=request.backbone, backbone_options_json=json.dumps(dict(request.backbone_options)),
-        encoders=list(request.encoders) if request.encoders else None,
-        audit_encoders=list(request.audit_encoders), weights_dir=str(request.weights_dir),
-        taus=dict(request.taus), num_samples=request.num_samples, max_attempts=request.max_attempts,
-        seed=request.seed, bare_tau=request.bare_tau, target_fmr=request.target_fmr)
+    out_dir = Path(config.out_dir).resolve()
+    db_path = Path(db_path).resolve() if db_path else out_dir / "personc.duckdb"
+    config = replace(config, out_dir=str(out_dir), sources_a=_resolved(config.sources_a),
+                     sources_b=_resolved(config.sources_b))
+    defs = build_definitions(db_path=str(db_path), **resource_values(config))
     job = defs.resolve_job_def("personc_main")
     start = time.perf_counter()
     with DagsterInstance.ephemeral() as instance:
@@ -128,17 +107,21 @@ def run_pipeline(request: DemoRequest) -> DemoResult:
         msg = _root_cause(failure.event_specific_data.error) if failure else "the run failed"
         return DemoResult(False, f"step {failure.step_key if failure else '?'} failed: {msg}", out_dir, db_path,
                           released, taus, durations, total)
-    ok = len(released) >= request.num_samples
+    ok = len(released) >= config.num_samples
     unreleased = guard.unreleased if guard else ()
     why = "".join(f"\n  slot {u.slot}: last of {u.attempts} attempts rejected: {u.last_reason[:160]}"
                   for u in unreleased)
-    message = (f"released {len(released)} of {request.num_samples} faces" if ok else
-               f"only {len(released)} of {request.num_samples} faces passed every gate within "
-               f"{request.max_attempts} attempts each; more, and more varied, source photos give the "
+    message = (f"released {len(released)} of {config.num_samples} faces" if ok else
+               f"only {len(released)} of {config.num_samples} faces passed every gate within "
+               f"{config.max_attempts} attempts each; more, and more varied, source photos give the "
                f"face model room (or raise --max-attempts){why}")
     manifest = Path(explained.manifest) if explained and explained.manifest else None
     return DemoResult(ok, message, out_dir, db_path, released, taus, durations, total,
                       guard.pass_rate if guard else None, manifest)
+
+
+def _resolved(folder: str | None) -> str | None:
+    return str(Path(folder).resolve()) if folder is not None else None
 
 
 def _step_durations(instance, run_id: str, event_type) -> dict[str, float]:

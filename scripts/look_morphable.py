@@ -150,8 +150,10 @@ def main() -> int:
     factors = {f.content_hash: backbone.decompose(p.latent) for f, p in zip(faces, projections)}
     classes = None if args.no_gender else gender_classes(faces)
     persons = persons_from_embeddings([f.content_hash for f in faces], matrix, tau)  # as the pipeline does
-    donors = describe_donors(faces, factors, labels=persons, embeddings=source_emb, classes=classes)
-    recipes = sample_recipes(donors, backbone.factor_names, args.n, args.seed, **parse_knobs(args.knob))
+    donors = describe_donors(faces, factors, labels=persons, embeddings=source_emb, classes=classes,
+                             appearance_factors=backbone.factor_roles.appearance)
+    recipes = sample_recipes(donors, backbone.factor_names, args.n, args.seed, roles=backbone.factor_roles,
+                             **parse_knobs(args.knob))
     mean = backbone.population_mean()
     t0 = time.perf_counter()
     images = backbone.synthesize([backbone.compose(mix_factors(r, factors, mean)) for r in recipes])

@@ -20,13 +20,8 @@ pytest.importorskip("insightface")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from personc_assets.core.encoders import ENCODERS, MissingWeightsError  # noqa: E402
-from personc_assets.core.encoders.arcface import (  # noqa: E402
-    ArcFaceEncoder,
-    arcface_crop,
-    find_arcface_pack,
-    onnx_role,
-    template_for,
-)
+from personc_assets.core.encoders.arcface import ArcFaceEncoder, find_arcface_pack, onnx_role  # noqa: E402
+from personc_assets.core.encoders.common import arcface_crop, template_for  # noqa: E402
 from personc_assets.core.faces.align import five_points  # noqa: E402
 from personc_assets.core.types import FaceObservation  # noqa: E402
 

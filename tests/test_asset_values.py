@@ -6,13 +6,13 @@ import math
 
 import pytest
 
-from personc_assets.core.pipeline.config import TauChoice
+from personc_assets.core.ensemble import TauChoice
 from personc_assets.core.pipeline.explaining import ExplainedRelease, IcsReports
 from personc_assets.core.pipeline.generation import GeneratedCandidates, SavedCandidate
-from personc_assets.core.pipeline.judging import GuardVerdicts, JudgedAttempt, ReleasedFace, UnreleasedSlot
 from personc_assets.core.pipeline.indexing import EmbeddingIndexes, EncoderIndex, SkippedIndex
+from personc_assets.core.pipeline.judging import GuardVerdicts, JudgedAttempt, ReleasedFace, UnreleasedSlot
 from personc_assets.core.pipeline.modeling import BackboneRef, FactorDecompositions, ProjectedLatents
-from personc_assets.core.pipeline.reaudit import AuditOutcome, ReleaseAudit
+from personc_assets.core.pipeline.recheck import RecheckOutcome, ReleaseRecheck
 from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
 from personc_assets.core.privacy.disentangle import CONTEXT, FactorRanking, FactorSensitivity
 from personc_assets.core.privacy.dp import PrivacyBudget
@@ -95,7 +95,7 @@ def encoder_index(name: str, tau: float, source: str = "default") -> EncoderInde
 
 
 def test_embedding_indexes_round_trip_with_their_tau_choices():
-    # why: every guard of the run, the re-audit and the red team take their taus from this value
+    # why: every guard of the run, the recheck and the red team take their taus from this value
     indexes = EmbeddingIndexes((encoder_index("arcface", 0.4, "bare"), encoder_index("dlib", 0.9)),
                                (SkippedIndex("magface", "no weights in weights/"),), "f" * 64, {"h1": "female"})
     assert through_json(indexes) == indexes
@@ -194,24 +194,24 @@ def test_malformed_ics_reports_names_the_bad_keys():
         IcsReports.from_dict(bad)
 
 
-def test_release_audit_round_trips_and_derives_its_counts():
-    # why: the audit's counts must agree with its outcomes, in the run and when read back
-    kept = AuditOutcome("pc-1", "/out/released/pc-1.png", "PASS", "", {"dlib": 0.7}, {"dlib": "/src/A/ann.jpg"})
-    revoked = AuditOutcome("pc-2", "/out/released/pc-2.png", "REJECT", "re-audit against source set ffff: "
-                           "dlib: reaches tau", {"dlib": 0.93}, {"dlib": "/src/B/bob new.jpg"})
-    audit = ReleaseAudit("k" * 20, "f" * 64, 3, (kept, revoked), ("/out/manifest.json",), ())
-    assert through_json(audit) == audit
-    assert (audit.audited, audit.kept, audit.revoked) == (2, 1, (revoked,))
-    stored = audit.as_dict()
-    assert (stored["audited"], stored["kept"], stored["revoked"]) == (2, 1, [revoked.as_dict()])
+def test_release_recheck_round_trips_and_derives_its_counts():
+    # why: the recheck's counts must agree with its outcomes, in the run and when read back
+    kept = RecheckOutcome("pc-1", "/out/released/pc-1.png", "PASS", "", {"dlib": 0.7}, {"dlib": "/src/A/ann.jpg"})
+    revoked = RecheckOutcome("pc-2", "/out/released/pc-2.png", "REJECT", "recheck against source set ffff: "
+                             "dlib: reaches tau", {"dlib": 0.93}, {"dlib": "/src/B/bob new.jpg"})
+    recheck = ReleaseRecheck("k" * 20, "f" * 64, 3, (kept, revoked), ("/out/manifest.json",), ())
+    assert through_json(recheck) == recheck
+    assert (recheck.rechecked, recheck.kept, recheck.revoked) == (2, 1, (revoked,))
+    stored = recheck.as_dict()
+    assert (stored["rechecked"], stored["kept"], stored["revoked"]) == (2, 1, [revoked.as_dict()])
 
 
-def test_malformed_release_audit_names_the_bad_keys():
+def test_malformed_release_recheck_names_the_bad_keys():
     # why: an outcome without its verdict cannot say whether the release was kept
-    bad = ReleaseAudit("k", "f", 0, (AuditOutcome("pc-1", "/x.png", "PASS", "", {}, {}),), (), ()).as_dict()
+    bad = ReleaseRecheck("k", "f", 0, (RecheckOutcome("pc-1", "/x.png", "PASS", "", {}, {}),), (), ()).as_dict()
     del bad["outcomes"][0]["verdict"]
-    with pytest.raises(MalformedValueError, match="AuditOutcome of release_audit lacks 'verdict'"):
-        ReleaseAudit.from_dict(bad)
+    with pytest.raises(MalformedValueError, match="RecheckOutcome of release_recheck lacks 'verdict'"):
+        ReleaseRecheck.from_dict(bad)
 
 
 def test_redteam_summary_round_trips_and_derives_all_rejected():

@@ -185,7 +185,7 @@ def test_dlib_chip_matrix_matches_dlib_geometry():
     """Gradient maps are mapped back with our chip matrix: it must cut the same chip as dlib."""
     import cv2
 
-    from personc_assets.core.encoders.dlib_encoder import dlib_chip
+    from personc_assets.core.encoders.common import dlib_chip
     from personc_assets.core.explain.attribution import dlib_chip_matrix
 
     for aligned, face in _real_face():
@@ -215,7 +215,7 @@ def test_dlib_occlusion_and_gradient_maps_on_a_real_face(tmp_path):
     save_overlay_png(tmp_path / "occ.png", aligned, occ, "self")
     msg = f"dlib occlusion: {occ.evaluations} embeds in {t_occ:.1f} s"
     try:
-        from personc_assets.core.encoders.dlib_torch import make_dlib_encoder
+        from personc_assets.core.encoders.dlib import make_dlib_encoder
     except ImportError:
         print(msg + "; torch dlib encoder not available")
         return

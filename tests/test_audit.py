@@ -77,19 +77,20 @@ def test_json_report_parses_and_unverifiable_files_fail_closed(folders, tmp_path
 
 
 def test_usage_errors_name_the_problem(folders, tmp_path, capsys):
-    # why: an absent encoder or an all-audit-only guard must stop the audit, saying what to fix
+    # why: an absent encoder or an all-witness guard must stop the audit, saying what to fix
     args = ["--sources", str(folders["sources"]), "--candidates", str(folders["strangers"])]
-    assert _cli([*args, "--encoders", "arcface", "--weights", str(tmp_path)]) == audit_cli.EXIT_USAGE
+    assert _cli([*args, "--encoders", "arcface", "--weights-dir", str(tmp_path)]) == audit_cli.EXIT_USAGE
     assert "w600k_r50.onnx" in capsys.readouterr().err
-    assert _cli([*args, "--encoders", "dlib", "--audit-only", "dlib"]) == audit_cli.EXIT_USAGE
+    assert _cli([*args, "--encoders", "dlib", "--witness-encoders", "dlib"]) == audit_cli.EXIT_USAGE
     assert "at least one must gate" in capsys.readouterr().err
     assert _cli(["--sources", str(tmp_path / "nope"), "--candidates", str(tmp_path)]) == audit_cli.EXIT_USAGE
 
 
-def test_status_counts_only_gating_encoders_and_reports_audit_only_leaks():
-    # why: an audit-only encoder must never decide a verdict, but its would-be rejections are the honest
+def test_status_counts_only_gating_encoders_and_reports_witness_leaks():
+    # why: a witness encoder must never decide a verdict, but its would-be rejections are the honest
     # estimate of what the gating encoders missed, so they are counted
-    from personc_assets.core.audit import LEAK, UNVERIFIED, AuditReport, GuardedEncoder, row_from_verdict
+    from personc_assets.core.audit import LEAK, UNVERIFIED, AuditReport, row_from_verdict
+    from personc_assets.core.ensemble import GuardedEncoder
     from personc_assets.core.guard import PASS, REJECT, EncoderVerdict, Verdict
 
     def ev(name, sim, tau, gating):
@@ -110,8 +111,8 @@ def test_status_counts_only_gating_encoders_and_reports_audit_only_leaks():
                                                   GuardedEncoder("magface", "v", 0.5, "", False, "flat_ip", 1)),
                          1, ())
     assert report.leaks == 1 and report.unverified == 1
-    assert report.audit_only_leaks == {"magface": 1}
-    assert json.loads(json.dumps(report.as_dict()))["audit_only_leaks"] == {"magface": 1}
+    assert report.witness_leaks == {"magface": 1}
+    assert json.loads(json.dumps(report.as_dict()))["witness_leaks"] == {"magface": 1}
 
 
 def test_links_and_hidden_files_each_end_as_a_row(folders, shared_faces, tmp_path, capsys):

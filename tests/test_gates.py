@@ -92,16 +92,16 @@ def test_realism_limits_widen_to_the_sources_only_for_how_photos_were_taken(monk
     assert widened.max_sharpness == base.max_sharpness  # the sources were not sharper: unchanged
 
 
-def test_an_audit_only_encoder_that_failed_is_unverified_not_clear():
-    # why: `or 0.0` used to count a crashed audit-only encoder as "no leak" for that release
-    from personc_assets.core.pipeline.judging import ReleasedFace, audit_rates
+def test_a_witness_encoder_that_failed_is_unverified_not_clear():
+    # why: `or 0.0` used to count a crashed witness encoder as "no leak" for that release
+    from personc_assets.core.pipeline.judging import ReleasedFace, witness_rates
 
     def released(similarity: dict) -> ReleasedFace:
         return ReleasedFace("pc", "c", "/out/released/pc.png", 0, 0, "p", "r", (), {}, similarity,
                             dict.fromkeys(similarity), {"dlib": 0.9, "arcface": 0.35})
 
-    leakage, unverified = audit_rates([released({"dlib": 0.8, "arcface": None}),
-                                       released({"dlib": 0.7, "arcface": 0.5})], ["arcface"])
+    leakage, unverified = witness_rates([released({"dlib": 0.8, "arcface": None}),
+                                         released({"dlib": 0.7, "arcface": 0.5})], ["arcface"])
     assert unverified == {"arcface": 1} and leakage == {"arcface": 0.5}
 
 

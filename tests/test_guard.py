@@ -119,16 +119,16 @@ def test_missing_and_stale_index_reject():
     assert stale.verdict == REJECT and "stale" in stale.reason
 
 
-def test_any_gating_encoder_rejects_and_audit_only_does_not_gate():
-    # why: the ensemble rejects when ANY gating member rejects; audit-only members are recorded only
+def test_any_gating_encoder_rejects_and_a_witness_does_not_gate():
+    # why: the ensemble rejects when ANY gating member rejects; witness members are recorded only
     table = TableEncoder()
     ensemble = Guard([GuardMember(table, index_for(table), 0.5),
                       GuardMember(RaisingEncoder(), index_for(RaisingEncoder()), 0.5)], detector=one_face)
     assert ensemble.check([("c", image_for(UNLIKE_ALL))])[0].verdict == REJECT
-    audit = Guard([GuardMember(table, index_for(table), 0.5),
-                   GuardMember(RaisingEncoder(), index_for(RaisingEncoder()), 0.5, gating=False)],
-                  detector=one_face).check([("c", image_for(UNLIKE_ALL))])[0]
-    assert audit.verdict == PASS and audit.per_encoder[1].verdict == REJECT
+    witnessed = Guard([GuardMember(table, index_for(table), 0.5),
+                       GuardMember(RaisingEncoder(), index_for(RaisingEncoder()), 0.5, gating=False)],
+                      detector=one_face).check([("c", image_for(UNLIKE_ALL))])[0]
+    assert witnessed.verdict == PASS and witnessed.per_encoder[1].verdict == REJECT
 
 
 def test_released_faces_must_differ_from_each_other():

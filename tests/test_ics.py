@@ -16,11 +16,14 @@ from typing import Sequence
 import numpy as np
 import pytest
 
+from personc_assets.core.explain.coalitions import NeutralFrameImages, SynthesizedImages, coalition_images
 from personc_assets.core.explain.ics import (
-    CallableSimilarity, EncoderSimilarity, ICSUndefinedError, build_coalition_table, coalition_masks,
-    compute_ics, identity_contribution_scores, shapley_values, shapley_values_reference,
+    CallableSimilarity, EncoderSimilarity, ICSUndefinedError, build_coalition_table,
+    build_coalition_table_reference, coalition_factors, coalition_masks, compute_ics,
+    identity_contribution_scores, shapley_values, shapley_values_reference,
 )
 from personc_assets.core.types import FaceObservation
+from test_morphable import faces, fitted  # noqa: F401  (drawn faces and their fitted morphable model)
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
 
@@ -268,6 +271,96 @@ def test_masks_enumerate_all_coalitions():
     assert m.shape == (8, 3) and not m[0].any() and m[7].all() and m[5].tolist() == [True, False, True]
 
 
+# --------------------------------------------------------------------------- fast path on the morphable backbone
+
+
+def _mixed(backbone, sources) -> dict[str, np.ndarray]:
+    """A face whose factors come from three different faces, as a recipe mixes them."""
+    f = [backbone.decompose(p.latent) for p in backbone.project(sources[:3])]
+    mixed = dict(f[0])
+    for name, src in (("symmetry", 1), ("texture", 2), ("eyes", 1), ("nose", 2), ("mouth", 1)):
+        mixed[name] = f[src][name]
+    return mixed
+
+
+def _coalitions(backbone, released) -> list[dict[str, np.ndarray]]:
+    mean, players = backbone.population_mean(), backbone.factor_names
+    return [coalition_factors(released, mean, players, m) for m in coalition_masks(len(players))]
+
+
+class PatchEncoder:
+    """Fake encoder that sees every pixel of the face: mean colours of 8x8 patches of the image."""
+
+    name, version, dim, default_tau, tau_rationale = "patches", "patches-1", 8 * 8 * 3, 0.5, "test"
+
+    def embed(self, faces: Sequence[FaceObservation]) -> np.ndarray:
+        v = np.stack([f.image.reshape(8, 32, 8, 32, 3).mean((1, 3)).reshape(-1) - 128.0 for f in faces])
+        return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _one_face(image: np.ndarray) -> list[FaceObservation]:
+    return [FaceObservation(image, np.zeros((68, 2), np.float32), (0, 0, 255, 255), 1.0)]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_staged_neutral_renders_equal_the_backbone_render_bit_for_bit(fitted, faces, threads):
+    # why: coalitions share shapes and appearances; a shared stage that drifted by one rounding step
+    # would change the scores (the reference renders every coalition whole)
+    from concurrent.futures import ThreadPoolExecutor
+
+    factors = _coalitions(fitted, _mixed(fitted, faces))
+    with ThreadPoolExecutor(threads) as pool:
+        staged = coalition_images(fitted, factors, pool if threads > 1 else None)
+        assert isinstance(staged, NeutralFrameImages) and len(staged) == 64
+        images = list(pool.map(staged.image, range(len(staged))))
+    reference = fitted.synthesize([fitted.compose(f) for f in factors])
+    assert all(np.array_equal(a, b) for a, b in zip(images, reference))
+
+
+def test_staged_render_without_the_rim_fade_equals_the_backbone_render(faces):
+    # why: the fade to the mean appearance is a knob; with it off the staged texture skips it too
+    from personc_assets.core.backbones import BACKBONES
+
+    bb = BACKBONES.create("morphable", periphery_fade=0.0)
+    bb.fit(faces)
+    factors = _coalitions(bb, _mixed(bb, faces))[::9]
+    staged = coalition_images(bb, factors)
+    assert isinstance(staged, NeutralFrameImages)
+    reference = bb.synthesize([bb.compose(f) for f in factors])
+    assert all(np.array_equal(staged.image(i), reference[i]) for i in range(len(factors)))
+
+
+def test_backbones_without_shared_stages_synthesize_each_coalition(faces):
+    # why: the staged render restates the neutral frame only; the context frame (and any other
+    # backbone) must render through synthesize
+    from personc_assets.core.backbones import BACKBONES
+
+    bb = BACKBONES.create("morphable", frame="context")
+    bb.fit(faces)
+    factors = _coalitions(bb, _mixed(bb, faces))[:3]
+    assert isinstance(coalition_images(bb, factors), SynthesizedImages)
+    assert isinstance(coalition_images(BandBackbone(), [BandBackbone().population_mean()]), SynthesizedImages)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_fast_table_equals_the_reference_table(fitted, faces, workers):
+    # why: the fast path (shared stages, threads, one embedding batch) must score exactly what the
+    # reference path scores, coalition by coalition
+    released = _mixed(fitted, faces)
+    donors = [fitted.decompose(p.latent) for p in fitted.project(faces[3:5])]
+    enc = PatchEncoder()
+    targets = enc.embed([_one_face(im)[0] for im in fitted.synthesize([fitted.compose(d) for d in donors])])
+    sim = EncoderSimilarity([enc], {"patches": targets}, ["D1", "D2"], locate=_one_face)
+    fast = build_coalition_table(fitted, released, sim, keep_images=True, workers=workers)
+    reference = build_coalition_table_reference(fitted, released, sim, keep_images=True)
+    assert all(np.array_equal(a, b) for a, b in zip(fast.images, reference.images))
+    np.testing.assert_allclose(fast.values, reference.values, rtol=0, atol=1e-6)
+    assert np.array_equal(fast.face_counts, reference.face_counts)
+    a, b = compute_ics(fast), compute_ics(reference)
+    for name in ("phi", "share", "drop", "v_full", "v_empty"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=0, atol=1e-6, err_msg=name)
+
+
 # --------------------------------------------------------------------------- real backbone
 
 
@@ -334,3 +427,34 @@ def test_single_factor_face_on_embedded_backbone_with_dlib(tmp_path):
     print(f"ICS on the embedded backbone: {elapsed:.1f} s (render {ics.render_seconds:.1f} s, "
           f"detect+embed {ics.similarity_seconds:.1f} s); shares {share}")
     assert share["geometry"] > 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.shared_faces
+@pytest.mark.skipif(not FACES.is_dir(), reason=f"test photos not found at {FACES}")
+def test_fast_ics_equals_the_reference_on_the_embedded_backbone_with_dlib():
+    """The scores a run stores (fast path) equal the reference path's to 1e-6, on real photos and dlib."""
+    from personc_assets.core.encoders import ENCODERS
+    from personc_assets.core.faces.detect import face_from_landmarks
+
+    bb = _default_backbone()
+    sources = load_sources(FACES, per_person=1)
+    bb.fit(sources)
+    released = _mixed(bb, sources)
+    enc = ENCODERS.create("dlib")
+    donors = sources[:3]
+    emb = enc.embed([face_from_landmarks(d.aligned, d.landmarks) for d in donors])
+    sim = EncoderSimilarity([enc], {"dlib": emb}, [d.source_id for d in donors])
+    image = bb.synthesize([bb.compose(released)])[0]
+    t0 = time.perf_counter()
+    fast = build_coalition_table(bb, released, sim, released_image=image, keep_images=True)
+    t1 = time.perf_counter()
+    reference = build_coalition_table_reference(bb, released, sim, released_image=image, keep_images=True)
+    t2 = time.perf_counter()
+    print(f"coalition table: fast {t1 - t0:.1f} s, reference {t2 - t1:.1f} s")
+    assert fast.full_render_max_diff == reference.full_render_max_diff == 0
+    assert all(np.array_equal(a, b) for a, b in zip(fast.images, reference.images))
+    assert np.array_equal(fast.face_counts, reference.face_counts) and fast.face_counts.min() >= 1
+    a, b = compute_ics(fast), compute_ics(reference)
+    for name in ("phi", "share", "drop", "v_full", "v_empty"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=0, atol=1e-6, err_msg=name)

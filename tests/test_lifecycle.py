@@ -1,5 +1,5 @@
 """Lifecycle of an unattended deployment: the daily schedule, the sensor on the source folders,
-and the re-audit that revokes a release once a photo of its nearest identity arrives."""
+and the recheck that revokes a release once a photo of its nearest identity arrives."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from dagster import (AssetKey, DagsterInstance, DefaultScheduleStatus, DefaultSe
                      execute_job)
 from PIL import Image
 
-from personc_assets.core.encoders.dlib_encoder import DlibEncoder
+from personc_assets.core.encoders.dlib import DlibEncoder
 from personc_assets.core.faces.detect import detect_faces
 from personc_assets.core.faces.loading import decode_image
 from personc_assets.core.lineage.store import LineageStore
@@ -80,7 +80,7 @@ def test_sensor_asks_for_a_refresh_when_photos_are_added_or_changed(tmp_path, sh
 
 
 def test_sensor_moves_on_only_after_the_refresh_succeeded(tmp_path, shared_faces):
-    # why: a refresh that fails (a crash, a full disk) leaves the releases unaudited against the new photo;
+    # why: a refresh that fails (a crash, a full disk) leaves the releases unchecked against the new photo;
     # if the sensor counted the change as handled when it asked, the refresh would never be retried
     from dagster import job, op
 
@@ -153,7 +153,7 @@ def embed_photo(encoder: DlibEncoder, image: np.ndarray) -> np.ndarray | None:
 @pytest.fixture(scope="module")
 def released(tmp_path_factory, shared_faces):
     """Three faces released from six people (three per group) with a lax tau, so that releases
-    exist whatever the backbone being tuned produces; the audit below uses its own, tighter tau."""
+    exist whatever the backbone being tuned produces; the recheck below uses its own, tighter tau."""
     root = tmp_path_factory.mktemp("lifecycle")
     used = {}
     for group, people in PEOPLE.items():
@@ -168,7 +168,7 @@ def released(tmp_path_factory, shared_faces):
     with DagsterInstance.ephemeral() as instance:
         job.execute_in_process(instance=instance, asset_selection=[AssetKey(k) for k in UP_TO_RELEASE])
     guard = json.loads((out / "state" / "guard_verdicts.json").read_text())
-    assert guard["released"], "at least one face must be released to audit"
+    assert guard["released"], "at least one face must be released to recheck"
     return {"root": root, "out": out, "config": config, "released": guard["released"], "used": used}
 
 
@@ -194,7 +194,7 @@ def closest_new_photo(released, shared_faces):
     return best
 
 
-def test_reaudit_revokes_a_release_when_a_photo_of_its_nearest_identity_arrives(released, shared_faces, tmp_path):
+def test_recheck_revokes_a_release_when_a_photo_of_its_nearest_identity_arrives(released, shared_faces, tmp_path):
     # why: a face that was safe yesterday can match a real person once their next photo is a source
     from personc_assets.core.pipeline.judging import build_guard
 
@@ -215,7 +215,7 @@ def test_reaudit_revokes_a_release_when_a_photo_of_its_nearest_identity_arrives(
     Workspace(out).manifest.write_text(json.dumps({"format": "personc-manifest/1", "releases": [
         {"release_id": r["release_id"], "file": r["file"]} for r in released["released"]]}))
 
-    # the sensor sees the new photo; the refresh job (multiprocess executor) re-audits every release
+    # the sensor sees the new photo; the refresh job (multiprocess executor) rechecks every release
     group = next(g for g, people in PEOPLE.items() if nearest in people)
     resources = {"personc": PersonCConfig(out_dir=str(out), **config)}
     baseline = tick(resources, None).cursor
@@ -235,8 +235,8 @@ def test_reaudit_revokes_a_release_when_a_photo_of_its_nearest_identity_arrives(
     status, reason = store.query("SELECT status, revoked_reason FROM releases WHERE release_id = ?",
                                  [rel["release_id"]])[0]
     assert status == "revoked" and "reaches tau" in reason and str(new_photo) in reason
-    audited = store.query("SELECT count(DISTINCT release_id) FROM release_audits")[0][0]
-    assert audited == len(released["released"]), "every release was re-checked"
+    rechecked = store.query("SELECT count(DISTINCT release_id) FROM release_audits")[0][0]
+    assert rechecked == len(released["released"]), "every release was rechecked"
     manifest = json.loads(Workspace(out).manifest.read_text())
     assert manifest["format"] == "personc-manifest/1", "other keys of the manifest are kept"
     entry = next(e for e in manifest["releases"] if e["release_id"] == rel["release_id"])
@@ -251,7 +251,7 @@ def test_reaudit_revokes_a_release_when_a_photo_of_its_nearest_identity_arrives(
 
 def test_manifest_revocations_keep_the_rest_of_the_manifest(tmp_path):
     # why: the manifest is another component's file; revoking must add to it, never rewrite it
-    from personc_assets.core.pipeline.reaudit import update_manifest_revocations
+    from personc_assets.core.pipeline.recheck import update_manifest_revocations
 
     manifest = tmp_path / "manifest.json"
     manifest.write_text(json.dumps({"run": {"seed": 3}, "releases": {"pc-1": {"file": "a.png"},

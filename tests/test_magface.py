@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from personc_assets.core.encoders import ENCODERS, MissingWeightsError
-from personc_assets.core.encoders.arcface import arcface_crop
+from personc_assets.core.encoders.common import arcface_crop
 from personc_assets.core.encoders.magface import (
     IRESNET_ARCHS,
     CheckpointError,

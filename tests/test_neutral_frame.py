@@ -46,6 +46,51 @@ def test_context_frame_stays_available_and_differs(faces):
         BACKBONES.create("morphable", frame="collage")
 
 
+def test_the_oval_rim_fades_to_the_mean_appearance(fitted, faces):
+    # why: strands of a donor's hair over the temples and cheeks end up at the oval's rim; the rim
+    # shows the population's mean appearance, the core each face's own
+    latents = [p.latent for p in fitted.project(faces[:2])]
+    same_shape = dict(latents[1])
+    for k in ("geometry", "symmetry"):
+        same_shape[k] = latents[0][k]
+    same_shape["eyes"] = np.concatenate([latents[1]["eyes"][:-1], latents[0]["eyes"][-1:]])
+    same_shape["mouth"] = np.concatenate([latents[1]["mouth"][:-1], latents[0]["mouth"][-1:]])
+    a, b = (im.astype(np.int16) for im in fitted.synthesize([latents[0], same_shape]))
+    pts = fitted.render_landmarks(latents[0])
+    oval = _oval(fitted, latents[0])
+    cfg = fitted.config
+    from personc_assets.core.backbones.morphable.appearance import face_mask
+    inner = face_mask(pts, oval.shape, grow=cfg.oval_grow - 1.5 * cfg.periphery_fade,
+                      forehead=cfg.oval_forehead) > 0.5
+    rim = (oval > 0.5) & (face_mask(pts, oval.shape, grow=cfg.oval_grow - 0.1 * cfg.periphery_fade,
+                                    forehead=cfg.oval_forehead) < 0.5)
+    assert rim.sum() > 50 and inner.sum() > 1000
+    assert np.abs(a - b)[rim].mean() < 0.25 * np.abs(a - b)[inner].mean()
+
+
+def test_neutral_faces_keep_their_lips_closed(fitted, faces, monkeypatch):
+    # why: an open donor mouth warped through the mean frame onto another opening read as fangs or a
+    # dark hole; the neutral frame draws every mouth at the closed opening whatever the mouth factor says
+    import dataclasses
+
+    from personc_assets.core.backbones.morphable.shape import inner_lip_gap
+
+    latent = dict(fitted.project(faces[:1])[0].latent)
+
+    def gaps() -> list[float]:
+        out = []
+        for opening in (0.0, 0.05, 0.15):
+            latent["mouth"] = np.concatenate([latent["mouth"][:-1], [opening]]).astype(np.float32)
+            out.append(inner_lip_gap(fitted.render_landmarks(latent)))
+        return out
+
+    closed = gaps()
+    assert np.ptp(closed) < 1e-9, closed
+    monkeypatch.setattr(fitted, "config", dataclasses.replace(fitted.config, closed_mouth=False))
+    opened = gaps()
+    assert opened[2] > opened[0] + 1.0 and abs(opened[0] - closed[0]) < 1e-6, (closed, opened)
+
+
 def test_linear_render_predicts_the_render(fitted, faces):
     # why: the novelty step optimises the linearised render; it must be the image synthesize draws
     factors = fitted.decompose(fitted.project(faces[:1])[0].latent)
@@ -71,7 +116,7 @@ def test_chip_geometry_matches_dlib(faces):
     import torch
     from torch.nn import functional as F
 
-    from personc_assets.core.encoders.dlib_encoder import dlib_chip
+    from personc_assets.core.encoders.common import dlib_chip
     from personc_assets.core.faces.detect import face_from_landmarks
 
     face = faces[0]

@@ -119,7 +119,7 @@ def test_the_pipeline_step_records_the_measurement_and_makes_nothing_when_refuse
     from personc_assets.core.lineage.store import LineageStore
     from personc_assets.core.pipeline.config import RunConfig, Workspace
     from personc_assets.core.privacy import steps
-    from personc_assets.core.privacy.lineage import ensure_privacy_schema
+    from personc_assets.core.lineage.privacy import ensure_privacy_schema
 
     world, _, assessment, _, _ = measured
     ws = Workspace(tmp_path)

@@ -96,7 +96,7 @@ def test_dp_release_is_watermarked_marked_synthetic_listed_and_says_what_epsilon
     from personc_assets.core.lineage.store import LineageStore
     from personc_assets.core.pipeline.config import RunConfig, Workspace
     from personc_assets.core.privacy import steps
-    from personc_assets.core.privacy.lineage import ensure_privacy_schema
+    from personc_assets.core.lineage.privacy import ensure_privacy_schema
 
     world = setup[0]
     ws = Workspace(tmp_path)

@@ -188,6 +188,39 @@ def test_sensitive_factors_come_from_the_anchor_cluster():
             assert all(by_hash[h].cluster == cluster for h, _ in recipe.components[f]), f
 
 
+def test_hidden_context_person_lets_a_small_cluster_give_every_sensitive_factor():
+    # why: with the context person barred, three women left two for three sensitive factors, so every
+    # woman's face took a man's mouth (stubble around the lips); a backbone that does not show the
+    # context photo (the neutral frame) lets that person donate like anyone else
+    pool = [dataclasses.replace(d, cluster=int(i >= 3)) for i, d in enumerate(donors(7))]
+    by_hash = {d.content_hash: d for d in pool}
+    mixed_when_shown = 0
+    for visible in (True, False):
+        for recipe in sample_recipes(pool, FACTOR_NAMES, 40, seed=7, context_visible=visible):
+            context = by_hash[recipe.context_donor]
+            clusters = {by_hash[h].cluster for f in ("texture", "eyes", "mouth") for h, _ in recipe.components[f]}
+            if context.cluster != 0:
+                continue
+            if visible:
+                mixed_when_shown += clusters != {0}
+            else:
+                assert clusters == {0}, recipe.components
+    assert mixed_when_shown > 0, "the small cluster never ran out with the context person barred"
+
+
+def test_covered_photos_give_shape_factors_only():
+    # why: a fringe or glasses rims in a donor's texture or eye detail ghost in every face mixed from it
+    pool = donors(9)
+    covered = {pool[1].content_hash, pool[4].content_hash}
+    pool = [dataclasses.replace(d, covered=("glasses",)) if d.content_hash in covered else d for d in pool]
+    gave_shape = 0
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 30, seed=8):
+        for f in ("texture", "eyes", "nose", "mouth"):
+            assert not {h for h, _ in recipe.components[f]} & covered, f
+        gave_shape += any({h for h, _ in recipe.components[f]} & covered for f in ("geometry", "symmetry"))
+    assert gave_shape > 0, "covered photos should still give shape factors"
+
+
 def test_bad_inputs_say_what_to_fix():
     # why: a one-group source set or a typo in a knob must fail with the remedy
     only_a = [dataclasses.replace(d, group="A") for d in donors(5)]
@@ -217,6 +250,32 @@ def test_knobs_change_the_mix():
     assert -SamplerKnobs().mean_push_spread <= default.mean_pull <= 0.0
     pulls = {r.mean_pull for r in sample_recipes(pool, FACTOR_NAMES, 5, seed=7, mean_push_spread=0.0)}
     assert pulls == {0.0}
+
+
+def test_the_sampler_reads_factor_roles_never_factor_names():
+    # why: a backbone with other factor names must get the same rules through its FactorRoles
+    from personc_assets.core.backbones import FACTOR_ROLES, FactorRoles
+
+    rename = {f: f"f{i}" for i, f in enumerate(FACTOR_NAMES)}
+    roles = FactorRoles(*(tuple(rename[f] for f in names)
+                          for names in (FACTOR_ROLES.shape, FACTOR_ROLES.sensitive, FACTOR_ROLES.appearance)))
+    pool = donors(6, photos_per_person=2, turned=1)
+    ours = sample_recipes(pool, FACTOR_NAMES, 12, seed=13)
+    theirs = sample_recipes(pool, [rename[f] for f in FACTOR_NAMES], 12, seed=13, roles=roles)
+    assert [{rename[f]: parts for f, parts in r.components.items()} for r in ours] == \
+        [r.components for r in theirs]
+    unroled = sample_recipes(pool, [rename[f] for f in FACTOR_NAMES], 12, seed=13, roles=FactorRoles())
+    assert [r.components for r in unroled] != [r.components for r in theirs], "roles must change the draw"
+
+
+def test_stylegan2_roles_draw_what_its_factor_names_drew_before():
+    # why: moving the roles into the backbone must not change the releases of the StyleGAN2 backbone
+    from personc_assets.core.backbones.stylegan2.factors import STYLEGAN2_FACTOR_NAMES, STYLEGAN2_FACTOR_ROLES
+
+    pool = donors(7, photos_per_person=2, turned=1)
+    before = sample_recipes(pool, STYLEGAN2_FACTOR_NAMES, 12, seed=21)  # FACTOR_ROLES: the old constants
+    after = sample_recipes(pool, STYLEGAN2_FACTOR_NAMES, 12, seed=21, roles=STYLEGAN2_FACTOR_ROLES)
+    assert [r.recipe_id for r in before] == [r.recipe_id for r in after]
 
 
 # ------------------------------------------------------------------------ mixing

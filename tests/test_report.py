@@ -249,7 +249,7 @@ def _run_manifest(run_id: str, release_ids: list[str]) -> ReleaseManifest:
 
 def test_manifest_accumulates_releases_across_runs(tmp_path):
     """Each run adds its releases to one manifest keyed by release id; earlier releases and revocations stay."""
-    from personc_assets.core.pipeline.reaudit import update_manifest_revocations
+    from personc_assets.core.pipeline.recheck import update_manifest_revocations
 
     path = tmp_path / "manifest.json"
     write_manifest(path, _run_manifest("run-0", ["pc-0"]))  # a per-run manifest of an older version
@@ -279,13 +279,13 @@ def test_verify_reports_a_revoked_release_as_revoked(tmp_path, capsys):
 
     from personc_assets.cli import verify
     from personc_assets.core.explain.watermark import write_released_png
-    from personc_assets.core.pipeline.reaudit import update_manifest_revocations
+    from personc_assets.core.pipeline.recheck import update_manifest_revocations
 
     kept = write_released_png(tmp_path / "released" / "pc-kept.png", synthetic_face(5), "pc-kept").path
     gone = write_released_png(tmp_path / "released" / "pc-gone.png", synthetic_face(6), "pc-gone").path
     merge_manifest(tmp_path / "manifest.json", _run_manifest("run-1", ["pc-kept", "pc-gone"]))
     update_manifest_revocations(tmp_path / "manifest.json",
-                                [{"release_id": "pc-gone", "reason": "re-audit: dlib reaches tau"}])
+                                [{"release_id": "pc-gone", "reason": "recheck: dlib reaches tau"}])
     parser = argparse.ArgumentParser()
     verify.register(parser.add_subparsers())
     args = parser.parse_args(["verify", str(kept)])
@@ -294,7 +294,7 @@ def test_verify_reports_a_revoked_release_as_revoked(tmp_path, capsys):
     args = parser.parse_args(["verify", str(kept), str(gone)])
     assert args.func(args) == 1
     out = capsys.readouterr().out
-    assert "REVOKED" in out and "revoked (re-audit: dlib reaches tau)" in out
+    assert "REVOKED" in out and "revoked (recheck: dlib reaches tau)" in out
     assert "1 of 2 file(s) are PersonC releases in force; 1 revoked" in out
     args = parser.parse_args(["verify", "--json", str(gone)])
     assert args.func(args) == 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,13 @@ import torch
 from PIL import Image
 
 from personc_assets.core.backbones.base import BACKBONES, Backbone, BackboneError
-from personc_assets.core.backbones.stylegan2 import (GPU_POOL, STYLEGAN2_FACTOR_NAMES, ProjectionSettings,
+from personc_assets.core.backbones.stylegan2 import (IDENTITY_LOSSES, STYLEGAN2_FACTOR_NAMES, ProjectionSettings,
                                                      StyleGAN2Backbone, compose_w_plus, decompose_w_plus,
                                                      ffhq_align, layer_groups, mix_groups, project_w_plus)
 from personc_assets.core.backbones.stylegan2.network import GeneratorConfig, build_generator
 from personc_assets.core.backbones.stylegan2.projection import ffhq_quad
 from personc_assets.core.encoders.base import MissingWeightsError
+from personc_assets.core.registry import UnknownNameError
 from personc_assets.core.types import SourceFace
 from stylegan2_fixtures import one_torch_thread  # noqa: F401  (autouse fixture)
 from stylegan2_fixtures import GOLDEN_DIR, GOLDEN_FILES, golden_generator, write_official_pickle
@@ -177,8 +179,18 @@ def test_backbone_follows_the_protocol():
     bb = make_backbone()
     assert isinstance(bb, Backbone)
     assert bb.factor_names == STYLEGAN2_FACTOR_NAMES and bb.image_size == 32
-    assert bb.describe()["gpu_pool"] == GPU_POOL == "gpu"
     bb.fit([])                                   # pretrained: nothing to fit
+
+
+def test_steps_that_run_the_generator_share_the_gpu_pool():
+    """Why: two steps running the generator at once would contend for one GPU; the pool serialises them."""
+    from personc_assets.defs import assets
+    from personc_assets.defs.gpu import GPU_POOL, GPU_TAGS
+
+    for step in (assets.projected_latents, assets.generated_candidates, assets.guard_verdicts,
+                 assets.ics_reports):
+        assert step.op.pool == GPU_POOL == "gpu", step.key
+        assert GPU_TAGS.items() <= step.tags_by_key[step.key].items(), step.key
 
 
 def test_project_decompose_compose_synthesize_round_trip():
@@ -288,6 +300,35 @@ def test_registry_factory_loads_a_weights_file(tmp_path, monkeypatch):
         BACKBONES.create("stylegan2", weights_dir=tmp_path / "empty", device="cpu")
     with pytest.raises(TypeError, match="known: weights"):
         BACKBONES.create("stylegan2", weights=pkl, projection_stepz=3)
+
+
+def test_identity_loss_is_chosen_by_name_from_json_options(tmp_path, monkeypatch):
+    """Why: run configs are JSON, so the projection's identity loss is named from a registry like
+    encoders; the factory gets the weights folder and the device, and an unknown name lists the known."""
+    monkeypatch.delenv("PERSONC_WEIGHTS_DIR", raising=False)
+    cfg, sd, g = golden_generator(GOLDEN_FILES[0])
+    pkl = write_official_pickle(tmp_path / "ffhq.pkl", cfg, g)
+    asked = {}
+
+    def tiny_identity(weights_dir: Path, device: torch.device):
+        asked.update(weights_dir=weights_dir, device=device)
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=2), torch.nn.LeakyReLU(0.2),
+                                  torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(128, 16))
+        return net.to(device).requires_grad_(False)
+
+    options = json.loads(json.dumps({"weights": str(pkl), "weights_dir": str(tmp_path), "device": "cpu",
+                                     "projection_steps": 2, "identity_loss": "tiny"}))
+    with IDENTITY_LOSSES.temporarily("tiny", tiny_identity):
+        bb = BACKBONES.create("stylegan2", **options)
+        with pytest.raises(UnknownNameError, match="unknown identity loss model 'nope'; known .*: tiny"):
+            BACKBONES.create("stylegan2", **{**options, "identity_loss": "nope"})
+    assert asked == {"weights_dir": tmp_path, "device": torch.device("cpu")}
+    (_, target), = bb.sample_prior(1, seed=11, psi=1.0)
+    proj, = bb.project([as_source(target)])
+    assert -1 <= proj.extras["identity_similarity"] <= 1  # only reported when the identity loss ran
+    plain, = BACKBONES.create("stylegan2", **{**options, "identity_loss": None}).project([as_source(target)])
+    assert "identity_similarity" not in plain.extras
 
 
 class _MeanColourEncoder:

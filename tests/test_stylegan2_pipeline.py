@@ -1,6 +1,5 @@
 """The research backbone through the whole asset graph, from tiny snapshots in every format."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -35,7 +34,7 @@ def test_tiny_snapshot_runs_the_whole_graph(tmp_path, snapshots, fmt):
     # so the guard must fail closed and release nothing
     options = {"weights": str(snapshots[fmt]), "projection_steps": 3, "device": "cpu", "output_size": 256}
     result = run_graph(tmp_path / "out", tmp_path / "home", backbone="stylegan2",
-                       backbone_options_json=json.dumps(options), num_samples=1, max_attempts=2)
+                       backbone_options=options, num_samples=1, max_attempts=2)
     assert result.success
     with duckdb.connect(str(tmp_path / "out" / "personc.duckdb"), read_only=True) as conn:
         latents = conn.execute("SELECT DISTINCT backbone FROM latents").fetchall()
@@ -48,7 +47,7 @@ def test_tiny_snapshot_runs_the_whole_graph(tmp_path, snapshots, fmt):
 
 def test_run_demo_with_a_tiny_stand_in(tmp_path, snapshots):
     # why: the documented command must work with a user's file and say clearly why nothing was released
-    proc = subprocess.run([sys.executable, "run_demo.py", "--backbone", "stylegan2", "--weights",
+    proc = subprocess.run([sys.executable, "run_demo.py", "--backbone", "stylegan2", "--backbone-weights",
                            str(snapshots["pkl"]), "--backbone-options", '{"projection_steps": 3}',
                            "--num_samples", "1", "--max-attempts", "1",
                            "--out", str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True, timeout=600)

@@ -53,7 +53,7 @@ class _Encoder:
 def test_calibrated_tau_never_loosens_the_default(tmp_path):
     # why: a large gallery asks for a higher tau (fewer strangers rejected), which lets closer
     # look-alikes of a source through; only a tau the user gives by value may loosen the guard
-    from personc_assets.core.pipeline.config import resolve_taus
+    from personc_assets.core.ensemble import resolve_taus
 
     store, cal = store_with_calibration(tmp_path / "db.duckdb", noise=0.05)  # same person ~0.9, strangers ~0
     calibrated = calibrated_taus(store, {"enc": "v1"}, 1e-3, 100_000)

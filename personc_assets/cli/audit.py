@@ -1,7 +1,7 @@
 """``personc audit``: check arbitrary face images against a source set with the guard.
 
     personc audit --sources DIR [DIR ...] --candidates DIR [--encoders dlib arcface]
-        [--tau dlib=0.9] [--audit-only magface] [--weights weights] [--db audit.duckdb] [--json]
+        [--tau dlib=0.9] [--witness-encoders magface] [--weights-dir weights] [--db audit.duckdb] [--json]
 
 Every file under ``--candidates`` (another generator's output, a data set about
 to be published), hidden files included, is judged by the same guard as the pipeline's releases:
@@ -27,6 +27,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from .run_options import add_deprecated_flag, add_setting_option
+
 logger = logging.getLogger(__name__)
 
 EXIT_CLEAR, EXIT_LEAK, EXIT_USAGE, EXIT_UNVERIFIED = 0, 1, 2, 3
@@ -42,16 +44,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="folder of images to check (searched recursively)")
     p.add_argument("--encoders", nargs="+", default=None, metavar="NAME",
                    help="encoders to use (default: every encoder whose weights exist)")
-    p.add_argument("--tau", action="append", metavar="[ENCODER=]VALUE",
-                   help="threshold per encoder, e.g. --tau dlib=0.90; a bare number is an ArcFace cosine "
-                        "(repeatable; default: each encoder's own)")
-    p.add_argument("--audit-only", nargs="+", default=(), metavar="NAME",
-                   help="encoders that are measured and reported but do not decide")
-    p.add_argument("--weights", type=Path, default=Path("weights"),
-                   help="folder holding encoder weights (default: ./weights)")
+    add_setting_option(p, "taus")
+    p.add_argument("--witness-encoders", nargs="+", default=(), metavar="NAME",
+                   help="witness encoders: measured and reported, never deciding")
+    add_deprecated_flag(p, "--audit-only", "--witness-encoders", "witness_encoders", nargs="+")
+    add_setting_option(p, "weights_dir")
+    add_deprecated_flag(p, "--weights", "--weights-dir", "weights_dir", type=Path)
     p.add_argument("--db", type=Path, default=None,
                    help="DuckDB file caching source embeddings across audits (default: a temporary one)")
-    p.add_argument("--min-face-px", type=int, default=64, help="smallest source face width in pixels")
+    add_setting_option(p, "min_face_px")
     p.add_argument("--allow-unindexed-sources", action="store_true",
                    help="exit 0 even when some source files could not be indexed (they are still listed)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -62,8 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from ..core.audit import run_audit
     from ..core.encoders.availability import resolve_encoders
     from ..core.encoders.base import MissingWeightsError
-    from ..core.pipeline.config import resolve_taus
-    from .demo import parse_taus
+    from ..core.ensemble import resolve_taus
+    from .run_options import parse_taus
 
     for folder in [*args.sources, args.candidates]:
         if not folder.is_dir():
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     try:
         taus, bare = parse_taus(args.tau)
-        encoders, skipped = resolve_encoders(args.encoders, args.weights)
+        encoders, skipped = resolve_encoders(args.encoders, args.weights_dir)
         choices = resolve_taus(encoders, taus, bare)
     except (MissingWeightsError, ValueError, argparse.ArgumentTypeError) as exc:
         sys.stderr.write(f"personc audit: {exc}\n")
@@ -85,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         store = LineageStore.open(args.db if args.db is not None else Path(tmp) / "audit.duckdb")
         try:
             report = run_audit(args.sources, args.candidates, encoders, choices, store, run_id,
-                               audit_only=args.audit_only, min_face_px=args.min_face_px, skipped=skipped_rows)
+                               witnesses=args.witness_encoders, min_face_px=args.min_face_px, skipped=skipped_rows)
         except ValueError as exc:
             sys.stderr.write(f"personc audit: {exc}\n")
             return EXIT_USAGE

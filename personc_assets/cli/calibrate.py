@@ -1,7 +1,7 @@
 """``personc calibrate``: measure each encoder's score distributions on labelled faces.
 
     personc calibrate --folder ../shared/faces [--encoders dlib arcface magface]
-        [--weights weights] [--target-fmr 1e-3] [--gallery-size 10 1000]
+        [--weights-dir weights] [--target-fmr 1e-3] [--gallery-size 10 1000]
         [--db personc.duckdb] [--report calibration.md]
 
 Prints (or writes) a Markdown report with same-person and different-person
@@ -18,6 +18,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from .run_options import add_deprecated_flag, add_setting_option
+
 logger = logging.getLogger(__name__)
 
 
@@ -30,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "with _ are skipped)")
     p.add_argument("--encoders", nargs="+", default=None, metavar="NAME",
                    help="encoders to calibrate (default: every encoder whose weights exist)")
-    p.add_argument("--weights", type=Path, default=Path("weights"),
-                   help="folder holding encoder weights (default: ./weights)")
+    add_setting_option(p, "weights_dir")
+    add_deprecated_flag(p, "--weights", "--weights-dir", "weights_dir", type=Path)
     p.add_argument("--target-fmr", type=float, default=1e-3,
                    help="false-match rate per released face to choose tau for (default: 1e-3)")
     p.add_argument("--gallery-size", type=int, nargs="+", default=[10, 1000], metavar="N",
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         logger.error("--target-fmr must be in (0, 1) and --gallery-size values >= 1")
         return 2
     try:
-        encoders, skipped = resolve_encoders(args.encoders, args.weights)
+        encoders, skipped = resolve_encoders(args.encoders, args.weights_dir)
     except MissingWeightsError as exc:
         logger.error("%s", exc)
         return 2

@@ -6,7 +6,9 @@
                [--width 2] [--budget-epsilon 4] [--limit 3]
 
 Each runs (or reuses) the pipeline's ingest/backbone/index steps on the configured
-sources (the demo sources when none are given), writes PNGs under
+sources (the demo sources when none are given), with the same run settings as
+``personc demo`` for those steps (--backbone, --backbone-options, --encoders,
+--tau, --weights-dir, ...; see --help), writes PNGs under
 ``<out>/privacy/<mode>/`` and lineage rows into ``<out>/personc.duckdb``, and
 prints a JSON summary. The cancelable key is read from an environment variable,
 never from the command line (shell history) and never stored. ``cancelable enroll``
@@ -24,15 +26,24 @@ import os
 import sys
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .run_options import add_deprecated_flag, add_run_options, run_config_from_args
+
+if TYPE_CHECKING:
+    from ..core.pipeline.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
 
+#: run settings of generation and release only: the privacy modes have no flag for them
+GENERATION_ONLY: tuple[str, ...] = ("num_samples", "max_attempts", "seed", "recipe_options", "novelty",
+                                    "attribution_maps", "report_sources")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, default=Path("data/out"), help="output folder (default: data/out)")
-    p.add_argument("--sources-a", type=Path, default=None, help="photos of group A (default: demo sources)")
-    p.add_argument("--sources-b", type=Path, default=None, help="photos of group B")
-    p.add_argument("--weights", type=Path, default=Path("weights"), help="encoder weights folder")
+    add_run_options(p, exclude=GENERATION_ONLY)
+    add_deprecated_flag(p, "--weights", "--weights-dir", "weights_dir", type=Path)
     p.add_argument("--limit", type=int, default=3, help="source faces to process when no --input is given")
     p.add_argument("--input", type=Path, nargs="*", default=[], metavar="PHOTO", help="photos to process")
 
@@ -67,13 +78,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.set_defaults(func=run_dp)
 
 
-def _prepare(args: argparse.Namespace, mode: str):
+def _run_config(args: argparse.Namespace) -> RunConfig | None:
+    """The run settings of the flags, or None (after saying why) when a flag is wrong."""
+    try:
+        return run_config_from_args(args)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return None
+
+
+def _prepare(cfg: RunConfig, mode: str):
     from ..core.lineage.store import LineageStore
-    from ..core.pipeline.config import RunConfig, Workspace
+    from ..core.pipeline.config import Workspace
     from ..core.privacy import steps
 
-    cfg = RunConfig(out_dir=str(args.out), sources_a=str(args.sources_a) if args.sources_a else None,
-                    sources_b=str(args.sources_b) if args.sources_b else None, weights_dir=str(args.weights))
     store = LineageStore.open(Workspace(cfg.out_dir).db_path)
     run_id = f"{mode}-{uuid.uuid4().hex[:12]}"
     return steps, steps.prepare(cfg, store, run_id), store, run_id
@@ -88,7 +106,10 @@ def run_anonymize(args: argparse.Namespace) -> int:
     if not 0.0 <= args.strength <= 1.0:
         logger.error("--strength must be in [0, 1], got %s", args.strength)
         return 2
-    steps, ctx, store, run_id = _prepare(args, "anonymize")
+    cfg = _run_config(args)
+    if cfg is None:
+        return 2
+    steps, ctx, store, run_id = _prepare(cfg, "anonymize")
     ranking = steps.run_ranking(ctx, store, run_id)
     out = steps.run_anonymize(ctx, store, run_id, ranking, args.strength, args.attempts, args.limit, args.input)
     return _print({"run_id": run_id, "factor_order": list(ranking.ranking.order()), **out.as_dict()})
@@ -108,9 +129,12 @@ def run_cancelable(args: argparse.Namespace) -> int:
             from ..core.pipeline.config import Workspace
             from ..core.privacy import steps
 
-            kid = steps.revoke_key(LineageStore.open(Workspace(args.out).db_path), key, args.reason)
+            kid = steps.revoke_key(LineageStore.open(Workspace(args.out_dir).db_path), key, args.reason)
             return _print({"revoked_key_id": kid})
-        steps, ctx, store, run_id = _prepare(args, "cancelable")
+        cfg = _run_config(args)
+        if cfg is None:
+            return 2
+        steps, ctx, store, run_id = _prepare(cfg, "cancelable")
         return _print({"run_id": run_id, **steps.run_cancelable(ctx, store, run_id, key, args.context, args.limit,
                                                                 args.input).as_dict()})
     except CancelableKeyError as exc:
@@ -124,7 +148,10 @@ def run_cancelable(args: argparse.Namespace) -> int:
 
 
 def run_dp(args: argparse.Namespace) -> int:
-    steps, ctx, store, run_id = _prepare(args, "dp")
+    cfg = _run_config(args)
+    if cfg is None:
+        return 2
+    steps, ctx, store, run_id = _prepare(cfg, "dp")
     out = steps.run_dp(ctx, store, run_id, args.attribute, args.epsilon, args.mechanism, args.delta, args.width,
                        args.budget_epsilon, args.budget_delta, limit=args.limit)
     return _print({"run_id": run_id, **out.as_dict()})

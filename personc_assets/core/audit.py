@@ -1,11 +1,11 @@
 """Audit arbitrary images against a source set with the guard.
 
-``personc audit`` and the red-team report use this module; both judge with
-the same ``Guard`` the asset graph uses (``core/guard.py``): sources are
-ingested with ``faces/ingest.py``, embedded with the cached
-``pipeline/indexing.embed_sources``, indexed with ``EmbeddingIndex`` and every
-candidate image goes through ``Guard.check`` (face detection, every encoder,
-fail-closed rules).
+``personc audit`` uses this module. It judges with the same ``Guard`` the
+asset graph uses (``core/guard.py``), built by ``ensemble.guard_over_faces``
+(the red team builds its guard the same way): sources are ingested with
+``faces/ingest.py``, embedded with the cached ``ensemble.embed_sources``,
+indexed with ``EmbeddingIndex`` and every candidate image goes through
+``Guard.check`` (face detection, every encoder, fail-closed rules).
 
 Each candidate ends with a status:
 
@@ -18,8 +18,8 @@ Each candidate ends with a status:
 Every file under the candidate folder gets a row (``faces/walk.py``): hidden
 files are judged like any other, symlinks inside the folder are followed.
 
-Audit-only encoders (``gating=False``) are measured and reported but never
-decide; their would-be leaks are counted in ``AuditReport.audit_only_leaks``.
+Witness encoders (``gating=False``) are measured and reported but never
+decide; their would-be leaks are counted in ``AuditReport.witness_leaks``.
 """
 
 from __future__ import annotations
@@ -32,17 +32,14 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .gates import REUSE, ReuseCheck, reuse_photos
-from .reuse import ReuseIndex
-from .transforms import BENIGN_TRANSFORMS
 from .encoders.base import Encoder
+from .ensemble import GuardedEncoder, TauChoice, check_witnesses, guard_over_faces
 from .faces.ingest import IngestResult, MIN_FACE_PX, Quarantined, ingest_folders
-from .faces.walk import ListedFile, list_files
 from .faces.loading import ImageRejected, decode_image
-from .guard import PASS, REJECT, Guard, GuardMember, Verdict
-from .index import EmbeddingIndex
+from .faces.walk import ListedFile, list_files
+from .gates import REUSE
+from .guard import PASS, REJECT, Guard, Verdict
 from .lineage.store import LineageStore
-from .pipeline.config import TauChoice
 from .types import SourceFace
 
 log = logging.getLogger(__name__)
@@ -52,56 +49,6 @@ Progress = Callable[[int, int, str], None]
 CLEAR, LEAK, UNVERIFIED = "clear", "leak", "unverified"
 #: Candidates judged per ``Guard.check`` call (bounds the images held in memory).
 BATCH = 16
-
-
-@dataclass(frozen=True)
-class GuardedEncoder:
-    """What the audit's guard used for one encoder (for reports and JSON)."""
-
-    name: str
-    version: str
-    tau: float
-    tau_why: str
-    gating: bool
-    index_kind: str
-    sources: int
-
-
-def check_audit_only(encoders: Sequence[Encoder], audit_only: Sequence[str]) -> None:
-    """Raise unless every audit-only name is in use and at least one encoder still gates."""
-    names = [e.name for e in encoders]
-    unknown = set(audit_only) - set(names)
-    if unknown:
-        raise ValueError(f"audit-only encoder(s) {', '.join(sorted(unknown))} are not in use; "
-                         f"encoders in use: {', '.join(names)}")
-    if set(names) <= set(audit_only):
-        raise ValueError(f"every encoder in use ({', '.join(names)}) is audit-only: at least one must gate")
-
-
-def guard_for_sources(encoders: Sequence[Encoder], taus: Mapping[str, TauChoice], faces: Sequence[SourceFace],
-                      store: LineageStore, run_id: str, audit_only: Sequence[str] = (),
-                      progress: Progress | None = None) -> tuple[Guard, list[GuardedEncoder]]:
-    """A ``Guard`` over ``faces``: every encoder embeds them (cached in ``store``) into an index.
-
-    ``taus`` maps every encoder name to its ``TauChoice`` (``resolve_taus``);
-    encoders named in ``audit_only`` are recorded but do not gate.
-    """
-    from .pipeline.indexing import embed_sources
-
-    check_audit_only(encoders, audit_only)
-    if not faces:
-        raise ValueError("no usable source face: nothing to audit against")
-    members, used = [], []
-    hashes = [f.content_hash for f in faces]
-    for enc in encoders:
-        vectors = embed_sources(enc, faces, store, run_id, progress)
-        index = EmbeddingIndex.build(enc.name, enc.version, hashes, vectors)
-        gating = enc.name not in audit_only
-        members.append(GuardMember(enc, index, taus[enc.name].tau, gating=gating))
-        used.append(GuardedEncoder(enc.name, enc.version, taus[enc.name].tau, taus[enc.name].why, gating,
-                                   index.manifest.kind, index.manifest.count))
-    reuse = ReuseCheck(ReuseIndex.build(reuse_photos(faces)))
-    return Guard(members, gates=(reuse,), transforms=BENIGN_TRANSFORMS), used
 
 
 @dataclass(frozen=True)
@@ -154,8 +101,8 @@ class AuditReport:
         return sum(r.status == UNVERIFIED for r in self.rows)
 
     @property
-    def audit_only_leaks(self) -> dict[str, int]:
-        """Per audit-only encoder: candidates it would have rejected by similarity."""
+    def witness_leaks(self) -> dict[str, int]:
+        """Per witness encoder: candidates it would have rejected by similarity."""
         return {e.name: sum(any(x.encoder == e.name and x.leaks for x in r.encoders) for r in self.rows)
                 for e in self.encoders if not e.gating}
 
@@ -165,7 +112,7 @@ class AuditReport:
                 "source_problems": [{"path": q.path, "code": q.code, "reason": q.reason}
                                     for q in self.source_problems],
                 "encoders": [vars(e) for e in self.encoders], "skipped_encoders": list(self.skipped_encoders),
-                "audit_only_leaks": self.audit_only_leaks, "rows": [r.as_dict() for r in self.rows]}
+                "witness_leaks": self.witness_leaks, "rows": [r.as_dict() for r in self.rows]}
 
 
 def ingest_source_dirs(dirs: Sequence[Path], min_face_px: int = MIN_FACE_PX,
@@ -245,14 +192,14 @@ def source_display_names(faces: Sequence[SourceFace]) -> dict[str, str]:
 
 
 def run_audit(source_dirs: Sequence[Path], candidate_dir: Path, encoders: Sequence[Encoder],
-              taus: Mapping[str, TauChoice], store: LineageStore, run_id: str, audit_only: Sequence[str] = (),
+              taus: Mapping[str, TauChoice], store: LineageStore, run_id: str, witnesses: Sequence[str] = (),
               min_face_px: int = MIN_FACE_PX, skipped: Sequence[dict[str, str]] = (),
               progress: Progress | None = None) -> AuditReport:
     """Ingest ``source_dirs``, build the guard over them and judge every file of ``candidate_dir``."""
-    check_audit_only(encoders, audit_only)
+    check_witnesses(encoders, witnesses)
     listed = list_candidates(candidate_dir)
     ingested = ingest_source_dirs(source_dirs, min_face_px, progress)
-    guard, used = guard_for_sources(encoders, taus, ingested.faces, store, run_id, audit_only, progress)
+    guard, used = guard_over_faces(encoders, taus, ingested.faces, store, run_id, witnesses, progress)
     readable = [f.path for f in listed if f.problem is None]
     judged = {r.candidate: r for r in audit_images(guard, readable, source_display_names(ingested.faces), progress)}
     judged.update({r.candidate: r for r in unlisted_rows(listed)})
@@ -263,7 +210,7 @@ def run_audit(source_dirs: Sequence[Path], candidate_dir: Path, encoders: Sequen
 def render_table(report: AuditReport) -> str:
     """A fixed-width text table: one line per candidate, max similarity and nearest source per encoder."""
     names = [e.name for e in report.encoders]
-    head = ["candidate", "status"] + [f"{n}{'' if e.gating else ' (audit-only)'} sim / nearest"
+    head = ["candidate", "status"] + [f"{n}{'' if e.gating else ' (witness)'} sim / nearest"
                                       for n, e in zip(names, report.encoders)] + ["reason"]
     lines = []
     for r in report.rows:
@@ -278,12 +225,12 @@ def render_table(report: AuditReport) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(head, *lines)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*c) for c in lines]
-    taus = ", ".join(f"{e.name} tau {e.tau:.3f} ({'gating' if e.gating else 'audit-only'}, {e.index_kind}, "
+    taus = ", ".join(f"{e.name} tau {e.tau:.3f} ({'gating' if e.gating else 'witness'}, {e.index_kind}, "
                      f"{e.sources} sources)" for e in report.encoders)
     out += ["", f"{len(report.rows)} candidates: {report.leaks} leak(s), {report.unverified} unverified, "
                 f"{len(report.rows) - report.leaks - report.unverified} clear. {taus}."]
-    for name, n in report.audit_only_leaks.items():
-        out.append(f"audit-only {name} would have rejected {n} of {len(report.rows)} candidates by similarity")
+    for name, n in report.witness_leaks.items():
+        out.append(f"witness {name} would have rejected {n} of {len(report.rows)} candidates by similarity")
     for q in report.source_problems:
         out.append(f"source not indexed: {q.path}: {q.code}: {q.reason}")
     for s in report.skipped_encoders:

@@ -37,7 +37,7 @@ class GuardMember:
     """One encoder in the ensemble with its source index and threshold.
 
     ``index`` may be None (index missing): every candidate is then rejected.
-    ``gating=False`` makes the encoder audit-only: recorded, never deciding.
+    ``gating=False`` makes the encoder a witness: recorded, never deciding.
     """
 
     encoder: Encoder

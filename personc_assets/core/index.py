@@ -14,7 +14,7 @@ in the manifest:
 ``ivf_flat``
     ``faiss.IndexIVFFlat`` (spherical k-means cells) beside the same exact
     flat storage. Each query probes the ``nprobe`` cells with the highest
-    *upper bound* and its top candidates are re-checked exactly (float64).
+    *upper bound* and its top candidates are rescored exactly (float64).
     Nothing is trusted that is not proven:
 
     * every cell ``l`` records ``m_l = min(u_l · x)`` over its members
@@ -22,7 +22,7 @@ in the manifest:
       of half-angle ``a_l = arccos(m_l)`` around ``u_l``; for a query at angle
       ``t`` from ``u_l``, no member can score above ``|q| cos(max(0, t - a_l))``
       (``cap_upper_bounds``);
-    * a query's max is **exact** when the best re-checked candidate is at
+    * a query's max is **exact** when the best rescored candidate is at
       least the highest bound of every cell it did not probe;
     * with ``tau`` given, a query is **proven clear** when both its best
       candidate and every unprobed cell's bound stay below ``tau - margin``;
@@ -68,7 +68,7 @@ INDEX_KINDS: tuple[IndexKind, ...] = ("flat_ip", "ivf_flat")
 APPROX_MIN_N = 200_000
 #: Default safety margin below tau inside which every max is exact.
 DEFAULT_MARGIN = 0.05
-#: Candidates taken from the probed cells and re-checked exactly, per query.
+#: Candidates taken from the probed cells and rescored exactly, per query.
 CANDIDATES_K = 8
 #: Slack added to every bound and comparison for float32 rounding of stored vectors.
 BOUND_EPS = 1e-5
@@ -287,7 +287,7 @@ class EmbeddingIndex:
         _, cand = self._ivf.search_preassigned(
             q, min(CANDIDATES_K, self.manifest.count), probe,
             np.ascontiguousarray(np.take_along_axis(cos_qu, probe, axis=1), dtype=np.float32))
-        # re-check every candidate exactly
+        # rescore every candidate exactly
         valid = cand >= 0
         sims_c = np.full(cand.shape, -np.inf)
         if valid.any():

@@ -135,7 +135,7 @@ def _detail_energy(chip):
 
 @lru_cache(maxsize=2)
 def _network(device: str):
-    from .encoders.dlib_torch import load_dlib_resnet
+    from .encoders.dlib.network import load_dlib_resnet
 
     net = load_dlib_resnet(fold=True).to(device).eval()
     for p in net.parameters():
@@ -161,7 +161,7 @@ class NoveltySearch:
         import torch
         from torch.nn import functional as F
 
-        from .encoders.dlib_encoder import CHIP_PADDING, CHIP_SIZE
+        from .encoders.common import CHIP_PADDING, CHIP_SIZE
 
         if not isinstance(backbone, LinearisedBackbone):
             raise TypeError(f"the novelty step needs a backbone with linear_render/offset_appearance, "

@@ -10,13 +10,17 @@ donor supplies the non-identity context (hair, head, background, light).
 * the primaries include at least one donor of group A and one of group B;
 * no donor takes part in every factor;
 * the context donor gives no identity factor unless people run out, and then
-  only a shape factor (``symmetry`` first: its weakest identity cue).
+  only a shape factor (its weakest identity cue).
+
+The backbone names its factors and says which play which part
+(``backbones.base.FactorRoles``: shape, sensitive, appearance factors); the
+sampler reads the roles, never a factor name.
 
 The context is a colour photo of a person drawn at random, turned at most
 ``context_max_yaw`` (the backbone renders the face in that photo's own
 pose). Donors are matched for compatibility around it: the factors where a
-mismatch shows at once (texture, eyes, mouth) come first from people of the
-context's appearance cluster (gender labels or face-descriptor clusters),
+mismatch shows at once (the sensitive factors; the morphable model's texture,
+eyes and mouth) come first from people of the context's appearance cluster (gender labels or face-descriptor clusters),
 near in appearance, lip colour, beard shade and mouth openness, then from
 the nearest other people — never from the context person while anyone else
 is left; strongly turned and black-and-white photos give shape factors only.
@@ -52,9 +56,11 @@ from typing import Collection, Mapping, Sequence
 
 import numpy as np
 
+from .backbones.base import FACTOR_ROLES, FactorRoles
+from .faces.align import estimate_yaw
 from .types import GROUPS, Factors, Group, Recipe, SourceFace
 
-#: Head turn estimate (see ``estimate_yaw``) above which a photo counts as "turned"
+#: Head turn estimate (see ``faces.align.estimate_yaw``) above which a photo counts as "turned"
 #: (``DonorInfo.frontal``); the context fallback when no photo passes ``context_max_yaw``.
 TURNED_YAW = 0.20
 #: Cheek chroma (Lab, 0..255 scale) below which a photo counts as black and white;
@@ -63,20 +69,6 @@ MONOCHROME_CHROMA = 4.0
 
 
 # ------------------------------------------------------------------ donor facts
-
-def estimate_yaw(landmarks: np.ndarray) -> float:
-    """Signed head-turn estimate from dlib-68 points ``[68, 2]`` (0 = frontal).
-
-    The nose tip's offset between the two jaw ends, ``(dl - dr) / (dl + dr)``;
-    frontal photos stay within about ±0.15, a three-quarter view reaches ±0.6.
-    """
-    lm = np.asarray(landmarks, dtype=np.float64)
-    if lm.shape != (68, 2):
-        raise ValueError(f"landmarks must be [68, 2], got {lm.shape}")
-    dl = float(np.hypot(*(lm[30] - lm[0])))
-    dr = float(np.hypot(*(lm[16] - lm[30])))
-    return (dl - dr) / max(dl + dr, 1e-9)
-
 
 def mouth_openness(landmarks: np.ndarray) -> float:
     """Inner-lip gap over the nose-bridge-to-chin length (0 = closed, ~0.15 wide open)."""
@@ -133,7 +125,8 @@ class DonorInfo:
     photo's own hash when unlabelled). ``appearance`` is a few appearance
     coordinates (median distance between people 1) and ``cluster`` a coarse
     appearance class; ``yaw`` and ``mouth_open`` come from the landmarks,
-    ``lip_colour`` and ``beard`` from ``skin_marks``.
+    ``lip_colour`` and ``beard`` from ``skin_marks``; ``covered`` names what
+    covers the face (``faces.occluders``: a fringe, a hat, glasses).
     """
 
     content_hash: str
@@ -146,6 +139,7 @@ class DonorInfo:
     colourful: float = 20.0
     cluster: int = 0
     appearance: tuple[float, ...] = ()
+    covered: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.group not in GROUPS:
@@ -156,8 +150,9 @@ class DonorInfo:
         return abs(self.yaw) < TURNED_YAW
 
     def good_feature_donor(self, max_yaw: float) -> bool:
-        """Not strongly turned and not a black-and-white photo."""
-        return abs(self.yaw) <= max_yaw and self.colourful >= MONOCHROME_CHROMA
+        """Not strongly turned, not a black-and-white photo, nothing over the face: an
+        occluder in a donor's appearance (a fringe, glasses rims) ghosts in every face mixed from it."""
+        return abs(self.yaw) <= max_yaw and self.colourful >= MONOCHROME_CHROMA and not self.covered
 
 
 def persons_from_embeddings(hashes: Sequence[str], embeddings: np.ndarray,
@@ -195,13 +190,15 @@ def describe_donors(faces: Sequence[SourceFace],
                     labels: Mapping[str, str] | None = None,
                     embeddings: Mapping[str, np.ndarray] | None = None,
                     classes: Mapping[str, str] | None = None,
-                    appearance_factors: Sequence[str] = ("texture",),
+                    covered: Mapping[str, Sequence[str]] | None = None,
+                    appearance_factors: Sequence[str] = FACTOR_ROLES.appearance,
                     n_dims: int = 6, n_clusters: int = 2) -> list[DonorInfo]:
     """``DonorInfo`` for each face (in order), for ``sample_recipes``.
 
     * ``factors_by_hash`` (from ``Backbone.decompose``) give the appearance
-      coordinates: the main axes of the ``appearance_factors`` (every identity
-      factor when none of them is present), each person counted once.
+      coordinates: the main axes of the ``appearance_factors`` (the backbone's
+      ``FactorRoles.appearance``; every identity factor when none of them is
+      present), each person counted once.
     * ``embeddings`` (``{hash: [D]}``, L2-normalised, from a face-recognition
       encoder) give the appearance clusters: measured on ../shared/faces and
       the demo photos, two clusters of dlib descriptors separate women from
@@ -211,6 +208,8 @@ def describe_donors(faces: Sequence[SourceFace],
       ``privacy.attributes.AgeGenderLabeller``) define the clusters outright
       where given; photos without a class keep the computed cluster, offset
       so it never equals a named class.
+    * ``covered`` (``{hash: occluder names}``, from ``faces.occluders.occluders``) marks the
+      photos that give shape factors only.
     * ``labels`` override the faces' own labels (e.g. from
       ``persons_from_embeddings``); an unlabelled photo is its own person.
     """
@@ -237,7 +236,8 @@ def describe_donors(faces: Sequence[SourceFace],
                       yaw=round(estimate_yaw(f.landmarks), 4),
                       mouth_open=round(mouth_openness(f.landmarks), 4),
                       lip_colour=round(m[0], 3), beard=round(m[1], 4), colourful=round(m[2], 3),
-                      cluster=int(c), appearance=tuple(round(float(v), 4) for v in a))
+                      cluster=int(c), appearance=tuple(round(float(v), 4) for v in a),
+                      covered=tuple((covered or {}).get(f.content_hash, ())))
             for f, p, c, a, m in zip(faces, persons, clusters, coords, marks)]
 
 
@@ -302,15 +302,6 @@ def _person_clusters(coords: np.ndarray, persons: Sequence[str], n_clusters: int
 
 # ---------------------------------------------------------------------- sampling
 
-#: Factors that are pure shape: a strongly turned photo may still give them
-#: (the backbone takes the head turn out); appearance factors avoid such photos.
-SHAPE_FACTORS: tuple[str, ...] = ("geometry", "symmetry")
-
-#: Factors where incompatible donors show at once (beard, make-up, teeth),
-#: most sensitive first: their donors come from the people nearest the context.
-SENSITIVE_FACTORS: tuple[str, ...] = ("texture", "eyes", "mouth")
-
-
 @dataclass(frozen=True)
 class SamplerKnobs:
     """Knobs of ``sample_recipes`` (defaults tuned with the morphable backbone
@@ -331,8 +322,15 @@ class SamplerKnobs:
     * ``near_size``: how many of the nearest people may give sensitive factors,
       the context and their co-donors (at least the number of sensitive factors).
     * ``max_feature_yaw``: photos turned further than this (and black-and-white
-      photos) give appearance factors (all but ``SHAPE_FACTORS``) only when no
+      photos) give appearance factors (all but the shape factors) only when no
       other people are left.
+    * ``context_visible``: whether the backbone shows the context photo. When it does not (the
+      morphable backbone's neutral frame), the context photo is only the anchor that donors are
+      matched to, and its person gives factors like everyone else: the sensitive factors then
+      come from the context's own cluster when it holds enough people (on ../shared/faces, three
+      women: otherwise every woman's face took a man's mouth, stubble around the lips included).
+    * ``sensitive_factors``: overrides the backbone's ``FactorRoles.sensitive``
+      when given.
     * ``cluster_penalty`` and the ``*_tolerance`` values: how much a different
       appearance cluster adds to the appearance distance when ranking
       compatibility, and which difference in head turn, mouth openness, lip
@@ -351,9 +349,10 @@ class SamplerKnobs:
     max_feature_yaw: float = 0.45
     lip_tolerance: float = 10.0
     beard_tolerance: float = 0.12
-    sensitive_factors: tuple[str, ...] = SENSITIVE_FACTORS
+    sensitive_factors: tuple[str, ...] | None = None
     context_max_yaw: float = 0.5
     mean_push_spread: float = 0.4
+    context_visible: bool = True
 
     def __post_init__(self) -> None:
         if self.donors_per_factor < 1:
@@ -387,10 +386,11 @@ DEFAULT_DONORS_FOR: Mapping[str, int] = {}
 
 def sample_recipes(donors: Sequence[DonorInfo], factor_names: Sequence[str], n: int,
                    seed: int, avoid_contexts: Collection[str] = (), context_rank: int | None = None,
-                   **knobs: object) -> list[Recipe]:
+                   roles: FactorRoles = FACTOR_ROLES, **knobs: object) -> list[Recipe]:
     """Draw ``n`` reproducible recipes mixing ``factor_names`` from ``donors``.
 
-    ``knobs`` are ``SamplerKnobs`` fields. Needs donors of both groups and at
+    ``factor_names`` and ``roles`` come from the backbone (``Backbone.factor_names``,
+    ``Backbone.factor_roles``). ``knobs`` are ``SamplerKnobs`` fields. Needs donors of both groups and at
     least two people. Recipe ``i`` depends only on (donors, factors, knobs,
     seed, avoid_contexts, i), so asking for more recipes later extends the
     same sequence. ``avoid_contexts`` (content hashes, e.g. the context photos
@@ -425,7 +425,7 @@ def sample_recipes(donors: Sequence[DonorInfo], factor_names: Sequence[str], n: 
     ordered = sorted(donors, key=lambda d: d.content_hash)
     seeds = np.random.SeedSequence(seed).generate_state(n, dtype=np.uint32) if n else []
     avoid = frozenset(d.person for d in donors if d.content_hash in set(avoid_contexts))
-    return [_sample_one(ordered, factors, int(s), cfg, avoid, context_rank) for s in seeds]
+    return [_sample_one(ordered, factors, roles, int(s), cfg, avoid, context_rank) for s in seeds]
 
 
 def _compat_distance(a: DonorInfo, b: DonorInfo, cfg: SamplerKnobs) -> float:
@@ -439,10 +439,11 @@ def _compat_distance(a: DonorInfo, b: DonorInfo, cfg: SamplerKnobs) -> float:
             + abs(a.beard - b.beard) / cfg.beard_tolerance)
 
 
-def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int,
+def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], roles: FactorRoles, seed: int,
                 cfg: SamplerKnobs, avoid: frozenset[str] = frozenset(),
                 context_rank: int | None = None) -> Recipe:
     rng = np.random.default_rng(seed)
+    shape_factors = set(roles.shape)
     people: dict[str, list[DonorInfo]] = {}
     for d in donors:
         people.setdefault(d.person, []).append(d)
@@ -464,10 +465,12 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
         ds = [d for d in people[p] if feature_ok(d)] if feature else people[p]
         return min(ds or people[p], key=lambda d: (_compat_distance(anchor, d, cfg), d.content_hash))
 
-    dist = {p: _compat_distance(anchor, photo(p, p in featured), cfg) for p in people if p != anchor.person}
+    dist = {p: _compat_distance(anchor, photo(p, p in featured), cfg) for p in people
+            if p != anchor.person or not cfg.context_visible}
     # the pool_size people most compatible with the context (never fewer than the factors)
     others = sorted(sorted(dist, key=lambda p: (dist[p], p))[:max(cfg.pool_size, len(factors))])
-    sensitive = [f for f in cfg.sensitive_factors if f in factors]
+    ranked = roles.sensitive if cfg.sensitive_factors is None else cfg.sensitive_factors
+    sensitive = [f for f in ranked if f in factors]
     # sensitive factors: the near_size nearest people of the context's appearance cluster in
     # random order, then the other feature donors nearest first; the context person last
     same = sorted((p for p in others if p in featured and photo(p, True).cluster == anchor.cluster),
@@ -482,8 +485,8 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
     # feature donors); when people run out the context person gives a shape factor (its
     # weakest identity cue), then people are reused
     free = [others[i] for i in rng.permutation(len(others))]
-    for f in sorted((f for f in factors if f not in chosen), key=lambda f: f in SHAPE_FACTORS):
-        shape = f in SHAPE_FACTORS
+    for f in sorted((f for f in factors if f not in chosen), key=lambda f: f in shape_factors):
+        shape = f in shape_factors
         fits = [p for p in free if shape or p in featured]
         unused = [p for p in fits if p not in chosen.values()]
         if unused:
@@ -493,19 +496,19 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], seed: int
         else:
             counts = {p: sum(c == p for c in chosen.values()) for p in (fits or others)}
             chosen[f] = min(counts, key=lambda p: (counts[p], (fits or others).index(p)))
-    prim = {f: photo(chosen[f], f not in SHAPE_FACTORS) for f in factors}
+    prim = {f: photo(chosen[f], f not in shape_factors) for f in factors}
     for group in GROUPS:  # both groups among the primaries
         if len(factors) > 1 and not any(d.group == group for d in prim.values()):
             slots = [f for f in factors if f not in sensitive] or list(factors)
             counts = {f: sum(c.person == prim[f].person for c in prim.values()) for f in slots}
             slot = max(slots, key=lambda f: (counts[f], slots.index(f)))
             cands = sorted((d for d in donors if d.group == group
-                            and (slot in SHAPE_FACTORS or feature_ok(d))), key=lambda d: d.content_hash)
+                            and (slot in shape_factors or feature_ok(d))), key=lambda d: d.content_hash)
             cands = cands or sorted((d for d in donors if d.group == group), key=lambda d: d.content_hash)
             prim[slot] = cands[int(rng.integers(len(cands)))]
     components: dict[str, tuple[tuple[str, float], ...]] = {}
     for f in factors:
-        shape = f in SHAPE_FACTORS
+        shape = f in shape_factors
         pool = [photo(p, not shape) for p in others if p != prim[f].person]
         if not shape:
             pool = [d for d in pool if feature_ok(d)] or pool

@@ -48,8 +48,8 @@ from .values import checked
 
 if TYPE_CHECKING:
     from .encoders.base import Encoder
+    from .ensemble import TauChoice
     from .lineage.store import LineageStore
-    from .pipeline.config import TauChoice
     from .types import SourceFace
 
 log = logging.getLogger(__name__)
@@ -396,13 +396,13 @@ def render_markdown(report: RedTeamReport) -> str:
         for e in encs:
             r = by[(variant, e)]
             sim = "-" if r.min_similarity is None else f"{r.min_similarity:.3f}"
-            cells.append(f"{r.rate:.0%} ({sim} / {r.tau:.3f}){'' if r.gating else ' audit-only'}")
+            cells.append(f"{r.rate:.0%} ({sim} / {r.tau:.3f}){'' if r.gating else ' witness'}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def redteam_sources(faces: Sequence["SourceFace"], encoders: Sequence["Encoder"], taus: Mapping[str, "TauChoice"],
-                    store: "LineageStore", run_id: str, audit_only: Sequence[str] = (),
+                    store: "LineageStore", run_id: str, witnesses: Sequence[str] = (),
                     max_targets: int = 8, variants: Sequence[str] | None = None) -> RedTeamReport:
     """The red team over a run's sources (what the ``redteam_report`` asset materializes).
 
@@ -412,7 +412,7 @@ def redteam_sources(faces: Sequence["SourceFace"], encoders: Sequence["Encoder"]
     (embeddings come from the store's cache) and up to ``max_targets`` of them
     are disguised, each morphed with the next target of another person.
     """
-    from .audit import guard_for_sources
+    from .ensemble import guard_over_faces
 
     by_label: dict[str, list] = {}
     for face in sorted(faces, key=lambda f: (f.label, f.path)):
@@ -420,7 +420,7 @@ def redteam_sources(faces: Sequence["SourceFace"], encoders: Sequence["Encoder"]
     held_out = {label: fs[-1] for label, fs in by_label.items() if len(fs) >= 2}
     held_hashes = {f.content_hash for f in held_out.values()}
     indexed = [f for f in faces if f.content_hash not in held_hashes]
-    guard, _ = guard_for_sources(encoders, taus, indexed, store, run_id, audit_only)
+    guard, _ = guard_over_faces(encoders, taus, indexed, store, run_id, witnesses)
     # people with a held-out photo first, then one face per other person, then the rest
     firsts = [by_label[label][0] for label in by_label]
     first_hashes = {f.content_hash for f in firsts}

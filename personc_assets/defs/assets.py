@@ -9,7 +9,6 @@ import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
 from dagster_duckdb import DuckDBResource
 
-from ..core.backbones.stylegan2 import backbone as stylegan2_backbone
 from ..core.lineage.store import LineageStore
 from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
 from ..core.pipeline.explaining import IcsReports
@@ -18,13 +17,10 @@ from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.judging import GuardVerdicts
 from ..core.pipeline.modeling import FactorDecompositions, ProjectedLatents
 from ..core.pipeline.sources import SourceSet
+from .gpu import GPU_POOL, GPU_TAGS
 from .resources import PersonCConfig
 
 GROUP = "personc"
-#: Steps that run the generator (projection, synthesis, regeneration, ICS renders) share one GPU:
-#: they run under the Dagster concurrency pool "gpu" (limit 1 by default, see `personc ui`).
-GPU_POOL = stylegan2_backbone.GPU_POOL
-GPU_TAGS = stylegan2_backbone.GPU_TAGS
 
 
 @contextlib.contextmanager
@@ -35,7 +31,8 @@ def lineage(duckdb: DuckDBResource) -> Iterator[LineageStore]:
     yield LineageStore(duckdb.get_connection, db.with_name(db.name + ".lock"))
 
 
-def progress_logger(context: AssetExecutionContext, what: str, every: int = 10):
+def progress_reporter(context: AssetExecutionContext, what: str, every: int = 10):
+    """The ``(done, total, item)`` callback a core step reports through, logged every ``every`` items."""
     def report(done: int, total: int, item: str) -> None:
         if done == total or done % every == 0:
             context.log.info(f"{what}: {done}/{total} ({item})")
@@ -56,7 +53,7 @@ def source_images(context: AssetExecutionContext, personc: PersonCConfig,
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         sset, result = sources.ingest_sources(cfg, personc.workspace(), store, context.run.run_id,
-                                              progress_logger(context, "ingest"))
+                                              progress_reporter(context, "ingest"))
     quarantine = [{"file": q.path, "group": q.group, "code": q.code, "reason": q.reason}
                   for q in result.quarantined]
     return MaterializeResult(value=sset, metadata={
@@ -82,7 +79,7 @@ def projected_latents(context: AssetExecutionContext, personc: PersonCConfig, du
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         out = modeling.fit_and_project(cfg, personc.workspace(), store, source_images,
-                                       context.run.run_id, progress_logger(context, "project", every=5))
+                                       context.run.run_id, progress_reporter(context, "project", every=5))
     return MaterializeResult(value=out, metadata={
         "backbone": cfg.backbone, "backbone_state": out.backbone.state_hash[:16],
         "latents": len(out.latents), "projected_now": out.projected_now,
@@ -103,11 +100,11 @@ def factor_decompositions(context: AssetExecutionContext, personc: PersonCConfig
 def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
                       source_images: SourceSet) -> MaterializeResult[EmbeddingIndexes]:
     """Per encoder, the embeddings of every source face in a FAISS inner-product index (exact, or
-    certified IVF for very large source sets: re-checked exactly wherever it could matter)."""
+    certified IVF for very large source sets: rescored exactly wherever it could matter)."""
     cfg = personc.run_config()
     with lineage(duckdb) as store:
         out = indexing.build_indexes(cfg, personc.workspace(), store, source_images,
-                                     context.run.run_id, progress_logger(context, "embed"))
+                                     context.run.run_id, progress_reporter(context, "embed"))
     for skipped in out.skipped:
         context.log.info(f"encoder {skipped.encoder} skipped: {skipped.reason}")
     return MaterializeResult(value=out, metadata={
@@ -141,12 +138,12 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
     with lineage(duckdb) as store:
         out = judging.judge_and_release(cfg, personc.workspace(), store, source_images,
                                         factor_decompositions, embedding_indexes, generated_candidates,
-                                        context.run.run_id, progress_logger(context, "released", every=1))
+                                        context.run.run_id, progress_reporter(context, "released", every=1))
     return MaterializeResult(value=out, metadata={
         "released": len(out.released), "requested": cfg.num_samples, "candidates_judged": len(out.attempts),
         "pass_rate": float(out.pass_rate),
-        "audit_leakage_rate": MetadataValue.json(dict(out.audit_leakage_rate)),
-        "audit_unverified": MetadataValue.json(dict(out.audit_unverified)),
+        "witness_leakage_rate": MetadataValue.json(dict(out.witness_leakage_rate)),
+        "witness_unverified": MetadataValue.json(dict(out.witness_unverified)),
         "attempts": md_table([{"slot": a.slot, "attempt": a.attempt, "verdict": a.verdict,
                                **{f"sim_{k}": round(v, 3) if v is not None else None
                                   for k, v in a.similarity.items()}, "reason": a.reason[:80]}
@@ -163,7 +160,7 @@ def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, duckdb: 
     with lineage(duckdb) as store:
         out = explaining.explain_releases(cfg, personc.workspace(), store, source_images,
                                           factor_decompositions, embedding_indexes, guard_verdicts, context.run.run_id,
-                                          progress_logger(context, "explain", every=1))
+                                          progress_reporter(context, "explain", every=1))
     meta = explaining.dagster_metadata(out)
     for key in ("gallery", "ics"):
         meta[key] = MetadataValue.md(meta[key])

@@ -15,8 +15,6 @@ main_job = define_asset_job(
     "personc_main", selection=AssetSelection.groups("personc"), executor_def=in_process_executor,
     description="Ingest sources, fit the backbone, build indexes, generate, guard, release and explain.")
 
-REGENERATE_FROM = ["generated_candidates", "guard_verdicts", "ics_reports"]
-
 
 @schedule(job=main_job, cron_schedule="0 3 * * *", default_status=DefaultScheduleStatus.STOPPED,
           description="Daily regeneration of new faces with a fresh seed (off until enabled in the UI).")

@@ -25,10 +25,10 @@ def redteam_report(context: AssetExecutionContext, personc: PersonCConfig, duckd
     encoders, _ = indexing.build_encoders(cfg)
     taus = embedding_indexes.tau_choices()
     encoders = [e for e in encoders if e.name in taus]  # only encoders the run indexed
-    audit_only = tuple(cfg.audit_encoders)
+    witnesses = tuple(cfg.audit_encoders)
     faces = source_images.load_faces()
     with lineage(duckdb) as store:
-        report = redteam_sources(faces, encoders, taus, store, context.run_id, audit_only)
+        report = redteam_sources(faces, encoders, taus, store, context.run_id, witnesses)
     table = render_markdown(report)
     path = personc.workspace().reports / "redteam.md"
     atomic_write_text(path, "# Red-team report\n\n" + table)

@@ -7,72 +7,86 @@ workspace) as JSON, so nothing is ever unpickled between steps.
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import os
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union, get_args, get_origin
 
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
-from pydantic import Field
+from pydantic import Field, create_model
 
 from ..core.atomic import atomic_write_text
-from ..core.pipeline.config import RunConfig, Workspace
+from ..core.pipeline.config import RunConfig, Setting, Workspace, run_settings
 
-DEFAULT_OUT_DIR = "data/out"
+#: Settings whose default the environment may override (for ``dagster dev``); the CLI ignores these.
+ENV_DEFAULTS: dict[str, str] = {"out_dir": "PERSONC_OUT_DIR", "sources_a": "PERSONC_SOURCES_A",
+                                "sources_b": "PERSONC_SOURCES_B"}
+SETTINGS = {s.name: s for s in run_settings()}
+DEFAULT_OUT_DIR: str = SETTINGS["out_dir"].default
 
 
 def default_out_dir() -> str:
-    return os.environ.get("PERSONC_OUT_DIR", DEFAULT_OUT_DIR)
+    return os.environ.get(ENV_DEFAULTS["out_dir"], DEFAULT_OUT_DIR)
 
 
 def default_db_path() -> str:
     return os.environ.get("PERSONC_DB", str(Path(default_out_dir()) / "personc.duckdb"))
 
 
-class PersonCConfig(ConfigurableResource):
-    """What a run makes and from what. Defaults run the demo on the embedded backbone."""
+def _config_type(tp: Any) -> Any:
+    """The Dagster config type of a ``RunConfig`` annotation: tuples become lists, mappings dicts."""
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is tuple:
+        return list[_config_type(args[0])]  # type: ignore[misc]
+    if origin is collections.abc.Mapping:
+        return dict[args[0], _config_type(args[1])]  # type: ignore[misc,valid-type]
+    if origin in (Union, types.UnionType):
+        return Optional[_config_type(next(a for a in args if a is not type(None)))]
+    return tp
 
-    out_dir: str = Field(default_factory=default_out_dir,
-                         description="folder for every generated file (env PERSONC_OUT_DIR)")
-    sources_a: str | None = Field(default_factory=lambda: os.environ.get("PERSONC_SOURCES_A"),
-                                  description="photos of group A; unset with sources_b: demo sources")
-    sources_b: str | None = Field(default_factory=lambda: os.environ.get("PERSONC_SOURCES_B"),
-                                  description="photos of group B")
-    backbone: str = Field(default="morphable", description="'morphable' (embedded) or 'stylegan2'")
-    backbone_options_json: str = Field(default="{}", description="backbone options as JSON, e.g. "
-                                       '{"weights": "weights/ffhq.pkl"}')
-    encoders: list[str] | None = Field(default=None, description="encoders to use; unset: all with weights")
-    audit_encoders: list[str] = Field(default_factory=list, description="encoders that are measured and "
-                                      "reported (leakage rate) but never gate a release")
-    encoder_options_json: str = Field(default="{}", description="per-encoder options as JSON, e.g. "
-                                      '{"magface": {"arch": "iresnet50"}}')
-    weights_dir: str = Field(default="weights", description="folder with user-supplied model files")
-    taus: dict[str, float] = Field(default_factory=dict, description="per-encoder tau, e.g. {'dlib': 0.9}")
-    bare_tau: float | None = Field(default=None, description="a tau without encoder name: ArcFace cosine "
-                                   "scale, applied to ArcFace only")
-    target_fmr: float | None = Field(default=None, description="choose each encoder's tau from its stored "
-                                     "calibration (personc calibrate --db) for this false-match rate per face")
-    num_samples: int = Field(default=5, description="faces to release")
-    max_attempts: int = Field(default=20, description="candidates tried per released face")
-    seed: int = Field(default=0, description="recipe sampling seed")
-    min_face_px: int = Field(default=64, description="smallest accepted face width in source pixels")
-    attribution_maps: bool = Field(default=True, description="occlusion maps in the per-face reports")
-    report_sources: str = Field(default="thumbnails", description="'thumbnails' or 'withheld': whether "
-                                "reports show the donors' aligned faces")
+
+def _resource_field(setting: Setting) -> tuple[Any, Any]:
+    env = ENV_DEFAULTS.get(setting.name)
+    if env is not None:
+        default = setting.default
+        return _config_type(setting.type), Field(default_factory=lambda: os.environ.get(env, default),
+                                                 description=f"{setting.help} (env {env})")
+    if setting.is_sequence and setting.default is not None:
+        return _config_type(setting.type), Field(default_factory=lambda: list(setting.default),
+                                                 description=setting.help)
+    if setting.is_mapping:
+        return _config_type(setting.type), Field(default_factory=lambda: dict(setting.default),
+                                                 description=setting.help)
+    return _config_type(setting.type), Field(default=setting.default, description=setting.help)
+
+
+#: ``RunConfig``'s fields as Dagster resource config (same names, defaults and help texts).
+_RunSettings = create_model("RunSettings", __base__=ConfigurableResource,
+                            **{s.name: _resource_field(s) for s in SETTINGS.values()})
+
+
+class PersonCConfig(_RunSettings):  # type: ignore[misc,valid-type]
+    """What a run makes and from what: every ``RunConfig`` field. Defaults run the demo on the
+    embedded backbone."""
+
+    @classmethod
+    def from_run_config(cls, cfg: RunConfig) -> "PersonCConfig":
+        return cls(**resource_values(cfg))
 
     def run_config(self) -> RunConfig:
-        return RunConfig(out_dir=self.out_dir, sources_a=self.sources_a, sources_b=self.sources_b,
-                         backbone=self.backbone, backbone_options=json.loads(self.backbone_options_json),
-                         encoders=tuple(self.encoders) if self.encoders else None,
-                         audit_encoders=tuple(self.audit_encoders),
-                         encoder_options=json.loads(self.encoder_options_json), weights_dir=self.weights_dir,
-                         taus=dict(self.taus), bare_tau=self.bare_tau, target_fmr=self.target_fmr,
-                         num_samples=self.num_samples, max_attempts=self.max_attempts,
-                         seed=self.seed, min_face_px=self.min_face_px,
-                         attribution_maps=self.attribution_maps, report_sources=self.report_sources)
+        return RunConfig.from_dict({name: getattr(self, name) for name in SETTINGS})
 
     def workspace(self) -> Workspace:
         return Workspace(self.out_dir)
+
+
+def resource_values(cfg: RunConfig) -> dict[str, Any]:
+    """``cfg`` as ``PersonCConfig`` keyword arguments (lists for tuples, dicts for mappings)."""
+    values = cfg.as_dict()
+    return {name: list(values[name]) if s.is_sequence and values[name] is not None else values[name]
+            for name, s in SETTINGS.items()}
 
 
 class JsonIOManager(ConfigurableIOManager):

@@ -1,8 +1,8 @@
-"""Lifecycle: the release audit, the refresh job and the sensor on the source folders.
+"""Lifecycle: the release recheck, the refresh job and the sensor on the source folders.
 
 When photos in the source folders are added, changed or removed, the sensor
 asks for one ``personc_refresh`` run: sources, latents, factors and indexes
-are rebuilt, and ``release_audit`` re-checks every face released so far
+are rebuilt, and ``release_recheck`` judges every face released so far again
 against the new sources, revoking the ones that now reach tau. The sensor's
 cursor moves on only once that run has succeeded; a failed refresh is asked
 for again (``core/pipeline/source_watch.py``).
@@ -20,14 +20,14 @@ from dagster_duckdb import DuckDBResource
 
 from ..core.atomic import atomic_write_text
 from ..core.faces.ingest import diff_snapshots, snapshot_folders
-from ..core.pipeline import reaudit
+from ..core.pipeline import recheck
 from ..core.pipeline.indexing import EmbeddingIndexes
-from ..core.pipeline.reaudit import ReleaseAudit
+from ..core.pipeline.recheck import ReleaseRecheck
 from ..core.pipeline.source_watch import RefreshState, WatchCursor, next_step
 from .assets import lineage, md_table
 from .resources import PersonCConfig
 
-AUDIT_GROUP = "personc_audit"
+LIFECYCLE_GROUP = "personc_lifecycle"
 #: Tag carried by every run the sensor asks for; limit it to 1 per value in the
 #: instance's run queue so that two runs never rebuild one workspace at once.
 WORKSPACE_TAG = "personc/workspace"
@@ -36,27 +36,27 @@ REFRESH_KEY_TAG = "personc/refresh_key"
 SNAPSHOT_FILE = "source_folders_snapshot.json"
 
 
-@asset(group_name=AUDIT_GROUP, kinds={"python", "duckdb"})
-def release_audit(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                  embedding_indexes: EmbeddingIndexes) -> MaterializeResult[ReleaseAudit]:
-    """Every face released so far, re-read from disk and re-checked by the guard against the
+@asset(group_name=LIFECYCLE_GROUP, kinds={"python", "duckdb"})
+def release_recheck(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+                    embedding_indexes: EmbeddingIndexes) -> MaterializeResult[ReleaseRecheck]:
+    """Every face released so far, re-read from disk and judged again by the guard against the
     current sources; a release that now reaches tau (or cannot be checked) is revoked, with the
     reason, in DuckDB and in the release manifest."""
     with lineage(duckdb) as store:
-        out = reaudit.reaudit_releases(personc.run_config(), personc.workspace(), store, embedding_indexes,
+        out = recheck.recheck_releases(personc.run_config(), personc.workspace(), store, embedding_indexes,
                                        context.run.run_id)
     for r in out.revoked:
         context.log.warning(f"release {r.release_id} revoked: {r.reason}")
     return MaterializeResult(value=out, metadata={
-        "audited": out.audited, "kept": out.kept, "revoked": len(out.revoked),
-        "skipped_already_audited": out.skipped_already_audited,
+        "rechecked": out.rechecked, "kept": out.kept, "revoked": len(out.revoked),
+        "skipped_already_rechecked": out.skipped_already_rechecked,
         "source_set_hash": out.source_set_hash,
         "revocations": md_table([{"release": r.release_id, "reason": r.reason} for r in out.revoked]),
         "orphaned_files": MetadataValue.json(list(out.orphaned_files))})
 
 
 REFRESH_ASSETS = ("source_images", "projected_latents", "factor_decompositions", "embedding_indexes",
-                  "release_audit")
+                  "release_recheck")
 
 #: Latents and indexes only need the sources: the multiprocess executor builds them side by side.
 #: Step processes fork from a server that has imported PersonC once (torch, dlib, Dagster: ~5 s a
@@ -66,7 +66,7 @@ REFRESH_EXECUTOR = multiprocess_executor.configured(
 
 refresh_job = define_asset_job(
     "personc_refresh", selection=AssetSelection.assets(*REFRESH_ASSETS), executor_def=REFRESH_EXECUTOR,
-    description="Re-ingest the source folders, refit latents, factors and indexes, and re-audit every "
+    description="Re-ingest the source folders, refit latents, factors and indexes, and recheck every "
                 "released face against the new sources.")
 
 

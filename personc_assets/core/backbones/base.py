@@ -25,6 +25,32 @@ LOCAL_FEATURES = "local_features"
 
 
 @dataclass(frozen=True)
+class FactorRoles:
+    """How the recipe sampler (``core/recipes.py``) treats a backbone's identity factors.
+
+    Every name is one of the backbone's ``factor_names``:
+
+    * ``shape``: pure shape factors. A strongly turned photo may still give
+      them (the backbone takes the head turn out), and when people run out
+      the context person gives one of them: its weakest identity cues.
+    * ``sensitive``: factors where incompatible donors show at once (beard,
+      make-up, teeth), most sensitive first: their donors are the people
+      nearest the context photo, in its appearance cluster.
+    * ``appearance``: factors whose main axes place donors in appearance
+      space when no face-recognition embeddings are given.
+    """
+
+    shape: tuple[str, ...] = ()
+    sensitive: tuple[str, ...] = ()
+    appearance: tuple[str, ...] = ()
+
+
+#: Roles of the ``FACTOR_NAMES`` factors (the embedded backbone's).
+FACTOR_ROLES = FactorRoles(shape=("geometry", "symmetry"), sensitive=("texture", "eyes", "mouth"),
+                           appearance=("texture",))
+
+
+@dataclass(frozen=True)
 class Projection:
     """A source face projected into a backbone's latent space.
 
@@ -54,8 +80,13 @@ class Backbone(Protocol):
     name: str
     #: identity factors this backbone decomposes into (see FACTOR_NAMES)
     factor_names: tuple[str, ...]
+    #: what the recipe sampler needs to know about them (see FactorRoles)
+    factor_roles: FactorRoles
     #: side of the square images it synthesizes
     image_size: int
+    #: whether ``synthesize`` shows the recipe's context photo (hair, clothes, background);
+    #: when it does not, the context person may give identity factors like any donor
+    shows_context: bool
 
     def fit(self, faces: Sequence[SourceFace]) -> None: ...
 

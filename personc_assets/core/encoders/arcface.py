@@ -9,11 +9,11 @@ Alignment: five points (eye centres, nose tip, mouth corners) are mapped onto
 ArcFace's standard 112×112 template by a least-squares similarity. The points
 come from insightface's own SCRFD detector when the pack holds one (run on a
 window around the dlib box, matched to the dlib face by keypoint agreement),
-otherwise from the dlib-68 landmarks of the ``FaceObservation``. The similarity
-is estimated with scikit-image's ``SimilarityTransform.from_estimate`` (0.26
-deprecates the ``.estimate`` that insightface's ``face_align`` calls); the
-warp itself matches ``face_align.norm_crop`` (bilinear, black border), which a
-test checks.
+otherwise from the dlib-68 landmarks of the ``FaceObservation``. The crop is
+``common.arcface_crop`` (shared with MagFace); its similarity is estimated
+with scikit-image's ``SimilarityTransform.from_estimate`` (0.26 deprecates
+the ``.estimate`` that insightface's ``face_align`` calls); the warp itself
+matches ``face_align.norm_crop`` (bilinear, black border), which a test checks.
 
 Pixels: crops are passed to ``ArcFaceONNX.get_feat`` in OpenCV's BGR order;
 it swaps them to RGB and maps them to ``(x - 127.5) / 127.5`` (RGB in
@@ -33,15 +33,9 @@ import numpy as np
 from ..faces.align import five_points as dlib_five_points
 from ..types import FaceObservation, check_image
 from .base import ENCODERS, MissingWeightsError, l2_normalise
-from .dlib_encoder import file_sha256
+from .common import arcface_crop, template_for, weights_sha256
 
 logger = logging.getLogger(__name__)
-
-#: ArcFace's five-point template for a 112×112 crop, (x, y) in pixels:
-#: image-left eye, image-right eye, nose tip, image-left and -right mouth corner.
-ARCFACE_TEMPLATE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
-     [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
 
 #: Looked for in ``weights_dir`` in this order when no ``model_file`` is given.
 DEFAULT_PACK_DIR = "buffalo_l"
@@ -65,43 +59,6 @@ BATCH_SIZE = 64
 
 AlignmentSource = Literal["scrfd", "dlib68"]
 OnnxRole = Literal["recognition", "detection", "other"]
-
-
-# --------------------------------------------------------------------------- alignment
-
-
-def template_for(size: int) -> np.ndarray:
-    """ArcFace template ``[5, 2]`` for a ``size`` px crop (as insightface scales it)."""
-    if size % 112 == 0:
-        return ARCFACE_TEMPLATE_112 * (size / 112.0)
-    if size % 128 == 0:  # insightface's 128-family layout: scaled and shifted right
-        ratio = size / 128.0
-        return ARCFACE_TEMPLATE_112 * ratio + np.array([8.0 * ratio, 0.0])
-    raise ValueError(f"ArcFace crops must be a multiple of 112 or 128 px, got {size}")
-
-
-def arcface_matrix(points: np.ndarray, size: int = 112) -> np.ndarray:
-    """Similarity ``[2, 3]`` mapping five image points ``[5, 2]`` onto the template."""
-    from skimage.transform import SimilarityTransform
-
-    pts = np.asarray(points, dtype=np.float64)
-    if pts.shape != (5, 2) or not np.all(np.isfinite(pts)):
-        raise ValueError(f"five alignment points must be finite and shaped [5, 2], got {pts.shape}")
-    tform = SimilarityTransform.from_estimate(pts, template_for(size))
-    if not tform:
-        raise ValueError("ArcFace alignment failed: the five points are degenerate")
-    return tform.params[:2].astype(np.float64)
-
-
-def arcface_crop(image: np.ndarray, points: np.ndarray, size: int = 112) -> np.ndarray:
-    """The ``[size, size, 3]`` ArcFace crop of ``image`` ``[H, W, 3]`` (channel order kept).
-
-    Same warp as insightface's ``face_align.norm_crop``: bilinear, black border.
-    """
-    import cv2
-
-    check_image(image)
-    return cv2.warpAffine(image, arcface_matrix(points, size), (size, size), borderValue=0.0)
 
 
 # --------------------------------------------------------------------------- weights
@@ -238,9 +195,9 @@ class ArcFaceEncoder:
         template_for(self.input_size)  # fail now on an unsupported crop size
         self.dim = self._output_dim()
         self._detector = self._load_detector(Path(detector_path), detect_size) if detector_path else None
-        self.version = "arcface-" + file_sha256(str(model_path))[:16]
+        self.version = "arcface-" + weights_sha256(str(model_path))[:16]
         if detector_path:
-            self.version += "+scrfd-" + file_sha256(str(detector_path))[:8]
+            self.version += "+scrfd-" + weights_sha256(str(detector_path))[:8]
         logger.info("arcface: %s (%d-d, %d px crops), alignment from %s", model_path.name, self.dim,
                     self.input_size, Path(detector_path).name if detector_path else "dlib-68 landmarks")
 

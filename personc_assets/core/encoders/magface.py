@@ -36,9 +36,8 @@ from torch import nn
 
 from ..faces.align import five_points as dlib_five_points
 from ..types import FaceObservation
-from .arcface import arcface_crop
 from .base import ENCODERS, MissingWeightsError
-from .dlib_encoder import file_sha256
+from .common import arcface_crop, weights_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -306,7 +305,7 @@ class MagFaceEncoder:
         self.config = config
         self.dim = config.embedding_dim
         self.batch_size = batch_size
-        self.version = "magface-" + file_sha256(str(model_path))[:16]
+        self.version = "magface-" + weights_sha256(str(model_path))[:16]
         logger.info("magface: %s (iResNet %s, %d-d) on %s", model_path.name, config.layers,
                     self.dim, self.device)
 

@@ -303,8 +303,8 @@ def dlib_chip_matrix(face: FaceObservation, size: int = 150, padding: float = 0.
 
 def dlib_gradient_map(encoder, face: FaceObservation, targets: np.ndarray, target_names: Sequence[str],
                       **kwargs) -> AttributionMap:
-    """``gradient_map`` through the torch dlib encoder (``encoders.dlib_torch.TorchDlibEncoder``)."""
-    from ..encoders.dlib_encoder import CHIP_PADDING, CHIP_SIZE, dlib_chip
+    """``gradient_map`` through the torch dlib encoder (``encoders.dlib.TorchDlibEncoder``)."""
+    from ..encoders.common import CHIP_PADDING, CHIP_SIZE, dlib_chip
 
     model = getattr(encoder, "model", None)
     if model is None or not hasattr(model, "normalise"):

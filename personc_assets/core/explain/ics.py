@@ -11,6 +11,11 @@ encoder ``e`` is the cosine similarity of that rendering to ``d``::
 With ``k`` factors (six for the embedded backbone) all ``2**k`` coalitions
 are rendered and embedded exactly once — detection once per image, each
 encoder once per image — and every donor and encoder reads the same table.
+Renders share the stages that coalitions have in common (``coalitions``),
+threads overlap one coalition's rendering with another's face detection,
+and all faces of a table are embedded in one batch per encoder
+(``build_coalition_table``); ``build_coalition_table_reference`` renders and
+scores one batch after another, and the two give the same table.
 The Shapley value of factor ``i`` is::
 
     phi_i = sum_{S not containing i} |S|! (k-|S|-1)! / k! * (v(S + i) - v(S))
@@ -51,14 +56,19 @@ import itertools
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Literal, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ..backbones.base import Backbone
 from ..encoders.base import Encoder
+from ..parallel import map_in, usable_cpus
 from ..types import FaceObservation, Factors, check_image
+from .coalitions import CoalitionImages, coalition_images
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +156,18 @@ class EncoderSimilarity:
             self._targets[enc.name] = t
         self._locate = locate
 
-    def __call__(self, images: Sequence[np.ndarray]) -> SimilarityBatch:
-        faces: list[FaceObservation | None] = []
-        counts = np.zeros(len(images), dtype=np.int64)
-        for i, image in enumerate(images):
-            found = self._locate(check_image(image, f"coalition image {i}"))
-            counts[i] = len(found)
-            faces.append(max(found, key=lambda f: f.detector_score) if found else None)
+    def locate(self, image: np.ndarray, what: str = "coalition image") -> tuple[FaceObservation | None, int]:
+        """The best-scoring face in ``image`` ``uint8 [H, W, 3]`` (None: no face) and how many were found."""
+        found = self._locate(check_image(image, what))
+        return (max(found, key=lambda f: f.detector_score) if found else None), len(found)
+
+    def score(self, faces: Sequence[FaceObservation | None]) -> dict[str, np.ndarray]:
+        """``{encoder: float32 [N, n_donors]}`` for located ``faces`` (NaN rows where None);
+        every present face is embedded in one call per encoder."""
         present = [i for i, f in enumerate(faces) if f is not None]
         values: dict[str, np.ndarray] = {}
         for enc in self.encoders:
-            out = np.full((len(images), len(self.donor_ids)), np.nan, dtype=np.float32)
+            out = np.full((len(faces), len(self.donor_ids)), np.nan, dtype=np.float32)
             if present:
                 emb = np.asarray(enc.embed([faces[i] for i in present]), dtype=np.float32)
                 if emb.shape != (len(present), enc.dim) or not np.all(np.isfinite(emb)):
@@ -164,7 +175,12 @@ class EncoderSimilarity:
                                             f"(shape {emb.shape}, expected {(len(present), enc.dim)})")
                 out[present] = emb @ self._targets[enc.name].T
             values[enc.name] = out
-        return SimilarityBatch(values, counts)
+        return values
+
+    def __call__(self, images: Sequence[np.ndarray]) -> SimilarityBatch:
+        located = [self.locate(image, f"coalition image {i}") for i, image in enumerate(images)]
+        counts = np.array([n for _, n in located], dtype=np.int64)
+        return SimilarityBatch(self.score([f for f, _ in located]), counts)
 
 
 class CallableSimilarity:
@@ -254,12 +270,107 @@ def _check_factors(backbone: Backbone, released: Factors, players: Sequence[str]
                          f"(have {sorted(released)})")
 
 
+def _players(backbone: Backbone, released_factors: Factors, factor_names: Sequence[str] | None) -> tuple[str, ...]:
+    players = tuple(factor_names) if factor_names is not None else tuple(backbone.factor_names)
+    if len(set(players)) != len(players):
+        raise ValueError(f"factor_names has duplicates: {players}")
+    _check_factors(backbone, released_factors, players)
+    return players
+
+
+def _full_render_diff(full: np.ndarray, released_image: np.ndarray) -> int:
+    """Max |difference| of the full coalition's render and the released image (warns above 2)."""
+    if full.shape != released_image.shape:
+        diff = 255
+    else:
+        diff = int(np.abs(full.astype(np.int16) - released_image.astype(np.int16)).max())
+    if diff > 2:
+        log.warning("the full coalition's render differs from the released image by up to %d "
+                    "grey levels: the backbone does not reproduce the released face exactly", diff)
+    return diff
+
+
 def build_coalition_table(backbone: Backbone, released_factors: Factors,
                           similarity: CoalitionSimilarity, *,
                           factor_names: Sequence[str] | None = None,
                           released_image: np.ndarray | None = None,
-                          batch_size: int = 16, keep_images: bool = False) -> CoalitionTable:
-    """Render and score all ``2**k`` coalitions once.
+                          batch_size: int = 16, keep_images: bool = False,
+                          workers: int | None = None) -> CoalitionTable:
+    """Render and score all ``2**k`` coalitions once, sharing work between them.
+
+    ``factor_names`` are the players (default: ``backbone.factor_names``).
+    ``released_image`` (optional, ``[H, W, 3]``) is compared with the full
+    coalition's render: a mismatch means the backbone does not reproduce the
+    released face and is logged as a warning.
+
+    Renders share what coalitions have in common (``coalitions.coalition_images``;
+    backbones without shared stages synthesize in batches of ``batch_size``).
+    With an ``EncoderSimilarity``, ``workers`` threads (default: the CPUs this
+    process may use) each render a coalition and locate its face, so that one
+    thread's face detection overlaps another's rendering; then every located
+    face is embedded in one batch per encoder. Other similarities score all
+    images in one call. Same table as ``build_coalition_table_reference``.
+    ``render_seconds`` and ``similarity_seconds`` are summed over threads.
+    """
+    players = _players(backbone, released_factors, factor_names)
+    mean = backbone.population_mean()
+    masks = coalition_masks(len(players))
+    n = masks.shape[0]
+    factors = [coalition_factors(released_factors, mean, players, m) for m in masks]
+    threads = usable_cpus() if workers is None else max(1, int(workers))
+    with ThreadPoolExecutor(threads, thread_name_prefix="ics") if threads > 1 else nullcontext() as pool:
+        t0 = time.perf_counter()
+        coalitions = coalition_images(backbone, factors, pool, batch_size)
+        render_s = time.perf_counter() - t0
+        if isinstance(similarity, EncoderSimilarity):
+            located = map_in(pool, partial(_render_and_locate, coalitions, similarity), range(n))
+            images = [c.image for c in located]
+            render_s += sum(c.render_seconds for c in located)
+            t1 = time.perf_counter()
+            batch = SimilarityBatch(similarity.score([c.face for c in located]),
+                                    np.array([c.face_count for c in located], dtype=np.int64))
+            sim_s = sum(c.locate_seconds for c in located) + time.perf_counter() - t1
+        else:
+            t1 = time.perf_counter()
+            images = [coalitions.image(i) for i in range(n)]
+            t2 = time.perf_counter()
+            batch = similarity(images)
+            render_s += t2 - t1
+            sim_s = time.perf_counter() - t2
+    enc_names = tuple(similarity.encoder_names)
+    values = np.stack([np.asarray(batch.values[name], dtype=np.float32) for name in enc_names])
+    full_diff = _full_render_diff(images[n - 1], released_image) if released_image is not None else -1
+    return CoalitionTable(players, tuple(similarity.donor_ids), enc_names, masks, values,
+                          np.asarray(batch.face_counts, dtype=np.int64), render_s, sim_s, full_diff,
+                          tuple(images) if keep_images else ())
+
+
+@dataclass(frozen=True)
+class _Located:
+    """One coalition's image ``uint8 [H, W, 3]``, its best face (None: no face) and the time each took."""
+
+    image: np.ndarray
+    face: FaceObservation | None
+    face_count: int
+    render_seconds: float
+    locate_seconds: float
+
+
+def _render_and_locate(coalitions: CoalitionImages, similarity: EncoderSimilarity, i: int) -> _Located:
+    t0 = time.perf_counter()
+    image = coalitions.image(i)
+    t1 = time.perf_counter()
+    face, count = similarity.locate(image, f"coalition image {i}")
+    return _Located(image, face, count, t1 - t0, time.perf_counter() - t1)
+
+
+def build_coalition_table_reference(backbone: Backbone, released_factors: Factors,
+                                    similarity: CoalitionSimilarity, *,
+                                    factor_names: Sequence[str] | None = None,
+                                    released_image: np.ndarray | None = None,
+                                    batch_size: int = 16, keep_images: bool = False) -> CoalitionTable:
+    """Reference path of ``build_coalition_table``: each coalition composed and synthesized by the
+    backbone, and scored, in batches of ``batch_size``, one after the other.
 
     ``factor_names`` are the players (default: ``backbone.factor_names``).
     ``released_image`` (optional, ``[H, W, 3]``) is compared with the full
@@ -482,10 +593,10 @@ def identity_contribution_scores(backbone: Backbone, released_factors: Factors,
                                  factor_names: Sequence[str] | None = None,
                                  released_image: np.ndarray | None = None,
                                  missing_face: MissingFaceRule = "baseline",
-                                 batch_size: int = 16) -> ICSResult:
+                                 batch_size: int = 16, workers: int | None = None) -> ICSResult:
     """ICS of one released face: ``build_coalition_table`` then ``compute_ics``."""
     if missing_face not in MISSING_FACE_RULES:
         raise ValueError(f"missing_face must be one of {MISSING_FACE_RULES}, got {missing_face!r}")
     table = build_coalition_table(backbone, released_factors, similarity, factor_names=factor_names,
-                                  released_image=released_image, batch_size=batch_size)
+                                  released_image=released_image, batch_size=batch_size, workers=workers)
     return compute_ics(table, missing_face)

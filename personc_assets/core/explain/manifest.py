@@ -10,7 +10,7 @@ manifest as it is.
 The workspace's ``manifest.json`` is cumulative (``merge_manifest``): one
 entry per release id ever released there, each with the run that released it
 and its status, plus one entry per run; a later run adds to it, never drops
-earlier releases. Revocations (``pipeline/reaudit.py``) mark entries
+earlier releases. Revocations (``pipeline/recheck.py``) mark entries
 ``revoked`` and list them under ``revoked``; ``revoked_releases`` reads them
 back for ``personc verify``. Both writers hold ``manifest.json.lock``.
 """

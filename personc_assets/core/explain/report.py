@@ -425,7 +425,7 @@ def _sim_row(bar: SimilarityBar) -> str:
             f"<span class='muted'>(margin {bar.tau - sim:+.3f})</span>" if math.isfinite(sim)
             else "<b>no score</b>")
     nearest = f"<div class='small muted'>nearest source {_esc(bar.nearest_source)}</div>" if bar.nearest_source else ""
-    role = "" if bar.gating else " <span class='small muted'>(audit only)</span>"
+    role = "" if bar.gating else " <span class='small muted'>(witness)</span>"
     return (f'<div class="simrow"><div><b>{_esc(bar.encoder)}</b>{role}</div>'
             f'<div class="track"><div class="fill" style="width:{width:.1f}%;background:{colour}"></div>'
             f'<div class="tau" style="left:{tau:.1f}%"><span>tau</span></div></div>'

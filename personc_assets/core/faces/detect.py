@@ -2,7 +2,7 @@
 
 Detection runs on a copy shrunk with dlib's own image pyramid to at most
 ``DETECT_MAX_SIDE`` pixels (HOG cost grows with area); the boxes map back to
-exactly what a full-resolution run reports (see ``fast_detect``) and the
+exactly what a full-resolution run reports (see ``pyramid``) and the
 landmarks are fitted at full resolution inside them.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import FaceObservation, check_image
+from .pyramid import full_resolution_box, pyramid_shrink
 
 DETECT_MAX_SIDE = 1024
 
@@ -47,12 +48,18 @@ def _predictor():
     return dlib.shape_predictor(str(dlib_model_path("shape_predictor_68_face_landmarks.dat")))
 
 
+def load_models() -> None:
+    """Load the HOG detector and the 68-point landmark model now (seconds), not on first use."""
+    _detector()
+    _predictor()
+
+
 def detect_faces(image: np.ndarray, max_side: int = DETECT_MAX_SIDE,
                  upsample: int = 0) -> list[FaceObservation]:
     """All faces in ``image`` ``[H, W, 3]``, best detector score first.
 
     Large photos are shrunk with dlib's own pyramid before detection and the
-    boxes mapped back exactly (``fast_detect``), so the result equals a
+    boxes mapped back exactly (``pyramid``), so the result equals a
     full-resolution run; the 68 landmarks are fitted at full resolution.
     """
     import dlib
@@ -64,8 +71,6 @@ def detect_faces(image: np.ndarray, max_side: int = DETECT_MAX_SIDE,
             rects, scores, _ = _detector().run(image, upsample, 0.0)
         boxes = [((r.left(), r.top(), r.right(), r.bottom()), s) for r, s in zip(rects, scores)]
     else:
-        from .fast_detect import full_resolution_box, pyramid_shrink
-
         small, steps = pyramid_shrink(image, max_side)
         with _lock:
             rects, scores, _ = _detector().run(small, 0, 0.0)

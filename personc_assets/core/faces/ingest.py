@@ -11,10 +11,10 @@ the guard indexes it like every other: every photo of a source person
 protects that person. Only what cannot be embedded (no face, several faces,
 an unreadable file, ...) is quarantined.
 
-``iter_ingest`` streams the outcomes in file order while a pool of worker
-processes (one dlib detector each) decodes and aligns the next files, so peak
-memory is bounded by the pool's window, not by the number of photos, and both
-cores of a small machine are busy. ``ingest_folders`` collects the stream into
+``iter_ingest`` streams the outcomes in file order while this process and a
+pool of worker processes (one dlib detector each) decode and align the next
+files, so peak memory is bounded by the pool's window, not by the number of
+photos, and every core of the machine is busy. ``ingest_folders`` collects the stream into
 an ``IngestResult`` (convenient for small sets and tests).
 """
 
@@ -32,7 +32,7 @@ from typing import Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
 from ..types import GROUPS, Group, SourceFace
 from .align import ALIGNED_SIZE, align_face
-from .detect import detect_faces
+from .detect import detect_faces, load_models
 from ..atomic import atomic_save_npz, atomic_save_png
 from .loading import DONOR_CODES, ImageRejected, decode_image
 from .walk import WALK_CODES, list_files
@@ -256,12 +256,14 @@ def plan_jobs(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX,
     return jobs
 
 
-#: Environment variable that sets the number of ingestion workers (default: one per CPU).
+#: Environment variable that sets the number of processes that ingest, this one included
+#: (default: one per CPU).
 WORKERS_ENV = "PERSONC_INGEST_WORKERS"
 
 
 def default_workers() -> int:
-    """Worker processes for ingestion: ``$PERSONC_INGEST_WORKERS``, else the CPUs this process may use."""
+    """Processes that ingest, this one included: ``$PERSONC_INGEST_WORKERS``, else the CPUs this process
+    may use."""
     configured = os.environ.get(WORKERS_ENV, "").strip()
     if configured:
         try:
@@ -279,8 +281,8 @@ def iter_ingest(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX, w
                 progress: Progress | None = None, aligned_dir: Path | None = None) -> Iterator[Outcome]:
     """Stream one outcome per file (file order), de-duplicating by content hash.
 
-    ``workers`` processes decode and align in parallel (default: one per CPU;
-    1 or a handful of files: in this process). At most
+    ``workers`` processes, this one included, decode and align in parallel
+    (default: one per CPU; 1 or a handful of files: this process alone). At most
     ``WINDOW_PER_WORKER * workers`` files are in flight, so memory stays flat.
     With ``aligned_dir``, each accepted face is also saved there by the worker
     that aligned it (``save_aligned``).
@@ -316,8 +318,9 @@ def ingest_folders(folders: Mapping[Group, Path], min_face_px: int = MIN_FACE_PX
     return result
 
 
-def _worker_init() -> None:
-    """One thread per worker: the workers themselves are the parallelism."""
+def _worker_init(warm: bool) -> None:
+    """One thread per worker (the processes are the parallelism); with ``warm``, dlib's models loaded
+    before the worker reports ready (see ``_pooled``)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     try:
         import cv2
@@ -325,50 +328,97 @@ def _worker_init() -> None:
         cv2.setNumThreads(1)
     except Exception:  # pragma: no cover - cv2 is a dependency; threads are only a tuning
         pass
+    if warm:
+        load_models()
 
 
-def _new_pool(workers: int) -> ProcessPoolExecutor:
+def _new_pool(workers: int, warm: bool = False) -> ProcessPoolExecutor:
     # spawn: forking a process that already runs threads (Dagster, torch) can deadlock
     return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_worker_init)
+                               initializer=_worker_init, initargs=(warm,))
 
 
-def _pooled(jobs: Sequence[IngestJob], workers: int) -> Iterator[Accepted | Quarantined]:
-    """Results of ``jobs`` in order, computed by a bounded window of worker processes.
+def _done(outcome: Accepted | Quarantined) -> Future:
+    future: Future = Future()
+    future.set_result(outcome)
+    return future
+
+
+def _pooled(jobs: Sequence[IngestJob], workers: int, run: Callable[[IngestJob], Accepted | Quarantined] = process_job,
+            warm: bool = True) -> Iterator[Accepted | Quarantined]:
+    """``run`` of each of ``jobs`` in order, computed by this process and ``workers - 1`` worker processes
+    (``warm``: that load dlib's models as they start).
+
+    A worker process needs seconds to start (import dlib, load its two models)
+    before it ingests anything: until one is ready this process ingests the
+    files itself, and from then on it takes the next file whenever the oldest
+    file in flight is not done, so no CPU waits for a worker to start. At most
+    ``WINDOW_PER_WORKER * workers`` files are in flight.
 
     A worker that dies (a decoder crashing on a hostile file) breaks the pool:
     the unfinished files are then retried one at a time in a fresh worker, the
     one that crashes again is quarantined as ``worker_crashed``, and the rest
     continue in a new pool.
     """
+    children = workers - 1
     window = WINDOW_PER_WORKER * workers
     pending = collections.deque(jobs)
-    inflight: collections.deque[tuple[IngestJob, Future]] = collections.deque()
-    pool = _new_pool(workers)
+    inflight: collections.deque[tuple[IngestJob, Future, bool]] = collections.deque()  # (job, result, here)
+    pool = _new_pool(children, warm)
+    ready = pool.submit(os.getpid)  # done once a worker has started (and loaded the models)
+    local_only = False  # the pool is out of use
     try:
         while pending or inflight:
-            while pending and len(inflight) < window:
+            if ready.done() and not local_only:
+                local_only = not _feed(pool, run, ready, pending, inflight, WINDOW_PER_WORKER * children, window)
+            if pending and len(inflight) < window and not (inflight and inflight[0][1].done()):
                 job = pending.popleft()
-                inflight.append((job, pool.submit(process_job, job)))
-            job, future = inflight.popleft()
+                inflight.append((job, _done(run(job)), True))
+                continue
+            job, future, here = inflight.popleft()
             try:
                 result = future.result()
             except BrokenProcessPool:
                 pool.shutdown(wait=False, cancel_futures=True)
-                retry = [job, *(j for j, _ in inflight)]
+                unfinished = [(job, future, here), *inflight]
                 inflight.clear()
                 if not _workers_start():
                     log.warning("ingestion worker processes cannot start; ingesting %d files in this process",
-                                len(retry) + len(pending))
-                    yield from map(process_job, [*retry, *pending])
+                                len(unfinished) + len(pending))
+                    yield from (f.result() if h else run(j) for j, f, h in unfinished)
+                    yield from map(run, pending)
                     return
-                for j in retry:
-                    yield _isolated(j)
-                pool = _new_pool(workers)
+                for j, f, h in unfinished:
+                    yield f.result() if h else _isolated(j, run)
+                pool = _new_pool(children, warm)
+                ready = pool.submit(os.getpid)
                 continue
             yield result
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        # a worker still loading its models is not waited for; one that ingested is reaped now
+        pool.shutdown(wait=ready.done() and not pending and not inflight, cancel_futures=True)
+
+
+def _feed(pool: ProcessPoolExecutor, run: Callable[[IngestJob], Accepted | Quarantined], ready: Future,
+          pending: collections.deque, inflight: collections.deque, on_pool: int, window: int) -> bool:
+    """Move pending jobs onto the started ``pool`` until it holds ``on_pool`` of them (and ``inflight``
+    ``window``); False when the pool cannot take work (its workers could not start or died idle)."""
+    if ready.exception() is not None:
+        log.warning("ingestion worker processes cannot start (%s); ingesting in this process", ready.exception())
+        return False
+    room = on_pool - sum(not here for _, _, here in inflight)
+    while pending and room > 0 and len(inflight) < window:
+        job = pending.popleft()
+        try:
+            inflight.append((job, pool.submit(run, job), False))
+        except BrokenProcessPool as exc:
+            pending.appendleft(job)
+            if not any(not here for _, _, here in inflight):
+                log.warning("ingestion worker processes stopped (%s); ingesting in this process", exc)
+                return False
+            break  # the broken future in flight retries its files
+        room -= 1
+    return True
 
 
 def _workers_start() -> bool:
@@ -381,11 +431,11 @@ def _workers_start() -> bool:
         return False
 
 
-def _isolated(job: IngestJob) -> Accepted | Quarantined:
+def _isolated(job: IngestJob, run: Callable[[IngestJob], Accepted | Quarantined]) -> Accepted | Quarantined:
     """Run one job in its own worker so that a crash can be pinned on its file."""
     with _new_pool(1) as solo:
         try:
-            return solo.submit(process_job, job).result()
+            return solo.submit(run, job).result()
         except BrokenProcessPool:
             log.error("ingesting %s crashed a worker process; quarantined", job.path)
             return Quarantined(job.path, job.group, "worker_crashed",

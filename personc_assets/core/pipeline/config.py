@@ -2,43 +2,70 @@
 
 from __future__ import annotations
 
+import collections.abc
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
 
-from ..encoders.base import Encoder
 
-#: The seed's ``--tau 0.4`` is an ArcFace cosine; a bare tau applies to this encoder only.
-BARE_TAU_ENCODER = "arcface"
+def setting(default: Any, help: str) -> Any:
+    """A ``RunConfig`` field: its default (an empty dict is made fresh per instance) and its help text.
+
+    The help text is what ``personc demo --help`` and the Dagster launchpad show for the field.
+    """
+    if isinstance(default, dict):
+        if default:
+            raise ValueError("a setting's dict default must be empty (dataclass defaults are shared)")
+        return field(default_factory=dict, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that determines a run's outputs (hashed into lineage)."""
+    """Everything that determines a run's outputs (hashed into lineage).
 
-    out_dir: str = "data/out"
-    sources_a: str | None = None          # None: the demo sources
-    sources_b: str | None = None
-    backbone: str = "morphable"
-    backbone_options: Mapping[str, Any] = field(default_factory=dict)
-    encoders: tuple[str, ...] | None = None  # None: every encoder whose weights are present
-    audit_encoders: tuple[str, ...] = ()  # measured and reported, never gating
-    encoder_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per encoder factory
-    weights_dir: str = "weights"
-    taus: Mapping[str, float] = field(default_factory=dict)  # per encoder name
-    bare_tau: float | None = None         # ``--tau 0.4``: ArcFace scale
-    target_fmr: float | None = None       # tau from the stored calibration for this FMR per face
-    num_samples: int = 5
-    max_attempts: int = 20                # candidates tried per released slot
-    seed: int = 0
-    min_face_px: int = 64
-    recipe_options: Mapping[str, Any] = field(default_factory=dict)
-    novelty: Mapping[str, Any] = field(default_factory=dict)  # ``core.novelty.NoveltyConfig`` fields
-    attribution_maps: bool = True         # occlusion maps in the reports (a few seconds per face)
-    report_sources: str = "thumbnails"    # or "withheld": reports never show source faces
+    The one place a run setting, its default and its validation are declared:
+    the Dagster resource, the runner and the CLI derive theirs from these
+    fields (``run_settings``).
+    """
+
+    out_dir: str = setting("data/out", "folder for every generated file")
+    sources_a: str | None = setting(None, "folder of group A photos (unset with sources_b: the demo photos)")
+    sources_b: str | None = setting(None, "folder of group B photos")
+    backbone: str = setting("morphable", "generative backbone: 'morphable' (embedded) or 'stylegan2'")
+    backbone_options: Mapping[str, Any] = setting({}, "backbone factory options, e.g. "
+                                                  '{"weights": "weights/ffhq.pkl", "projection_steps": 100}')
+    encoders: tuple[str, ...] | None = setting(None, "encoders that gate releases (default: every encoder "
+                                               "whose weights exist)")
+    audit_encoders: tuple[str, ...] = setting((), "encoders that are measured and reported but never gate a "
+                                              "release (their leakage rate is the honest estimate of what "
+                                              "the guard missed)")
+    encoder_options: Mapping[str, Mapping[str, Any]] = setting({}, "options per encoder factory, e.g. "
+                                                               '{"magface": {"arch": "iresnet50"}}')
+    weights_dir: str = setting("weights", "folder of encoder weights (see weights/README.md)")
+    taus: Mapping[str, float] = setting({}, 'tau per encoder name, e.g. {"dlib": 0.9}')
+    bare_tau: float | None = setting(None, "a tau without encoder name: ArcFace cosine scale, applied to "
+                                     "ArcFace only")
+    target_fmr: float | None = setting(None, "set each encoder's tau from its stored calibration (personc "
+                                       "calibrate --db) for this false-match rate per released face over all "
+                                       "sources (faces of nobody in the sources rejected as one of them: a "
+                                       "cost in released faces, not a bound on leaks); never above the "
+                                       "calibrated same-person minimum nor the encoder's default tau (set a "
+                                       "tau by value for a laxer one)")
+    num_samples: int = setting(5, "faces to release")
+    max_attempts: int = setting(20, "candidates tried per released face")
+    seed: int = setting(0, "recipe sampling seed")
+    min_face_px: int = setting(64, "smallest accepted face width in source pixels")
+    recipe_options: Mapping[str, Any] = setting({}, "recipe sampler knobs (core.recipes.SamplerKnobs fields)")
+    novelty: Mapping[str, Any] = setting({}, "novelty step knobs (core.novelty.NoveltyConfig fields)")
+    attribution_maps: bool = setting(True, "occlusion maps in the per-face reports (a few seconds per face)")
+    report_sources: str = setting("thumbnails", "'thumbnails' or 'withheld': whether reports show the "
+                                  "donors' aligned faces")
 
     def __post_init__(self) -> None:
+        if self.encoders is not None and not self.encoders:  # empty means unset: every encoder with weights
+            object.__setattr__(self, "encoders", None)
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
         if self.max_attempts < 1:
@@ -60,64 +87,53 @@ class RunConfig:
         d["recipe_options"] = dict(self.recipe_options)
         return d
 
-
-#: Where a tau came from: ``--tau NAME=VALUE``, a bare ``--tau`` (ArcFace scale), a stored
-#: calibration for ``--target-fmr``, or the encoder's default.
-TauSource = Literal["explicit", "bare", "calibrated", "default"]
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """The config of ``values`` (``as_dict``'s inverse; JSON lists become the tuples of tuple fields)."""
+        known = {s.name: s for s in run_settings()}
+        unknown = set(values) - set(known)
+        if unknown:
+            raise ValueError(f"unknown run setting(s) {', '.join(sorted(unknown))}; known: {', '.join(known)}")
+        return cls(**{name: tuple(v) if known[name].is_sequence and v is not None else v
+                      for name, v in values.items()})
 
 
 @dataclass(frozen=True)
-class TauChoice:
-    encoder: str
-    tau: float
-    why: str
-    source: TauSource = "default"
+class Setting:
+    """One ``RunConfig`` field as the entry points see it."""
+
+    name: str
+    type: Any          # the annotation, e.g. ``tuple[str, ...] | None``
+    default: Any       # a fresh copy for mutable defaults
+    help: str
+
+    @property
+    def optional(self) -> bool:
+        """``None`` is a valid value."""
+        return type(None) in get_args(self.type)
+
+    @property
+    def value_type(self) -> Any:
+        """The annotation without ``None``: ``str | None`` → ``str``."""
+        args = [a for a in get_args(self.type) if a is not type(None)] if self.optional else [self.type]
+        return args[0]
+
+    @property
+    def is_sequence(self) -> bool:
+        """A ``tuple[X, ...]`` field (a list in JSON and Dagster config)."""
+        return get_origin(self.value_type) is tuple
+
+    @property
+    def is_mapping(self) -> bool:
+        """A ``Mapping[str, X]`` field (a JSON object)."""
+        return get_origin(self.value_type) is collections.abc.Mapping
 
 
-def resolve_taus(encoders: list[Encoder], taus: Mapping[str, float], bare_tau: float | None,
-                 calibrated: Mapping[str, TauChoice] | None = None) -> dict[str, TauChoice]:
-    """Pick each encoder's tau on its own scale and say why.
-
-    An explicit ``name=value`` wins; a bare value applies only to ArcFace
-    (whose cosine scale it is given on); then a calibrated tau for a target
-    false-match rate (see ``thresholds.py``), never laxer than the encoder's
-    default (``never_laxer_than_default``); otherwise the encoder's default.
-    Only a tau given by value may loosen the guard.
-    """
-    unknown = set(taus) - {e.name for e in encoders}
-    if unknown:
-        raise ValueError(f"tau given for encoder(s) not in use: {', '.join(sorted(unknown))}; "
-                         f"encoders in use: {', '.join(e.name for e in encoders)}")
-    out = {}
-    for enc in encoders:
-        if enc.name in taus:
-            out[enc.name] = TauChoice(enc.name, float(taus[enc.name]), "set explicitly", "explicit")
-        elif bare_tau is not None and enc.name == BARE_TAU_ENCODER:
-            out[enc.name] = TauChoice(enc.name, float(bare_tau), "--tau (ArcFace cosine scale)", "bare")
-        elif calibrated and enc.name in calibrated:
-            out[enc.name] = never_laxer_than_default(calibrated[enc.name], enc)
-        else:
-            why = f"default: {enc.tau_rationale}"
-            if bare_tau is not None:
-                why = (f"--tau {bare_tau} is an ArcFace-scale cosine and is not applied to {enc.name}; "
-                       + why)
-            out[enc.name] = TauChoice(enc.name, float(enc.default_tau), why)
-    return out
-
-
-def never_laxer_than_default(choice: TauChoice, encoder: Encoder) -> TauChoice:
-    """``choice`` (a calibrated tau) capped at ``encoder``'s default tau.
-
-    A higher tau lets closer look-alikes of a source through; a calibration
-    may tighten the guard, never loosen it.
-    """
-    default = float(encoder.default_tau)
-    if choice.tau <= default:
-        return replace(choice, source="calibrated")
-    return TauChoice(encoder.name, default, (
-        f"{choice.why}; that tau ({choice.tau:.3f}) would be laxer than the default {default:.3f}, which is kept: "
-        f"a calibration never loosens the guard (give --tau {encoder.name}=VALUE to choose a laxer tau)"),
-        "calibrated")
+def run_settings() -> tuple[Setting, ...]:
+    """``RunConfig``'s fields in declaration order, with their types, defaults and help texts."""
+    hints = get_type_hints(RunConfig)
+    return tuple(Setting(f.name, hints[f.name], f.default_factory() if f.default is MISSING else f.default,
+                         f.metadata["help"]) for f in fields(RunConfig))
 
 
 class Workspace:

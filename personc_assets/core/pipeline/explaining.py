@@ -25,16 +25,17 @@ from ..explain import (AttributionPanel, DonorPanel, DonorRecord, EncoderRecord,
                        SimilarityBar, face_occlusion_map, gallery_markdown, ics_digest, ics_markdown,
                        identity_contribution_scores, merge_manifest, save_overlay_png, write_face_report,
                        write_run_report)
+from ..ensemble import embed_sources
 from ..faces.detect import detect_faces
 from ..lineage.store import LineageStore
 from ..values import checked
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
-from . import reaudit
+from . import recheck
 from .generation import CandidateFactory
-from .modeling import FactorDecompositions
-from .indexing import EmbeddingIndexes, build_encoders, embed_sources
+from .indexing import EmbeddingIndexes, build_encoders
 from .judging import GuardVerdicts, ReleasedFace
+from .modeling import FactorDecompositions
 from .sources import SourceEntry, SourceSet
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
         config_hash=config_hash(cfg.as_dict()),
         sources=dict(Counter(e.group for e in sources.entries)))
     manifest_sha = merge_manifest(ws.manifest, manifest)  # cumulative: earlier runs' releases stay listed
-    reaudit.sync_manifests(store, [ws.root])  # keep revocations recorded by earlier audits
+    recheck.sync_manifests(store, [ws.root])  # keep revocations recorded by earlier rechecks
     return IcsReports(tuple(explained), str(ws.manifest), manifest_sha, str(report_path), run_report.pass_rate,
                       gallery_markdown([(rid, img) for rid, img, _ in gallery]))
 

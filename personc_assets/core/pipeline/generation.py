@@ -20,6 +20,7 @@ import numpy as np
 from ..atomic import atomic_save_npz, atomic_save_png, load_npz
 from ..novelty import LinearisedBackbone, NoveltyConfig, NoveltySearch
 from ..faces.loading import pixel_hash
+from ..faces.occluders import occluders
 from ..lineage.store import LineageStore, now
 from ..recipes import (describe_donors, mix_factors, new_roles, recipe_from_json, recipe_json,
                        sample_recipes)
@@ -106,10 +107,14 @@ class CandidateFactory:
         self.mean = decompositions.load_mean()
         embeddings = source_embeddings(store, sources, indexes)
         persons = persons_by_embedding(embeddings, indexes.person_index().tau)
-        self.donors = describe_donors(sources.load_faces(), self.factors, labels=persons, embeddings=embeddings,
-                                      classes=dict(indexes.source_classes) or None)
+        faces = sources.load_faces()
+        self.donors = describe_donors(faces, self.factors, labels=persons, embeddings=embeddings,
+                                      classes=dict(indexes.source_classes) or None,
+                                      covered={f.content_hash: occluders(f.aligned, f.landmarks) for f in faces},
+                                      appearance_factors=self.backbone.factor_roles.appearance)
         self.person_of = {d.content_hash: d.person for d in self.donors}
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
+        self.recipe_knobs = {"context_visible": self.backbone.shows_context, **dict(cfg.recipe_options)}
         self.novelty, self.protected = self._novelty_search(store, sources, indexes)
 
     def _novelty_search(self, store: LineageStore, sources: SourceSet,
@@ -145,7 +150,7 @@ class CandidateFactory:
             seed = int.from_bytes(hashlib.sha256(tag.encode()).digest()[:8], "big")
             recipe = sample_recipes(self.donors, self.backbone.factor_names, 1, seed,
                                     context_rank=slot + attempt + k // DRAWS_PER_CONTEXT,
-                                    **dict(self.cfg.recipe_options))[0]
+                                    roles=self.backbone.factor_roles, **self.recipe_knobs)[0]
             novelty = new_roles(recipe, released, self.person_of, NOVEL_PARTS)
             if novelty >= MIN_NEW_ROLES:
                 return recipe

@@ -8,26 +8,24 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from ..atomic import atomic_write_text
 from ..encoders.base import ENCODERS, Encoder
-from ..faces.detect import face_from_landmarks
+from ..ensemble import TauChoice, embed_sources, resolve_taus
 from ..index import EmbeddingIndex, IndexManifest, source_set_hash
 from ..lineage.store import LineageStore
-from ..types import SourceFace
 from ..values import checked
-from .config import RunConfig, TauChoice, Workspace, resolve_taus
+from .config import RunConfig, Workspace
 from .sources import SourceSet
 from .thresholds import calibrated_taus
 
 log = logging.getLogger(__name__)
-
-BATCH = 64  # faces per encoder call and per lineage transaction
 
 #: Encoder whose tau says "same person" when grouping source photos into people and matching
 #: donors: dlib's, calibrated on real photos, when it is in the run; else the first encoder.
@@ -136,27 +134,6 @@ def _load_encoders(names: tuple[str, ...] | None, weights_dir: str, options_json
     return tuple(encoders), tuple(SkippedIndex(s.name, s.reason) for s in skipped)
 
 
-def embed_sources(encoder: Encoder, faces: Sequence[SourceFace], store: LineageStore, run_id: str,
-                  progress: Callable[[int, int, str], None] | None = None) -> np.ndarray:
-    """``[N, D]`` embeddings of ``faces`` (aligned crops), from the cache where possible."""
-    hashes = [f.content_hash for f in faces]
-    cached = store.embeddings(encoder.version, hashes)
-    todo = [f for f in faces if f.content_hash not in cached]
-    for start in range(0, len(todo), BATCH):
-        batch = todo[start:start + BATCH]
-        if progress:
-            progress(start + len(batch), len(todo), encoder.name)
-        vecs = encoder.embed([face_from_landmarks(f.aligned, f.landmarks) for f in batch])
-        if vecs.shape != (len(batch), encoder.dim) or not np.all(np.isfinite(vecs)):
-            raise RuntimeError(f"encoder {encoder.name} returned invalid embeddings {vecs.shape}")
-        rows = [{"content_hash": f.content_hash, "encoder": encoder.name, "encoder_version": encoder.version,
-                 "vector": v.tolist(), "run_id": run_id} for f, v in zip(batch, vecs)]
-        with store.transaction() as tx:
-            tx.upsert("embeddings", rows)
-        cached.update({f.content_hash: v for f, v in zip(batch, vecs)})
-    return np.stack([np.asarray(cached[h], dtype=np.float32) for h in hashes])
-
-
 def embed_source_set(encoder: Encoder, sources: SourceSet, store: LineageStore, run_id: str,
                      progress: Callable[[int, int, str], None] | None = None,
                      batch_size: int = 256) -> np.ndarray:
@@ -216,7 +193,8 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
                                       "count": count, "index_path": str(path), "run_id": run_id}])
         out.append(EncoderIndex(enc.name, enc.version, str(path), index.manifest.kind,
                                 enc.name not in cfg.audit_encoders, count, enc.dim, taus[enc.name]))
-    return EmbeddingIndexes(tuple(out), tuple(skipped), sources.source_set_hash, source_classes(sources))
+    return EmbeddingIndexes(tuple(out), tuple(skipped), sources.source_set_hash,
+                            source_classes(sources, ws.indexes / CLASSES_FILE))
 
 
 def source_embeddings(store: LineageStore, sources: SourceSet, indexes: EmbeddingIndexes) -> dict[str, np.ndarray]:
@@ -243,21 +221,48 @@ def persons_by_embedding(embeddings: dict[str, np.ndarray], tau: float) -> dict[
     return persons_from_embeddings(hashes, np.stack([embeddings[h] for h in hashes]), tau)
 
 
-def source_classes(sources: SourceSet) -> dict[str, str]:
+#: Gender labels of source photos, per labeller version and content hash (beside the indexes).
+CLASSES_FILE = "source_classes.json"
+
+
+def source_classes(sources: SourceSet, cache: Path | None = None) -> dict[str, str]:
     """Gender of each source from the bundled age/gender models, or ``{}`` when not installed.
 
     The recipe sampler keeps texture, eyes and mouth within one class:
     mixing across sexes is what made faces look broken (beards on made-up faces).
+    With ``cache`` (a JSON file), each photo is labelled once per labeller
+    version: when every source was labelled before, the labeller is not loaded.
     """
-    from ..privacy.attributes import AgeGenderLabeller, LabellerUnavailableError
+    from ..privacy.attributes import AgeGenderLabeller, LabellerUnavailableError, verify_bundled_models
 
     try:
-        labeller = AgeGenderLabeller()
+        version = verify_bundled_models()
     except LabellerUnavailableError as exc:
         log.warning("donor gender matching off: %s", exc)
         return {}
-    out = {}
-    for faces in sources.iter_faces():
-        labels = labeller.label([f.aligned for f in faces])
-        out.update({f.content_hash: a.gender for f, a in zip(faces, labels) if a is not None})
-    return out
+    known = _stored_classes(cache, version)
+    missing = tuple(e for e in sources.entries if e.content_hash not in known)
+    if missing:
+        try:
+            labeller = AgeGenderLabeller()
+        except LabellerUnavailableError as exc:
+            log.warning("donor gender matching off: %s", exc)
+            return {}
+        for faces in replace(sources, entries=missing).iter_faces():
+            labels = labeller.label([f.aligned for f in faces])
+            known.update({f.content_hash: a.gender if a is not None else None for f, a in zip(faces, labels)})
+        if cache is not None:
+            atomic_write_text(cache, json.dumps({"labeller": version, "classes": known}, sort_keys=True))
+    return {h: known[h] for h in sources.hashes() if known[h] is not None}
+
+
+def _stored_classes(cache: Path | None, version: str) -> dict[str, str | None]:
+    """``{content_hash: gender or None (no face found)}`` stored by ``version``; ``{}`` when none."""
+    if cache is None or not cache.is_file():
+        return {}
+    try:
+        stored = json.loads(cache.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring unreadable %s (%s); labelling the sources again", cache, exc)
+        return {}
+    return dict(stored["classes"]) if stored.get("labeller") == version else {}

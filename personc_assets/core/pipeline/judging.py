@@ -16,11 +16,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..atomic import load_npz
+from ..ensemble import guard_from_indexes
 from ..gates import RealismCheck, ReuseCheck, reuse_photos, thresholds_for_sources
-from ..guard import PASS, REJECT, Guard, GuardMember, Verdict
+from ..guard import PASS, REJECT, Guard, Verdict
 from ..reuse import ReuseIndex
 from ..transforms import BENIGN_TRANSFORMS
-from ..index import EmbeddingIndex, IndexManifest
 from ..lineage.store import LineageStore, now
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
 from ..release import release_id_for
@@ -29,8 +29,8 @@ from ..values import checked
 from ..versioning import code_version
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory, GeneratedCandidates
-from .modeling import FactorDecompositions
 from .indexing import EmbeddingIndexes, build_encoders
+from .modeling import FactorDecompositions
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,8 @@ class GuardVerdicts:
     generation_id: str
     released: tuple[ReleasedFace, ...]
     attempts: tuple[JudgedAttempt, ...]
-    audit_leakage_rate: Mapping[str, float]   # audit-only encoder -> share of releases at or above its tau
-    audit_unverified: Mapping[str, int]       # audit-only encoder -> releases it could not measure
+    witness_leakage_rate: Mapping[str, float]  # witness encoder -> share of releases at or above its tau
+    witness_unverified: Mapping[str, int]      # witness encoder -> releases it could not measure
     num_samples: int
     max_attempts: int
 
@@ -152,16 +152,17 @@ class GuardVerdicts:
         return {"generation_id": self.generation_id, "released": [r.as_dict() for r in self.released],
                 "attempts": [a.as_dict() for a in self.attempts],
                 "unreleased": [u.as_dict() for u in self.unreleased],
-                "audit_leakage_rate": dict(self.audit_leakage_rate), "audit_unverified": dict(self.audit_unverified),
+                "witness_leakage_rate": dict(self.witness_leakage_rate),
+                "witness_unverified": dict(self.witness_unverified),
                 "num_samples": self.num_samples, "max_attempts": self.max_attempts, "pass_rate": self.pass_rate}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "GuardVerdicts":
-        d = checked(d, "GuardVerdicts", ASSET, ("generation_id", "released", "attempts", "audit_leakage_rate",
-                                                "audit_unverified", "num_samples", "max_attempts"), cls.DERIVED)
+        d = checked(d, "GuardVerdicts", ASSET, ("generation_id", "released", "attempts", "witness_leakage_rate",
+                                                "witness_unverified", "num_samples", "max_attempts"), cls.DERIVED)
         return cls(d["generation_id"], tuple(ReleasedFace.from_dict(r) for r in d["released"]),
-                   tuple(JudgedAttempt.from_dict(a) for a in d["attempts"]), dict(d["audit_leakage_rate"]),
-                   dict(d["audit_unverified"]), int(d["num_samples"]), int(d["max_attempts"]))
+                   tuple(JudgedAttempt.from_dict(a) for a in d["attempts"]), dict(d["witness_leakage_rate"]),
+                   dict(d["witness_unverified"]), int(d["num_samples"]), int(d["max_attempts"]))
 
 
 def reuse_index(ws: Workspace, sources: SourceSet) -> ReuseIndex:
@@ -186,32 +187,14 @@ def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, index
 
 
 def build_guard(cfg: RunConfig, indexes: EmbeddingIndexes, source_set_hash: str | None = None) -> Guard:
-    """The ensemble: each encoder with its index (a missing or stale index → every check rejects).
+    """The run's identity ensemble over its saved indexes (``ensemble.guard_from_indexes``).
 
     ``source_set_hash`` is the current ``source_images`` hash: an index built over another
     source set is stale even when it matches ``indexes``. None trusts ``indexes.source_set_hash``.
     """
     encoders, _ = build_encoders(cfg)
-    current = source_set_hash or indexes.source_set_hash
-    unknown = set(cfg.audit_encoders) - {e.name for e in encoders}
-    if unknown:
-        raise ValueError(f"audit-only encoder(s) {', '.join(sorted(unknown))} are not in use; "
-                         f"encoders in use: {', '.join(e.name for e in encoders)}")
-    members = []
-    for enc in encoders:
-        gating = enc.name not in cfg.audit_encoders
-        info = indexes.get(enc.name)
-        if info is None:
-            members.append(GuardMember(enc, None, enc.default_tau, gating, f"no index built for {enc.name}"))
-            continue
-        expect = IndexManifest(enc.name, enc.version, current, info.count, enc.dim)
-        try:
-            index = EmbeddingIndex.load(Path(info.index_path), expect)
-            members.append(GuardMember(enc, index, info.tau, gating))
-        except Exception as exc:
-            log.error("index for %s unusable, every candidate will be rejected: %s", enc.name, exc)
-            members.append(GuardMember(enc, None, info.tau, gating, str(exc)))
-    return Guard(members)
+    return guard_from_indexes(encoders, indexes.indexes, source_set_hash or indexes.source_set_hash,
+                              cfg.audit_encoders)
 
 
 def verdict_rows(v: Verdict, run_id: str) -> list[dict[str, Any]]:
@@ -285,7 +268,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         pending = factory.make(retry, released_recipes, guard.released_embeddings("dlib")) if retry else []
         if pending:
             factory.save(store, pending, run_id)
-    leakage, unverified = audit_rates(released, cfg.audit_encoders)
+    leakage, unverified = witness_rates(released, cfg.audit_encoders)
     return GuardVerdicts(factory.gen_id, tuple(released), tuple(attempts), leakage, unverified, cfg.num_samples,
                          cfg.max_attempts)
 
@@ -346,13 +329,13 @@ def _remember_earlier_releases(guard: Guard, store: LineageStore, generation: st
         log.info("new faces must also differ from %d earlier releases", len(images))
 
 
-def audit_rates(released: Sequence[ReleasedFace],
-                audit_encoders: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
-    """Per audit-only encoder: the share of releases it finds at or above its tau, and how many
+def witness_rates(released: Sequence[ReleasedFace],
+                  witnesses: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per witness encoder: the share of releases it finds at or above its tau, and how many
     releases it could not measure (an encoder that failed is unverified, never "no leak")."""
     n = max(1, len(released))
-    leakage = {enc: sum(r.reaches_tau(enc) for r in released) / n for enc in audit_encoders}
-    unverified = {enc: sum(r.similarity[enc] is None for r in released) for enc in audit_encoders}
+    leakage = {enc: sum(r.reaches_tau(enc) for r in released) / n for enc in witnesses}
+    unverified = {enc: sum(r.similarity[enc] is None for r in released) for enc in witnesses}
     return leakage, unverified
 
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 from scipy.stats import norm
 
 from ..calibration import per_pair_target
+from ..ensemble import TauChoice
 from ..lineage.store import LineageStore
-from .config import TauChoice
 
 
 def calibrated_taus(store: LineageStore, encoders: dict[str, str], target_fmr: float,

@@ -7,6 +7,7 @@
   attribute coordinates with a DuckDB privacy ledger.
 """
 
+from ..lineage.privacy import PRIVACY_TABLES, ensure_privacy_schema
 from .anonymize import Anonymized, AnonymizeKnobs, Anonymizer, measure_strength_curve, strength_alphas
 from .attributes import (AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError,
                          fit_direction)
@@ -15,7 +16,6 @@ from .cancelable import (Assessment, CancelableEnroller, CancelableKeyError, Can
                          measure_properties)
 from .disentangle import FactorRanking, rank_factors
 from .dp import BudgetExceededError, DPSpec, PrivacyBudget, PrivacyLedger, measure_accuracy, privatize_factors
-from .lineage import PRIVACY_TABLES, ensure_privacy_schema
 from .population import FactorScale, IdentityProbe, Population, context_frame
 
 __all__ = [

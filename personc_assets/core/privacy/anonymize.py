@@ -92,8 +92,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..faces.align import estimate_yaw
 from ..guard import Guard, Verdict
-from ..recipes import estimate_yaw, make_recipe, mix_factors, mouth_openness
+from ..recipes import make_recipe, mix_factors, mouth_openness
 from ..types import Factors, Recipe, SourceFace
 from .attributes import AgeGenderLabeller, FaceAttributes
 from .disentangle import FactorRanking

@@ -54,10 +54,10 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from ..lineage.privacy import ensure_privacy_schema, upsert
 from ..lineage.store import LineageStore, now
 from ..types import Factors
 from .attributes import AttributeDirection
-from .lineage import ensure_privacy_schema, upsert
 from .population import FactorScale
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ from typing import Any, Mapping, Sequence
 from ..atomic import atomic_save_npz, atomic_save_png, atomic_write_text, load_npz
 from ..explain.manifest import DonorRecord, ReleaseManifest, ReleaseRecord, RunFigures, merge_manifest
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
+from ..lineage.privacy import ensure_privacy_schema, upsert
 from ..lineage.store import LineageStore, now
 from ..pipeline import indexing, judging, modeling, sources
 from ..pipeline.config import RunConfig, Workspace
@@ -30,7 +31,6 @@ from .attributes import AgeGenderLabeller, AttributeDirection, FaceAttributes, L
 from .cancelable import Assessment
 from .disentangle import rank_factors
 from .dp import DPSpec, PrivacyLedger, check_held_out, guarantee, privatize_factors
-from .lineage import ensure_privacy_schema, upsert
 from .population import FactorScale, IdentityProbe, Population, context_frame
 from .results import (AnonymizedFace, AnonymizedFaces, CancelableTemplate, CancelableTemplates, DPRefusal,
                       DPReleasedFace, DPReleases, RecordedRanking)

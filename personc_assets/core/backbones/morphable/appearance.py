@@ -96,6 +96,25 @@ def region_masks(points: np.ndarray, size: tuple[int, int],
     return {k: (v / over).astype(np.float32) for k, v in masks.items()}
 
 
+#: The parts of a face whose colour is not skin colour: each eye, each brow, the lips
+#: (dlib-68 indices), tighter than ``REGION_LANDMARKS``: lids and the skin around them are skin.
+FEATURE_PARTS: tuple[tuple[int, ...], ...] = (
+    tuple(range(36, 42)), tuple(range(42, 48)), tuple(range(17, 22)), tuple(range(22, 27)),
+    tuple(range(48, 60)))
+
+
+def feature_mask(points: np.ndarray, size: tuple[int, int], grow: float = 0.06,
+                 feather: float = 0.05) -> np.ndarray:
+    """Soft mask ``float32 [H, W]`` of the eyes, brows and lips of dlib-68 ``points``;
+    ``grow`` and ``feather`` in inter-ocular units."""
+    pts = np.asarray(points, np.float64)
+    iod = interocular(pts)
+    hard = np.zeros(size, np.uint8)
+    for idx in FEATURE_PARTS:
+        hard |= _hull_mask(pts[list(idx)], size)
+    return _grow_and_feather(hard, grow * iod, feather * iod)
+
+
 def face_mask(points: np.ndarray, size: tuple[int, int], grow: float = 0.0,
               feather: float = 0.0, forehead: float = 1.0) -> np.ndarray:
     """Mask ``float32 [H, W]`` of the face: hull of jaw and forehead points.

@@ -14,7 +14,7 @@ Latent of one face (all ``float32`` unless noted)::
     mouth           [Km + 1]   mouth region PCA coefficients, then the mouth
                                opening (inner-lip gap); both in normalised shape units
     pose            [4]        similarity (a, b, tx, ty) of the face in the crop
-    yaw             [1]        head-turn estimate (see ``recipes.estimate_yaw``)
+    yaw             [1]        head-turn estimate (see ``faces.align.estimate_yaw``)
     context         uint8 [S, S, 3]  the photo that supplies hair, ears, neck, background
     context_points  [68, 2]    landmarks of ``context`` (crop pixels)
 
@@ -56,11 +56,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ...recipes import estimate_yaw
+from ...faces.align import estimate_yaw
 from ...types import Latent, SourceFace, check_image, check_landmarks
-from ..base import BACKBONES, FACTOR_NAMES, BackboneError, Projection
-from .appearance import (REGION_NAMES, AppearanceModel, Region, face_mask, fit_appearance, interocular,
-                         region_masks)
+from ..base import BACKBONES, FACTOR_NAMES, FACTOR_ROLES, BackboneError, FactorRoles, Projection
+from .appearance import (REGION_NAMES, AppearanceModel, Region, face_mask, feature_mask, fit_appearance,
+                         interocular)
 from .blend import detail_layer, laplacian_blend, soft_light_match, to_uint8
 from .shape import (EYE_DIRECTION, MOUTH_DIRECTION, PCA, ShapeModel, apply_pose, eye_aperture,
                     fit_shape_model, full_points, inner_lip_gap, uncross_lips)
@@ -152,6 +152,14 @@ class MorphableConfig:
     #: lips keep their colour.
     harmonise: float = 1.0
     harmonise_sigma: float = 0.5
+    #: neutral frame: width (iod) of the band inside the oval's edge over which the face fades
+    #: from its own appearance to the population's mean: strands of a donor's hair that fall
+    #: over the temples and cheeks (no occluder test catches them) end there (0 = off)
+    periphery_fade: float = 0.25
+    #: neutral frame: draw every face with closed lips; the mouth factor keeps its lips' shape and
+    #: colour but not its opening: a donor's teeth and mouth cavity, warped through the mean frame
+    #: onto another opening, read as fangs or a dark hole
+    closed_mouth: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size < 64:
@@ -173,6 +181,8 @@ class MorphableConfig:
             raise ValueError(f"yaw_ridge must be > 0, got {self.yaw_ridge}")
         if self.frame not in FRAMES:
             raise ValueError(f"frame must be one of {FRAMES}, got {self.frame!r}")
+        if self.periphery_fade < 0:
+            raise ValueError(f"periphery_fade must be ≥ 0, got {self.periphery_fade}")
         if not 0.5 <= self.zoom <= 2.5:
             raise ValueError(f"zoom must be in [0.5, 2.5], got {self.zoom}")
         if len(self.backdrop) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.backdrop):
@@ -205,6 +215,7 @@ class MorphableBackbone:
 
     name = "morphable"
     factor_names: tuple[str, ...] = FACTOR_NAMES
+    factor_roles: FactorRoles = FACTOR_ROLES
 
     def __init__(self, config: MorphableConfig | None = None) -> None:
         self.config = config or MorphableConfig()
@@ -298,6 +309,11 @@ class MorphableBackbone:
         self._geo_yaw2 = ((w * y2) @ (sym - np.average(sym, axis=0, weights=w))
                           / (np.sum(w * y2 ** 2) + ridge)).astype(np.float32)
 
+    @property
+    def shows_context(self) -> bool:
+        """The context frame pastes the face into the context photo; the neutral frame shows none."""
+        return self.config.frame == "context"
+
     def mean_points(self) -> np.ndarray:
         """Mean shape ``[68, 2]`` in crop pixels (the mean frame's landmarks)."""
         shape = self._require_shape()
@@ -386,6 +402,7 @@ class MorphableBackbone:
         self._load_arrays(a, str(path))
 
     def _load_arrays(self, a: Mapping[str, np.ndarray], path: str) -> None:
+        self.__dict__.pop("_core_mask", None)  # derived from the mean shape being replaced
         if "version" not in a or int(a["version"]) != STATE_VERSION:
             raise BackboneError(f"{path} is not a morphable state of version {STATE_VERSION}; refit")
         expected = ["config", "shape_mean", "mean_pose", "triangles", "app_pixels", "texture_basis"]
@@ -544,7 +561,8 @@ class MorphableBackbone:
         """Landmarks ``[68, 2]`` of the face drawn frontal and upright in the mean pose, zoomed."""
         mouth = np.asarray(latent["mouth"], np.float64)
         eyes = np.asarray(latent["eyes"], np.float64)
-        sym = (np.asarray(latent["geometry"], np.float64) + mouth[-1] * self._geo_mouth
+        opening = 0.0 if self.config.closed_mouth else mouth[-1]
+        sym = (np.asarray(latent["geometry"], np.float64) + opening * self._geo_mouth
                + eyes[-1] * self._geo_eyes)
         pts = self._require_shape().decode(sym, np.asarray(latent["symmetry"], np.float64), self._mean_pose)
         s = self.image_size
@@ -576,10 +594,37 @@ class MorphableBackbone:
         """``float32 [S, S, 3]``: the modelled face only, under the mean light, on the backdrop."""
         s = self.image_size
         pts = self._neutral_points(latent)
-        texture = self._require_app().decode(self._appearance(latent))
+        app = self._require_app()
+        texture = self._fade(app.decode(self._appearance(latent)), pts)
         face = warp_image(texture, full_points(self.mean_points(), s), full_points(pts, s), self._triangles)
         oval = self._oval(pts)
         return self._restore(oval * face + (1.0 - oval) * self._backdrop(), oval, self._skin(pts, oval))
+
+    def _core(self) -> np.ndarray | None:
+        """``float32 [S, S, 1]`` in the mean frame: 1 inside the face, falling to 0 over the
+        ``periphery_fade`` band inside the oval's edge (None when the fade is off)."""
+        cfg = self.config
+        if cfg.periphery_fade <= 0:
+            return None
+        cached = self.__dict__.get("_core_mask")
+        if cached is None:
+            s = self.image_size
+            cached = face_mask(self.mean_points(), (s, s), grow=cfg.oval_grow - cfg.periphery_fade,
+                               feather=cfg.periphery_fade / 2.0, forehead=cfg.oval_forehead)[..., None]
+            self._core_mask = cached
+        return cached
+
+    def _fade(self, texture: np.ndarray, pts: np.ndarray) -> np.ndarray:
+        """Shape-free ``texture`` faded to the mean appearance outside the face's core."""
+        core = self._core()
+        if core is None:
+            return texture
+        mean = self._require_app().decode(self._zero_appearance())
+        return mean + core * (texture - mean)
+
+    def _zero_appearance(self) -> dict[str, np.ndarray]:
+        sdevs, _, _ = self._appearance_layout()
+        return {name: np.zeros(len(sd)) for name, sd in sdevs.items()}
 
     def _restore(self, image: np.ndarray, oval: np.ndarray, skin: np.ndarray | None = None) -> np.ndarray:
         """Colour harmonisation on the skin, then an unsharp mask on the face, both linear in
@@ -603,9 +648,7 @@ class MorphableBackbone:
     def _skin(self, pts: np.ndarray, oval: np.ndarray) -> np.ndarray:
         """``float32 [S, S, 1]``: the face oval without eyes, brows and lips (soft)."""
         s = self.image_size
-        features = region_masks(pts, (s, s))
-        keep = np.clip(features["eyes"] + features["mouth"], 0.0, 1.0)[..., None]
-        return oval * (1.0 - keep)
+        return oval * (1.0 - feature_mask(pts, (s, s))[..., None])
 
     def render_landmarks(self, latent: Latent) -> np.ndarray:
         """Landmarks ``[68, 2]`` of the face as ``synthesize`` draws it (neutral frame)."""
@@ -635,19 +678,22 @@ class MorphableBackbone:
         oval = self._oval(pts)
         skin = self._skin(pts, oval)
         coeffs = self._appearance(latent)
-        texture = app.decode(coeffs)
+        texture = self._fade(app.decode(coeffs), pts)
         base = self._restore(oval * cv2.remap(texture, map_x, map_y, cv2.INTER_LINEAR,
                                               borderMode=cv2.BORDER_REPLICATE) + (1.0 - oval) * self._backdrop(),
                              oval, skin)
         sdevs, _, _ = self._appearance_layout()
         zero = {name: np.zeros_like(v) for name, v in coeffs.items()}
         at_zero = app.decode(zero)
+        core = self._core()
         columns = []
         for name in APPEARANCE_FACTORS:
             for i, sd in enumerate(sdevs[name]):
                 step = {n: v.copy() for n, v in zero.items()}
                 step[name][i] = sd
                 delta = app.decode(step) - at_zero  # decoding is affine: this is one column
+                if core is not None:
+                    delta = core * delta
                 moved = oval * cv2.remap(delta, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
                 columns.append(self._restore(moved, oval, skin).reshape(-1))
         jacobian = (np.stack(columns, axis=1) if columns else np.zeros((s * s * 3, 0))).astype(np.float32)

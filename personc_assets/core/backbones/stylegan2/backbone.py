@@ -8,8 +8,8 @@
   so a run needs no photos.
 
 Registered as ``BACKBONES.create("stylegan2", weights=..., device=...)``.
-Generation and projection are GPU work: the Dagster layer runs the ops that
-call them under the concurrency pool ``GPU_POOL`` and tags them ``GPU_TAGS``.
+Generation and projection are GPU work: the Dagster layer runs the steps that
+call them in its GPU pool (``defs/gpu.py``).
 """
 
 from __future__ import annotations
@@ -28,24 +28,20 @@ import torch
 
 from ...encoders.base import Encoder, MissingWeightsError
 from ...types import Factors, FaceObservation, Latent, SourceFace
-from ..base import BACKBONES, BackboneError, Projection
-from .factors import (STYLEGAN2_FACTOR_NAMES, W_PLUS, W_PLUS_MIRROR, LayerGroups, compose_w_plus,
-                      decompose_w_plus, layer_groups)
+from ..base import BACKBONES, BackboneError, FactorRoles, Projection
+from .factors import (STYLEGAN2_FACTOR_NAMES, STYLEGAN2_FACTOR_ROLES, W_PLUS, W_PLUS_MIRROR, LayerGroups,
+                      compose_w_plus, decompose_w_plus, layer_groups)
 from .loading import Snapshot, read_snapshot, resolve_device
 from .network import Generator
 from .ops import MODCONV_IMPLS, ModconvImpl
-from .projection import (IdentityFn, ProjectionSettings, ffhq_align, project_w_plus, tensor_to_images)
+from .projection import (IDENTITY_LOSSES, IdentityFn, ProjectionSettings, ffhq_align, project_w_plus,
+                         tensor_to_images)
 
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
 #: "fp32" everywhere, or "snapshot": the blocks the snapshot marks as fp16 run in fp16 (CUDA only)
 Precision = Literal["fp32", "snapshot"]
-
-#: Dagster concurrency pool for ops that synthesize or project (limit set in the deployment, default 1)
-GPU_POOL = "gpu"
-#: tags for those ops (the Dagster layer adds them; the core never imports Dagster)
-GPU_TAGS: dict[str, str] = {"personc/accelerator": "gpu"}
 
 #: file names looked for in the weights folder when no file is given, first match wins
 DEFAULT_WEIGHT_NAMES: tuple[str, ...] = ("stylegan2-ffhq.safetensors", "ffhq.safetensors", "ffhq.pkl",
@@ -85,10 +81,12 @@ class StyleGAN2Backbone:
     float32: the W+ of the face and of its left-right mirror image.
     """
 
+    #: the layers that are no identity factor (hair, pose, light, background) come from the context
+    shows_context = True
+
     name = "stylegan2"
     factor_names: tuple[str, ...] = STYLEGAN2_FACTOR_NAMES
-    gpu_pool = GPU_POOL
-    gpu_tags = GPU_TAGS
+    factor_roles: FactorRoles = STYLEGAN2_FACTOR_ROLES
 
     def __init__(self, generator: Generator, *, weights_hash: str, device: torch.device | str = "cpu",
                  projection: ProjectionSettings = ProjectionSettings(), truncation_psi: float = 0.7,
@@ -276,13 +274,12 @@ class StyleGAN2Backbone:
             return tensor_to_images(self.g.synthesis(torch.from_numpy(w).to(self.device), impl=self.impl))
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able facts for run metadata: weights, size, groups, device, pool."""
+        """JSON-able facts for run metadata: weights, size, groups, device."""
         return {"backbone": self.name, "source": self.source, "weights_hash": self._weights_hash,
                 "resolution": self.resolution, "image_size": self.image_size, "num_ws": self.g.num_ws,
                 "w_dim": self.g.w_dim, "device": str(self.device), "impl": self.impl,
                 "fp32": self.force_fp32, "projection_steps": self.projection.steps,
-                "truncation_psi": self.truncation_psi, "layer_groups": self.layer_groups.as_dict(),
-                "gpu_pool": GPU_POOL, "gpu_tags": dict(GPU_TAGS)}
+                "truncation_psi": self.truncation_psi, "layer_groups": self.layer_groups.as_dict()}
 
 
 @BACKBONES.register("stylegan2")
@@ -291,7 +288,7 @@ def create_stylegan2(weights: Path | str | None = None, device: Device = "auto",
                      weights_dir: Path | str = "weights", impl: ModconvImpl = "fast",
                      precision: Precision = "fp32", output_size: int | None = None,
                      projection_batch: int = 8, loss_resolution: int = 256, projection_lr: float = 0.05,
-                     identity_weight: float = 0.5, identity_fn: IdentityFn | None = None,
+                     identity_weight: float = 0.5, identity_loss: str | None = None,
                      identity_encoder: Encoder | str | None = None,
                      **unknown: Any) -> StyleGAN2Backbone:
     """Factory of the ``stylegan2`` backbone.
@@ -299,16 +296,20 @@ def create_stylegan2(weights: Path | str | None = None, device: Device = "auto",
     ``weights``: a ``.pkl``/``.pt``/``.safetensors`` file; ``None`` looks for
     ``DEFAULT_WEIGHT_NAMES`` in ``weights_dir`` (or ``$PERSONC_WEIGHTS_DIR``).
     ``device``: ``auto`` picks CUDA when available; the CPU always runs fp32.
+    ``identity_loss``: the name of a differentiable identity embedding in
+    ``IDENTITY_LOSSES``; projection then also minimises ``1 - cos`` between the
+    reconstruction's and the target's embeddings (weighted by ``identity_weight``).
     ``identity_encoder``: an ``Encoder`` or a registered encoder name (JSON-friendly
     for run configs), used to report each reconstruction's identity similarity.
     """
     if unknown:
         raise TypeError(f"unknown stylegan2 backbone options {sorted(unknown)}; known: weights, device, "
                         "projection_steps, truncation_psi, weights_dir, impl, precision, output_size, "
-                        "projection_batch, loss_resolution, projection_lr, identity_weight, identity_fn, "
+                        "projection_batch, loss_resolution, projection_lr, identity_weight, identity_loss, "
                         "identity_encoder")
+    folder = Path(os.environ.get("PERSONC_WEIGHTS_DIR", weights_dir))
     if weights is None:
-        weights = find_weights(Path(os.environ.get("PERSONC_WEIGHTS_DIR", weights_dir)))
+        weights = find_weights(folder)
     elif not Path(weights).is_file():
         raise MissingWeightsError("StyleGAN2 generator", Path(weights),
                                   f"download {OFFICIAL_FFHQ_URL} or give the path of a converted file")
@@ -316,6 +317,9 @@ def create_stylegan2(weights: Path | str | None = None, device: Device = "auto",
         from ...encoders import ENCODERS
 
         identity_encoder = ENCODERS.create(identity_encoder)
+    identity_fn = None
+    if identity_loss is not None:
+        identity_fn = IDENTITY_LOSSES.create(identity_loss, weights_dir=folder, device=resolve_device(device))
     settings = ProjectionSettings(steps=int(projection_steps), lr=projection_lr, identity_weight=identity_weight,
                                   loss_resolution=loss_resolution, batch_size=projection_batch)
     return StyleGAN2Backbone.from_weights(

@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..base import FactorRoles
 from .network import GeneratorConfig
 
 #: (factor, lowest resolution, highest resolution or None) — the symmetric-half groups
@@ -37,6 +38,8 @@ GROUP_BANDS: tuple[tuple[str, int, int | None], ...] = (
 SYMMETRY = "symmetry"
 #: every factor this backbone produces, in report order
 STYLEGAN2_FACTOR_NAMES: tuple[str, ...] = tuple(name for name, _, _ in GROUP_BANDS) + (SYMMETRY,)
+#: pose and head shape, and the mirror asymmetry, are shape; skin and colour are where mismatches show
+STYLEGAN2_FACTOR_ROLES = FactorRoles(shape=("geometry", SYMMETRY), sensitive=("texture",), appearance=("texture",))
 
 W_PLUS = "w_plus"
 W_PLUS_MIRROR = "w_plus_mirror"

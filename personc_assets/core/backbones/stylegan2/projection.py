@@ -8,7 +8,7 @@ Lanczos reduction) with Pillow's current resampling names.
 ``project_w_plus`` optimises one W+ latent per target image with Adam:
 pixel loss (MSE in [-1, 1], at ``loss_resolution``), plus an identity loss
 ``1 - cos(id(synth), id(target))`` when a differentiable identity callable is
-given, plus a small pull of the layers toward their common mean. Noise inputs
+given (run configs name one registered in ``IDENTITY_LOSSES``), plus a small pull of the layers toward their common mean. Noise inputs
 stay at their constant values (they are not part of the latent). No
 perceptual (LPIPS/VGG) loss: no installable package ships its weights
 without a download at run time.
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...registry import Registry
 from ...types import check_image, check_landmarks
 from .network import Generator
 from .ops import ModconvImpl
@@ -34,6 +35,10 @@ log = logging.getLogger(__name__)
 
 #: images ``[N, 3, H, W]`` in [-1, 1] → embeddings ``[N, D]``, differentiable
 IdentityFn = Callable[[torch.Tensor], torch.Tensor]
+
+#: Differentiable identity embeddings for projection's identity loss, by name (the backbone
+#: option ``identity_loss``): ``factory(weights_dir=Path, device=torch.device) -> IdentityFn``.
+IDENTITY_LOSSES: Registry[IdentityFn] = Registry("identity loss model")
 
 
 # ---------------------------------------------------------------------------

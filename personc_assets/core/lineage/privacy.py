@@ -1,4 +1,4 @@
-"""The privacy modes' DuckDB tables (``schema.sql`` beside this file) on the lineage store.
+"""The privacy modes' DuckDB tables (``privacy_schema.sql`` beside this file) on the lineage store.
 
 The shared ``LineageStore`` only upserts its own tables; these helpers create
 the privacy tables on first use and upsert into them inside the store's
@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any, Mapping, Sequence
 
-from ..lineage.store import LineageStore, Writer
+from .store import LineageStore, Writer
 
 PRIVACY_TABLES: tuple[str, ...] = (
     "privacy_factor_ranking", "privacy_anonymized", "privacy_keys", "privacy_cancelable",
@@ -18,7 +18,7 @@ PRIVACY_TABLES: tuple[str, ...] = (
 
 
 def privacy_schema_sql() -> str:
-    return resources.files(__package__).joinpath("schema.sql").read_text()
+    return resources.files(__package__).joinpath("privacy_schema.sql").read_text()
 
 
 def ensure_privacy_schema(store: LineageStore) -> LineageStore:

@@ -11,9 +11,8 @@ import pytest
 from personc_assets.core.faces.align import (ALIGNED_SIZE, CANONICAL_TEMPLATE, five_points,
                                              similarity_to_template)
 from personc_assets.core.faces.detect import detect_faces
-from personc_assets.core.faces.fast_detect import (BOX_SIDE, detect_faces_pyramid,
-                                                   full_resolution_box, pyramid_shrink)
 from personc_assets.core.faces.loading import decode_image
+from personc_assets.core.faces.pyramid import BOX_SIDE, full_resolution_box, pyramid_shrink
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "faces"
 needs_faces = pytest.mark.skipif(not FACES.is_dir(),
@@ -60,18 +59,10 @@ def _worst_error(detector) -> tuple[float, list[str]]:
 def test_pyramid_detection_matches_full_resolution_on_shared_faces():
     # why: ingest detects on a small copy; it must lose no face and keep landmarks within 1 px
     assert sum(max(p.shape[:2]) > 1024 for _, p, _ in _photos()) >= 20  # the test has teeth
-    worst, lost = _worst_error(detect_faces_pyramid)
+    worst, lost = _worst_error(detect_faces)
     print(f"pyramid detection: worst landmark shift {worst:.3f} crop px, lost {lost}")
     assert not lost, f"faces lost: {lost}"
     assert worst <= TOLERANCE_CROP_PX
-
-
-@needs_faces
-def test_default_detect_faces_meets_the_landmark_bound():
-    # why: the pipeline's default detector should be the exact one
-    worst, lost = _worst_error(detect_faces)
-    print(f"default detection: worst landmark shift {worst:.3f} crop px, lost {lost}")
-    assert not lost and worst <= TOLERANCE_CROP_PX
 
 
 def test_boxes_map_up_through_dlibs_pyramid():

@@ -1,4 +1,4 @@
--- PersonC privacy modes (DuckDB): created by personc_assets.core.privacy.lineage,
+-- PersonC privacy modes (DuckDB): created by personc_assets.core.lineage.privacy,
 -- next to the shared lineage schema. Keys make re-running the same inputs upsert.
 
 CREATE TABLE IF NOT EXISTS privacy_factor_ranking (

