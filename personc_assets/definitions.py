@@ -12,7 +12,8 @@ from dagster_duckdb import DuckDBResource
 from .defs import assets, checks, privacy, redteam, sensors
 from .defs.jobs import daily_regeneration, main_job
 from .defs.progress import progress_logger
-from .defs.resources import JsonIOManager, PersonCConfig, default_db_path, default_out_dir
+from .defs.resources import PersonCConfig, default_db_path, default_out_dir
+from .defs.value_io import AssetValueIOManager
 
 
 def build_definitions(out_dir: str | None = None, db_path: str | None = None, **config) -> Definitions:
@@ -29,7 +30,7 @@ def build_definitions(out_dir: str | None = None, db_path: str | None = None, **
         resources={
             "personc": PersonCConfig(out_dir=out_dir, **config),
             "duckdb": DuckDBResource(database=db_path),
-            "io_manager": JsonIOManager(base_dir=str(Path(out_dir) / "state")),
+            "io_manager": AssetValueIOManager(base_dir=str(Path(out_dir) / "state")),
         },
     )
 

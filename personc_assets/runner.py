@@ -12,11 +12,16 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .core.pipeline.config import RunConfig
 
+if TYPE_CHECKING:
+    from .core.values import AssetValue
+
 log = logging.getLogger(__name__)
+
+V = TypeVar("V", bound="AssetValue")
 
 ASSET_ORDER = ("source_images", "projected_latents", "factor_decompositions", "embedding_indexes",
                "generated_candidates", "guard_verdicts", "ics_reports")
@@ -91,16 +96,11 @@ def run_pipeline(config: RunConfig, db_path: Path | None = None) -> DemoResult:
 
     LineageStore.open(db_path).finish_run(result.run_id, "success" if result.success else "failure")
     total = time.perf_counter() - start
-    state = out_dir / "state"
-    guard = _read_json(state / "guard_verdicts.json")
-    indexes = _read_json(state / "embedding_indexes.json")
-    explained = _read_json(state / "ics_reports.json")
-    released = guard["released"] if guard and result.success else []
-    sources = _read_json(state / "source_images.json")
-    ids = {e["content_hash"]: e["source_id"] for e in sources["entries"]} if sources else {}
-    for r in released:
-        r["donor_ids"] = [ids.get(d, d[:10]) for d in r["donors"]]
-    taus = [{"encoder": i["encoder"], "tau": i["tau"], "why": i["tau_why"]} for i in indexes["indexes"]] \
+    guard, indexes, explained, sources = _stored_values(out_dir / "state")
+    ids = {e.content_hash: e.source_id for e in sources.entries} if sources else {}
+    released = [r.as_dict() | {"donor_ids": [ids.get(d, d[:10]) for d in r.donors]} for r in guard.released] \
+        if guard and result.success else []
+    taus = [{"encoder": t.encoder, "tau": t.tau, "why": t.why} for t in indexes.tau_choices().values()] \
         if indexes else []
     if not result.success:
         failure = next((e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE), None)
@@ -108,16 +108,16 @@ def run_pipeline(config: RunConfig, db_path: Path | None = None) -> DemoResult:
         return DemoResult(False, f"step {failure.step_key if failure else '?'} failed: {msg}", out_dir, db_path,
                           released, taus, durations, total)
     ok = len(released) >= config.num_samples
-    unreleased = guard.get("unreleased", []) if guard else []
-    why = "".join(f"\n  slot {u['slot']}: last of {u['attempts']} attempts rejected: {u['last_reason'][:160]}"
+    unreleased = guard.unreleased if guard else ()
+    why = "".join(f"\n  slot {u.slot}: last of {u.attempts} attempts rejected: {u.last_reason[:160]}"
                   for u in unreleased)
     message = (f"released {len(released)} of {config.num_samples} faces" if ok else
                f"only {len(released)} of {config.num_samples} faces passed every gate within "
                f"{config.max_attempts} attempts each; more, and more varied, source photos give the "
                f"face model room (or raise --max-attempts){why}")
-    manifest = Path(explained["manifest"]) if explained and explained.get("manifest") else None
+    manifest = Path(explained.manifest) if explained and explained.manifest else None
     return DemoResult(ok, message, out_dir, db_path, released, taus, durations, total,
-                      guard["pass_rate"] if guard else None, manifest)
+                      guard.pass_rate if guard else None, manifest)
 
 
 def _resolved(folder: str | None) -> str | None:
@@ -144,5 +144,17 @@ def _root_cause(error) -> str:
     return error.message.strip()
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(path.read_text()) if path.exists() else None
+def _stored_values(state: Path):
+    """The values the demo reports on, as the IO manager stored them (None for a step that never ran)."""
+    from .core.pipeline.explaining import IcsReports
+    from .core.pipeline.indexing import EmbeddingIndexes
+    from .core.pipeline.judging import GuardVerdicts
+    from .core.pipeline.sources import SourceSet
+
+    return (_read_value(state / "guard_verdicts.json", GuardVerdicts),
+            _read_value(state / "embedding_indexes.json", EmbeddingIndexes),
+            _read_value(state / "ics_reports.json", IcsReports), _read_value(state / "source_images.json", SourceSet))
+
+
+def _read_value(path: Path, kind: type[V]) -> V | None:
+    return kind.from_dict(json.loads(path.read_text())) if path.exists() else None

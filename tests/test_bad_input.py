@@ -181,7 +181,7 @@ def test_pool_and_serial_ingestion_agree(corpus, asset_run, serial):
     # why: the process pool is the fast path; it must decide exactly what the in-process path decides
     sset = SourceSet.from_dict(json.loads((asset_run["out"] / "state" / "source_images.json").read_text()))
     assert sset.hashes() == [f.content_hash for f in serial.faces if f.path not in serial.not_donor]
-    assert [e["content_hash"] for e in sset.protect_only] == [f.content_hash for f in serial.faces
+    assert [e.content_hash for e in sset.protect_only] == [f.content_hash for f in serial.faces
                                                               if f.path in serial.not_donor]
     outcome = {"accepted": "ok", "protect_only": "protect_only:{code}"}
     assert db_codes(asset_run["db"], corpus["A"].parent) == {
@@ -212,8 +212,8 @@ def test_changed_photo_gets_a_new_hash_and_old_rows_are_superseded(tmp_path, sha
     first, _ = ingest_sources(cfg, ws, store, "run-1", workers=1)
     shutil.copy(sorted((shared_faces / "id02").glob("*.jpg"))[0], a / "person.jpg")  # same name, new photo
     second, _ = ingest_sources(cfg, ws, store, "run-2", workers=1)
-    old = next(e["content_hash"] for e in first.entries if e["group"] == "A")
-    new = next(e["content_hash"] for e in second.entries if e["group"] == "A")
+    old = next(e.content_hash for e in first.entries if e.group == "A")
+    new = next(e.content_hash for e in second.entries if e.group == "A")
     assert old != new
     rows = {h: (sup, by, last) for h, sup, by, last in store.query(
         "SELECT content_hash, superseded, superseded_by, last_run_id FROM sources")}

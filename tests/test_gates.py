@@ -94,11 +94,14 @@ def test_realism_limits_widen_to_the_sources_only_for_how_photos_were_taken(monk
 
 def test_a_witness_encoder_that_failed_is_unverified_not_clear():
     # why: `or 0.0` used to count a crashed witness encoder as "no leak" for that release
-    from personc_assets.core.pipeline.judging import witness_rates
+    from personc_assets.core.pipeline.judging import ReleasedFace, witness_rates
 
-    released = [{"similarity": {"dlib": 0.8, "arcface": None}, "tau": {"dlib": 0.9, "arcface": 0.35}},
-                {"similarity": {"dlib": 0.7, "arcface": 0.5}, "tau": {"dlib": 0.9, "arcface": 0.35}}]
-    leakage, unverified = witness_rates(released, ["arcface"])
+    def released(similarity: dict) -> ReleasedFace:
+        return ReleasedFace("pc", "c", "/out/released/pc.png", 0, 0, "p", "r", (), {}, similarity,
+                            dict.fromkeys(similarity), {"dlib": 0.9, "arcface": 0.35})
+
+    leakage, unverified = witness_rates([released({"dlib": 0.8, "arcface": None}),
+                                         released({"dlib": 0.7, "arcface": 0.5})], ["arcface"])
     assert unverified == {"arcface": 1} and leakage == {"arcface": 0.5}
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from personc_assets.core.faces.detect import detect_faces
 from personc_assets.core.faces.loading import decode_image
 from personc_assets.core.lineage.store import LineageStore
 from personc_assets.core.pipeline.config import RunConfig, Workspace
+from personc_assets.core.pipeline.indexing import EmbeddingIndexes
 from personc_assets.defs.jobs import daily_regeneration
 from personc_assets.defs.resources import PersonCConfig
 from personc_assets.defs.sensors import source_folders_changed
@@ -205,9 +207,9 @@ def test_recheck_revokes_a_release_when_a_photo_of_its_nearest_identity_arrives(
     config = dict(released["config"], taus={"dlib": tau})
 
     # control: with that tau, against the sources it was released from, the face passes
-    index = json.loads((out / "state" / "embedding_indexes.json").read_text())
-    guard = build_guard(RunConfig(out_dir=str(out), **dict(config, encoders=("dlib",))),
-                        dict(index, indexes=[dict(i, tau=tau) for i in index["indexes"]]))
+    index = EmbeddingIndexes.from_dict(json.loads((out / "state" / "embedding_indexes.json").read_text()))
+    guard = build_guard(RunConfig(out_dir=str(out), **dict(config, encoders=("dlib",))), replace(
+        index, indexes=tuple(replace(i, tau_choice=replace(i.tau_choice, tau=tau)) for i in index.indexes)))
     control = guard.check([(rel["release_id"], np.asarray(Image.open(rel["file"]).convert("RGB")))])[0]
     assert control.passed, control.reason
     Workspace(out).manifest.write_text(json.dumps({"format": "personc-manifest/1", "releases": [

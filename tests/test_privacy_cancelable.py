@@ -127,7 +127,7 @@ def test_the_pipeline_step_records_the_measurement_and_makes_nothing_when_refuse
     ctx = steps.PrivacyContext(RunConfig(out_dir=str(tmp_path)), ws, world.pop, world.guard, world.probe)
     if assessment.passed:
         out = steps.run_cancelable(ctx, store, "cxl-run", "a fresh key for this test", limit=2)
-        assert out["faces"] == 2
+        assert out.faces == 2
         return
     with pytest.raises(CancelableUnavailableError, match="refused"):
         steps.run_cancelable(ctx, store, "cxl-run", "a fresh key for this test", limit=2)

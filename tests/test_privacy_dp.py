@@ -104,23 +104,23 @@ def test_dp_release_is_watermarked_marked_synthetic_listed_and_says_what_epsilon
     ctx = steps.PrivacyContext(RunConfig(out_dir=str(tmp_path)), ws, world.pop, world.guard, world.probe)
     first = steps.run_dp(ctx, store, "dp-run-1", ["gender"], epsilon=1.0, limit=2)
     second = steps.run_dp(ctx, store, "dp-run-2", ["gender"], epsilon=1.0, limit=1)
-    released = first["releases"] + second["releases"]
-    assert len(released) == 3 and not first["refused"] and not second["refused"]
+    released = first.releases + second.releases
+    assert len(released) == 3 and not first.refused and not second.refused
     manifest = load_manifest(ws.manifest)
     assert set(manifest["runs"]) >= {"dp-run-1", "dp-run-2"}, "the manifest keeps every run"
     for rel in released:
-        entry = manifest["releases"][rel["release_id"]]
-        assert (tmp_path / entry["file"]).resolve() == Path(rel["image_path"]).resolve()
-        assert entry["donors"][0]["source_hash"] == rel["face_key"]
-        result = verify_png(Path(rel["image_path"]), known_releases(manifest))
+        entry = manifest["releases"][rel.release_id]
+        assert (tmp_path / entry["file"]).resolve() == Path(rel.image_path).resolve()
+        assert entry["donors"][0]["source_hash"] == rel.face_key
+        result = verify_png(Path(rel.image_path), known_releases(manifest))
         assert result.status == "verified" and result.synthetic, result.reason
         assert "attribute coordinates only" in result.metadata["PersonC-dp-scope"]
-        assert rel["held_out"] == world.pop.persons[rel["face_key"]]
+        assert rel.held_out == world.pop.persons[rel.face_key]
     rows = store.query("SELECT d.held_out, d.n_persons, r.held_out FROM privacy_dp_releases r JOIN "
                        "privacy_attribute_directions d ON r.direction_ids_json LIKE '%' || d.direction_id || '%'")
     assert len(rows) == 3 and all(d == r and n == len(world.pop.person_keys()) - 1 for d, n, r in rows)
     assert not list((tmp_path / "privacy" / "dp" / ".staging").glob("*.png")), "staged files are published"
-    said = first["guarantee"]
+    said = first.guarantee
     assert "fitted without any photo of that face's person" in said["covers"]
     assert any("the rest of the face" in s for s in said["does_not_cover"])
     assert any("backbone" in s for s in said["does_not_cover"])

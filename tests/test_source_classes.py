@@ -8,7 +8,7 @@ import pytest
 
 from personc_assets.core.faces.ingest import ingest_file, save_aligned
 from personc_assets.core.pipeline.indexing import source_classes
-from personc_assets.core.pipeline.sources import SourceSet
+from personc_assets.core.pipeline.sources import SourceEntry, SourceSet
 
 PHOTOS = ("id01/id01_01.jpg", "id05/id05_01.jpg", "id02/id02_01.jpg", "id06/id06_01.jpg")
 
@@ -17,10 +17,9 @@ def _sources(shared_faces, tmp_path, photos) -> SourceSet:
     entries = []
     for i, rel in enumerate(photos):
         face = ingest_file(shared_faces / rel, "AB"[i % 2], rel.split("/")[0])
-        entries.append({"content_hash": face.content_hash, "group": face.group, "label": face.label,
-                        "path": face.path, "aligned_path": str(save_aligned(face, tmp_path)),
-                        "source_id": f"{face.group}-{i}"})
-    return SourceSet("set-" + "-".join(e["content_hash"][:6] for e in entries), tuple(entries), False)
+        entries.append(SourceEntry(face.content_hash, face.group, face.label, face.path,
+                                   str(save_aligned(face, tmp_path)), f"{face.group}-{i}"))
+    return SourceSet("set-" + "-".join(e.content_hash[:6] for e in entries), tuple(entries), False)
 
 
 @pytest.fixture()

@@ -59,14 +59,14 @@ def test_grayscale_photo_protects_but_is_no_donor(run):
     # left its person out of the guard's indexes
     sset, store = run["sset"], run["store"]
     gray = str(run["root"] / "A" / "id01_gray.jpg")
-    assert [e["path"] for e in sset.protect_only] == [gray]
-    assert sset.protect_only[0]["role_code"] == "grayscale"
-    assert gray not in [e["path"] for e in sset.entries], "a protect-only photo never lends factors"
+    assert [e.path for e in sset.protect_only] == [gray]
+    assert sset.protect_only[0].role_code == "grayscale"
+    assert gray not in [e.path for e in sset.entries], "a protect-only photo never lends factors"
     assert not run["result"].quarantined
     roles = dict(store.query("SELECT path, role FROM sources"))
     assert roles[gray] == "protect_only" and sum(r == "donor" for r in roles.values()) == 3
     assert store.query("SELECT role_reason FROM sources WHERE path = ?", [gray])[0][0].startswith("grayscale photo")
-    assert run["indexes"]["indexes"][0]["count"] == 4, "the guard indexes donors and protect-only photos"
+    assert run["indexes"].indexes[0].count == 4, "the guard indexes donors and protect-only photos"
 
 
 def test_grayscale_photo_makes_the_guard_reject_a_second_photo_of_its_person(run, shared_faces):
@@ -75,7 +75,7 @@ def test_grayscale_photo_makes_the_guard_reject_a_second_photo_of_its_person(run
     candidate = [("second", photo_pixels(shared_faces / SECOND))]
     verdict = build_guard(cfg, run["indexes"]).check(candidate)[0]
     assert verdict.verdict == REJECT and "reaches tau" in verdict.reason
-    assert verdict.per_encoder[0].nearest_source == sset.protect_only[0]["content_hash"]
+    assert verdict.per_encoder[0].nearest_source == sset.protect_only[0].content_hash
 
     # control: the donors alone do not catch it, so the rejection is the grayscale photo's doing
     encoder = build_encoders(cfg)[0][0]

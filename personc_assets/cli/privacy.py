@@ -112,7 +112,7 @@ def run_anonymize(args: argparse.Namespace) -> int:
     steps, ctx, store, run_id = _prepare(cfg, "anonymize")
     ranking = steps.run_ranking(ctx, store, run_id)
     out = steps.run_anonymize(ctx, store, run_id, ranking, args.strength, args.attempts, args.limit, args.input)
-    return _print({"run_id": run_id, "factor_order": ranking["order"], **out})
+    return _print({"run_id": run_id, "factor_order": list(ranking.ranking.order()), **out.as_dict()})
 
 
 def run_cancelable(args: argparse.Namespace) -> int:
@@ -136,7 +136,7 @@ def run_cancelable(args: argparse.Namespace) -> int:
             return 2
         steps, ctx, store, run_id = _prepare(cfg, "cancelable")
         return _print({"run_id": run_id, **steps.run_cancelable(ctx, store, run_id, key, args.context, args.limit,
-                                                                args.input)})
+                                                                args.input).as_dict()})
     except CancelableKeyError as exc:
         logger.error("%s", exc)
         return 2
@@ -154,4 +154,4 @@ def run_dp(args: argparse.Namespace) -> int:
     steps, ctx, store, run_id = _prepare(cfg, "dp")
     out = steps.run_dp(ctx, store, run_id, args.attribute, args.epsilon, args.mechanism, args.delta, args.width,
                        args.budget_epsilon, args.budget_delta, limit=args.limit)
-    return _print({"run_id": run_id, **out})
+    return _print({"run_id": run_id, **out.as_dict()})

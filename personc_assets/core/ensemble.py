@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 
@@ -118,17 +118,32 @@ def check_witnesses(encoders: Sequence[Encoder], witnesses: Sequence[str]) -> No
 
 # ------------------------------------------------------------ guard from indexes
 
-def guard_from_indexes(encoders: Sequence[Encoder], indexes: Sequence[Mapping[str, Any]],
+class SavedIndex(Protocol):
+    """What the guard needs of one saved index (``pipeline.indexing.EncoderIndex`` has it)."""
+
+    @property
+    def encoder(self) -> str: ...
+
+    @property
+    def index_path(self) -> str: ...
+
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def tau(self) -> float: ...
+
+
+def guard_from_indexes(encoders: Sequence[Encoder], indexes: Sequence[SavedIndex],
                        source_set_hash: str, witnesses: Sequence[str] = ()) -> Guard:
     """The identity ensemble: each encoder with its saved index (a missing or stale index → every
     check of that encoder rejects).
 
-    ``indexes`` are the ``embedding_indexes`` entries (``encoder``, ``index_path``, ``count``,
-    ``tau``); ``source_set_hash`` is the current source set's: an index built over another
-    source set is stale even when it matches its own entry.
+    ``indexes`` are the ``embedding_indexes`` entries; ``source_set_hash`` is the current source
+    set's: an index built over another source set is stale even when it matches its own entry.
     """
     check_witnesses(encoders, witnesses)
-    by_name = {i["encoder"]: i for i in indexes}
+    by_name = {i.encoder: i for i in indexes}
     members = []
     for enc in encoders:
         gating = enc.name not in witnesses
@@ -136,13 +151,13 @@ def guard_from_indexes(encoders: Sequence[Encoder], indexes: Sequence[Mapping[st
         if info is None:
             members.append(GuardMember(enc, None, enc.default_tau, gating, f"no index built for {enc.name}"))
             continue
-        expect = IndexManifest(enc.name, enc.version, source_set_hash, info["count"], enc.dim)
+        expect = IndexManifest(enc.name, enc.version, source_set_hash, info.count, enc.dim)
         try:
-            index = EmbeddingIndex.load(Path(info["index_path"]), expect)
-            members.append(GuardMember(enc, index, info["tau"], gating))
+            index = EmbeddingIndex.load(Path(info.index_path), expect)
+            members.append(GuardMember(enc, index, info.tau, gating))
         except Exception as exc:
             log.error("index for %s unusable, every candidate will be rejected: %s", enc.name, exc)
-            members.append(GuardMember(enc, None, info["tau"], gating, str(exc)))
+            members.append(GuardMember(enc, None, info.tau, gating, str(exc)))
     return Guard(members)
 
 

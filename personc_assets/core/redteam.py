@@ -37,13 +37,14 @@ import logging
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from .faces.align import align_face
 from .guard import PASS, Guard, Verdict
 from .types import check_image, check_landmarks
+from .values import checked
 
 if TYPE_CHECKING:
     from .encoders.base import Encoder
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENSEMBLE = "ensemble"
+ASSET = "redteam_report"
 
 
 @dataclass(frozen=True)
@@ -267,6 +269,63 @@ class VariantRow:
     def rate(self) -> float:
         return self.rejected / self.trials if self.trials else float("nan")
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "encoder": self.encoder, "gating": self.gating, "trials": self.trials,
+                "rejected": self.rejected, "rate": self.rate, "by_similarity": self.by_similarity,
+                "fail_closed": dict(self.fail_closed), "min_similarity": self.min_similarity, "tau": self.tau}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "VariantRow":
+        d = checked(d, "VariantRow", ASSET, ("variant", "encoder", "gating", "trials", "rejected", "by_similarity",
+                                             "fail_closed", "min_similarity", "tau"), ("rate",))
+        return cls(d["variant"], d["encoder"], bool(d["gating"]), int(d["trials"]), int(d["rejected"]),
+                   int(d["by_similarity"]), dict(d["fail_closed"]), d["min_similarity"], d["tau"])
+
+
+@dataclass(frozen=True)
+class MissedTrial:
+    """A disguise the ensemble let pass."""
+
+    variant: str
+    label: str
+    source_id: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"variant": self.variant, "label": self.label, "source_id": self.source_id, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "MissedTrial":
+        d = checked(d, "MissedTrial", ASSET, ("variant", "label", "source_id", "reason"))
+        return cls(d["variant"], d["label"], d["source_id"], d["reason"])
+
+
+@dataclass(frozen=True)
+class RedTeamSummary:
+    """The ``redteam_report`` value: rejection tallies per variant and encoder, and what passed."""
+
+    encoders: tuple[str, ...]
+    rows: tuple[VariantRow, ...]
+    missed: tuple[MissedTrial, ...]
+
+    #: Written for readers of the stored JSON; recomputed from the rows when read back.
+    DERIVED = ("all_rejected",)
+
+    @property
+    def all_rejected(self) -> bool:
+        """Whether the ensemble rejected every disguise."""
+        return all(r.rejected == r.trials for r in self.rows if r.encoder == ENSEMBLE)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"encoders": list(self.encoders), "all_rejected": self.all_rejected,
+                "rows": [r.as_dict() for r in self.rows], "missed": [m.as_dict() for m in self.missed]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RedTeamSummary":
+        d = checked(d, "RedTeamSummary", ASSET, ("encoders", "rows", "missed"), cls.DERIVED)
+        return cls(tuple(d["encoders"]), tuple(VariantRow.from_dict(r) for r in d["rows"]),
+                   tuple(MissedTrial.from_dict(m) for m in d["missed"]))
+
 
 @dataclass(frozen=True)
 class RedTeamReport:
@@ -286,14 +345,10 @@ class RedTeamReport:
         """Trials the ensemble let pass."""
         return [t for t in self.trials if t.verdict.verdict == PASS]
 
-    def as_dict(self) -> dict:
-        return {"encoders": list(self.encoders), "all_rejected": self.all_rejected,
-                "rows": [{"variant": r.variant, "encoder": r.encoder, "gating": r.gating, "trials": r.trials,
-                          "rejected": r.rejected, "rate": r.rate, "by_similarity": r.by_similarity,
-                          "fail_closed": dict(r.fail_closed), "min_similarity": r.min_similarity,
-                          "tau": r.tau} for r in self.rows],
-                "missed": [{"variant": t.variant, "label": t.label, "source_id": t.source_id,
-                            "reason": t.verdict.reason} for t in self.missed()]}
+    def summary(self) -> RedTeamSummary:
+        """The tallies and the missed disguises, without the verdicts' details."""
+        return RedTeamSummary(self.encoders, self.rows, tuple(MissedTrial(t.variant, t.label, t.source_id,
+                                                                          t.verdict.reason) for t in self.missed()))
 
 
 def run_redteam(guard: Guard, targets: Sequence[Target], variants: Sequence[str] | None = None) -> RedTeamReport:

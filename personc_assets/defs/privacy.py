@@ -9,15 +9,19 @@ from dagster import (AssetExecutionContext, AssetSelection, Config, MaterializeR
 from dagster_duckdb import DuckDBResource
 from pydantic import Field
 
+from ..core.pipeline.indexing import EmbeddingIndexes
+from ..core.pipeline.modeling import FactorDecompositions
+from ..core.pipeline.sources import SourceSet
 from ..core.privacy import steps
+from ..core.privacy.results import AnonymizedFaces, CancelableTemplates, DPReleases, RecordedRanking
 from .assets import lineage, md_table
 from .resources import PersonCConfig
 
 GROUP = "personc_privacy"
 
 
-def _ctx(personc: PersonCConfig, store, source_images: dict, factor_decompositions: dict,
-         embedding_indexes: dict) -> steps.PrivacyContext:
+def _ctx(personc: PersonCConfig, store, source_images: SourceSet, factor_decompositions: FactorDecompositions,
+         embedding_indexes: EmbeddingIndexes) -> steps.PrivacyContext:
     return steps.context_from_summaries(personc.run_config(), personc.workspace(), store, source_images,
                                         factor_decompositions, embedding_indexes)
 
@@ -29,15 +33,16 @@ class RankingConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def factor_identity_ranking(context: AssetExecutionContext, config: RankingConfig, personc: PersonCConfig,
-                            duckdb: DuckDBResource, source_images: dict, factor_decompositions: dict,
-                            embedding_indexes: dict) -> MaterializeResult:
+                            duckdb: DuckDBResource, source_images: SourceSet,
+                            factor_decompositions: FactorDecompositions,
+                            embedding_indexes: EmbeddingIndexes) -> MaterializeResult[RecordedRanking]:
     """How much identity each factor carries: identity change (1 - cosine) per population unit of change,
     measured with every encoder by swapping one factor for another person's."""
     with lineage(duckdb) as store:
         ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
         out = steps.run_ranking(ctx, store, context.run_id, config.n_probes, config.donors_per_probe)
-    return MaterializeResult(value=out, metadata={"order": MetadataValue.json(out["order"]),
-                                                  "table": md_table(out["rows"])})
+    return MaterializeResult(value=out, metadata={"order": MetadataValue.json(list(out.ranking.order())),
+                                                  "table": md_table(out.ranking.table())})
 
 
 class AnonymizeConfig(Config):
@@ -48,17 +53,18 @@ class AnonymizeConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def anonymized_faces(context: AssetExecutionContext, config: AnonymizeConfig, personc: PersonCConfig,
-                     duckdb: DuckDBResource, source_images: dict, factor_decompositions: dict,
-                     embedding_indexes: dict, factor_identity_ranking: dict) -> MaterializeResult:
+                     duckdb: DuckDBResource, source_images: SourceSet,
+                     factor_decompositions: FactorDecompositions, embedding_indexes: EmbeddingIndexes,
+                     factor_identity_ranking: RecordedRanking) -> MaterializeResult[AnonymizedFaces]:
     """Faces with their identity factors replaced from the population (context kept), released only when
     the guard passes them against every source and the original."""
     with lineage(duckdb) as store:
         ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
         out = steps.run_anonymize(ctx, store, context.run_id, factor_identity_ranking, config.strength,
                                   config.attempts, config.limit)
-    return MaterializeResult(value=out, metadata={"passed": out["passed"], "faces": out["faces"],
-                                                  "outputs": md_table([{k: o[k] for k in ("input_hash", "passed",
-                                                                       "reason")} for o in out["outputs"]])})
+    return MaterializeResult(value=out, metadata={"passed": out.passed, "faces": out.faces,
+                                                  "outputs": md_table([{"input_hash": o.input_hash, "passed": o.passed,
+                                                                        "reason": o.reason} for o in out.outputs])})
 
 
 class CancelableConfig(Config):
@@ -70,8 +76,9 @@ class CancelableConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def cancelable_templates(context: AssetExecutionContext, config: CancelableConfig, personc: PersonCConfig,
-                         duckdb: DuckDBResource, source_images: dict, factor_decompositions: dict,
-                         embedding_indexes: dict) -> MaterializeResult:
+                         duckdb: DuckDBResource, source_images: SourceSet,
+                         factor_decompositions: FactorDecompositions,
+                         embedding_indexes: EmbeddingIndexes) -> MaterializeResult[CancelableTemplates]:
     """Keyed synthetic templates (key never stored, only its id), guard-checked, revocable. Fails, with the
     measured figures, when the backbone cannot give templates their properties (nothing is made then)."""
     key = os.environ.get(config.key_env)
@@ -81,9 +88,8 @@ def cancelable_templates(context: AssetExecutionContext, config: CancelableConfi
     with lineage(duckdb) as store:
         ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
         out = steps.run_cancelable(ctx, store, context.run_id, key, config.context, config.limit)
-    return MaterializeResult(value=out, metadata={"key_id": out["key_id"], "passed": out["passed"],
-                                                  "faces": out["faces"],
-                                                  "assessment": md_table(out["assessment"])})
+    return MaterializeResult(value=out, metadata={"key_id": out.key_id, "passed": out.passed, "faces": out.faces,
+                                                  "assessment": md_table([dict(r) for r in out.assessment])})
 
 
 class DPConfig(Config):
@@ -99,8 +105,9 @@ class DPConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def dp_attribute_releases(context: AssetExecutionContext, config: DPConfig, personc: PersonCConfig,
-                          duckdb: DuckDBResource, source_images: dict, factor_decompositions: dict,
-                          embedding_indexes: dict) -> MaterializeResult:
+                          duckdb: DuckDBResource, source_images: SourceSet,
+                          factor_decompositions: FactorDecompositions,
+                          embedding_indexes: EmbeddingIndexes) -> MaterializeResult[DPReleases]:
     """Faces whose position along learned age/gender directions is released with OpenDP noise after
     clipping (real sensitivity), with directions fitted without the released person; every charge is in the
     DuckDB privacy ledger, which refuses once spent. Releases are watermarked, marked synthetic and listed in
@@ -110,10 +117,10 @@ def dp_attribute_releases(context: AssetExecutionContext, config: DPConfig, pers
         out = steps.run_dp(ctx, store, context.run_id, config.attributes, config.epsilon, config.mechanism,
                            config.delta, config.width, config.epsilon_per_face, config.delta_per_face,
                            limit=config.limit)
-    return MaterializeResult(value=out, metadata={"released": len(out["releases"]), "refused": len(out["refused"]),
-                                                  "run_epsilon_spent": out["run_epsilon_spent"],
-                                                  "releases": md_table(out["releases"]),
-                                                  "guarantee": MetadataValue.json(out["guarantee"])})
+    return MaterializeResult(value=out, metadata={"released": len(out.releases), "refused": len(out.refused),
+                                                  "run_epsilon_spent": out.run_epsilon_spent,
+                                                  "releases": md_table([r.as_dict() for r in out.releases]),
+                                                  "guarantee": MetadataValue.json(dict(out.guarantee))})
 
 
 def _job(name: str, keys: list[str], description: str):

@@ -4,8 +4,10 @@ from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, ass
 from dagster_duckdb import DuckDBResource
 
 from ..core.atomic import atomic_write_text
-from ..core.pipeline import indexing, sources
-from ..core.redteam import redteam_sources, render_markdown
+from ..core.pipeline import indexing
+from ..core.pipeline.indexing import EmbeddingIndexes
+from ..core.pipeline.sources import SourceSet
+from ..core.redteam import RedTeamSummary, redteam_sources, render_markdown
 from .assets import lineage
 from .resources import PersonCConfig
 
@@ -14,16 +16,17 @@ GROUP = "personc_audit"
 
 @asset(group_name=GROUP, kinds={"python"})
 def redteam_report(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                   source_images: dict, embedding_indexes: dict) -> MaterializeResult:
+                   source_images: SourceSet,
+                   embedding_indexes: EmbeddingIndexes) -> MaterializeResult[RedTeamSummary]:
     """Disguises of source faces (second photo held out of the index, mirror, crops, rotations, JPEG q20,
     64 px, brightness/contrast/colour, blur, sunglasses, 70/30 morph) judged by the run's guard:
     rejection rate per variant and encoder, and why (similarity or fail-closed)."""
     cfg = personc.run_config()
     encoders, _ = indexing.build_encoders(cfg)
-    taus = indexing.tau_choices(embedding_indexes)
+    taus = embedding_indexes.tau_choices()
     encoders = [e for e in encoders if e.name in taus]  # only encoders the run indexed
     witnesses = tuple(cfg.audit_encoders)
-    faces = sources.SourceSet.from_dict(source_images).load_faces()
+    faces = source_images.load_faces()
     with lineage(duckdb) as store:
         report = redteam_sources(faces, encoders, taus, store, context.run_id, witnesses)
     table = render_markdown(report)
@@ -31,7 +34,7 @@ def redteam_report(context: AssetExecutionContext, personc: PersonCConfig, duckd
     atomic_write_text(path, "# Red-team report\n\n" + table)
     for t in report.missed():
         context.log.warning(f"red team: {t.variant} of {t.label} passed the guard: {t.verdict.reason}")
-    return MaterializeResult(value=report.as_dict(), metadata={
+    return MaterializeResult(value=report.summary(), metadata={
         "variants": MetadataValue.md(table),
         "all_rejected": report.all_rejected,
         "trials": len(report.trials),

@@ -21,6 +21,8 @@ from dagster_duckdb import DuckDBResource
 from ..core.atomic import atomic_write_text
 from ..core.faces.ingest import diff_snapshots, snapshot_folders
 from ..core.pipeline import recheck
+from ..core.pipeline.indexing import EmbeddingIndexes
+from ..core.pipeline.recheck import ReleaseRecheck
 from ..core.pipeline.source_watch import RefreshState, WatchCursor, next_step
 from .assets import lineage, md_table
 from .resources import PersonCConfig
@@ -36,21 +38,21 @@ SNAPSHOT_FILE = "source_folders_snapshot.json"
 
 @asset(group_name=LIFECYCLE_GROUP, kinds={"python", "duckdb"})
 def release_recheck(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                    embedding_indexes: dict) -> MaterializeResult:
+                    embedding_indexes: EmbeddingIndexes) -> MaterializeResult[ReleaseRecheck]:
     """Every face released so far, re-read from disk and judged again by the guard against the
     current sources; a release that now reaches tau (or cannot be checked) is revoked, with the
     reason, in DuckDB and in the release manifest."""
     with lineage(duckdb) as store:
         out = recheck.recheck_releases(personc.run_config(), personc.workspace(), store, embedding_indexes,
                                        context.run.run_id)
-    for r in out["revoked"]:
-        context.log.warning(f"release {r['release_id']} revoked: {r['reason']}")
+    for r in out.revoked:
+        context.log.warning(f"release {r.release_id} revoked: {r.reason}")
     return MaterializeResult(value=out, metadata={
-        "rechecked": out["rechecked"], "kept": out["kept"], "revoked": len(out["revoked"]),
-        "skipped_already_rechecked": out["skipped_already_rechecked"],
-        "source_set_hash": out["source_set_hash"],
-        "revocations": md_table([{"release": r["release_id"], "reason": r["reason"]} for r in out["revoked"]]),
-        "orphaned_files": MetadataValue.json(out["orphaned_files"])})
+        "rechecked": out.rechecked, "kept": out.kept, "revoked": len(out.revoked),
+        "skipped_already_rechecked": out.skipped_already_rechecked,
+        "source_set_hash": out.source_set_hash,
+        "revocations": md_table([{"release": r.release_id, "reason": r.reason} for r in out.revoked]),
+        "orphaned_files": MetadataValue.json(list(out.orphaned_files))})
 
 
 REFRESH_ASSETS = ("source_images", "projected_latents", "factor_decompositions", "embedding_indexes",

@@ -25,10 +25,11 @@ from ..lineage.store import LineageStore, now
 from ..recipes import (describe_donors, mix_factors, new_roles, recipe_from_json, recipe_json,
                        sample_recipes)
 from ..types import Candidate, Recipe
+from ..values import checked
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
-from .indexing import person_index, persons_by_embedding, source_embeddings
-from .modeling import BackboneRef
+from .indexing import EmbeddingIndexes, persons_by_embedding, source_embeddings
+from .modeling import FactorDecompositions
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
@@ -55,44 +56,82 @@ DRAWS_PER_CONTEXT = 8
 MAX_DRAWS = 64
 
 
+@dataclass(frozen=True)
+class SavedCandidate:
+    """A candidate written to disk (PNG, and its factors beside it) and recorded in the lineage."""
+
+    candidate_id: str
+    slot: int
+    attempt: int
+    recipe_id: str
+    image_path: str
+    donors: tuple[str, ...]   # content hashes
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"candidate_id": self.candidate_id, "slot": self.slot, "attempt": self.attempt,
+                "recipe_id": self.recipe_id, "image_path": self.image_path, "donors": list(self.donors)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SavedCandidate":
+        d = checked(d, "SavedCandidate", "generated_candidates", ("candidate_id", "slot", "attempt", "recipe_id",
+                                                                  "image_path", "donors"))
+        return cls(d["candidate_id"], int(d["slot"]), int(d["attempt"]), d["recipe_id"], d["image_path"],
+                   tuple(d["donors"]))
+
+
+@dataclass(frozen=True)
+class GeneratedCandidates:
+    """The ``generated_candidates`` value: attempt 0 of every slot of one generation."""
+
+    generation_id: str
+    candidates: tuple[SavedCandidate, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"generation_id": self.generation_id, "candidates": [c.as_dict() for c in self.candidates]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GeneratedCandidates":
+        d = checked(d, "GeneratedCandidates", "generated_candidates", ("generation_id", "candidates"))
+        return cls(d["generation_id"], tuple(SavedCandidate.from_dict(c) for c in d["candidates"]))
+
+
 class CandidateFactory:
     """Makes the candidate for (slot, attempt) from the fitted backbone and source factors."""
 
     def __init__(self, cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                 factors_summary: dict[str, Any], index_summary: dict[str, Any]):
+                 decompositions: FactorDecompositions, indexes: EmbeddingIndexes):
         self.cfg, self.ws = cfg, ws
-        self.ref = BackboneRef(**factors_summary["backbone"])
+        self.ref = decompositions.backbone
         self.backbone = self.ref.load()
-        self.factors = {h: load_npz(Path(p)) for h, p in factors_summary["factors"].items()}
-        self.mean = load_npz(Path(factors_summary["mean"]))
-        embeddings = source_embeddings(store, sources, index_summary)
-        persons = persons_by_embedding(embeddings, person_index(index_summary)["tau"])
+        self.factors = decompositions.load_factors()
+        self.mean = decompositions.load_mean()
+        embeddings = source_embeddings(store, sources, indexes)
+        persons = persons_by_embedding(embeddings, indexes.person_index().tau)
         faces = sources.load_faces()
         self.donors = describe_donors(faces, self.factors, labels=persons, embeddings=embeddings,
-                                      classes=index_summary.get("source_classes") or None,
+                                      classes=dict(indexes.source_classes) or None,
                                       covered={f.content_hash: occluders(f.aligned, f.landmarks) for f in faces},
                                       appearance_factors=self.backbone.factor_roles.appearance)
         self.person_of = {d.content_hash: d.person for d in self.donors}
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
         self.recipe_knobs = {"context_visible": self.backbone.shows_context, **dict(cfg.recipe_options)}
-        self.novelty, self.protected = self._novelty_search(store, sources, index_summary)
+        self.novelty, self.protected = self._novelty_search(store, sources, indexes)
 
     def _novelty_search(self, store: LineageStore, sources: SourceSet,
-                        index_summary: dict[str, Any]) -> tuple[NoveltySearch | None, np.ndarray]:
+                        indexes: EmbeddingIndexes) -> tuple[NoveltySearch | None, np.ndarray]:
         """The novelty step against every guarded source under dlib (None when the backbone
         is not linearisable, dlib does not guard, or the step is switched off)."""
         knobs = NoveltyConfig(**dict(self.cfg.novelty))
-        by_name = {i["encoder"]: i for i in index_summary["indexes"]}
-        dlib = by_name.get("dlib")
+        dlib = indexes.get("dlib")
         if knobs.steps == 0 or dlib is None or not isinstance(self.backbone, LinearisedBackbone):
             return None, np.zeros((0, 128), np.float32)
         hashes = sources.guarded_hashes()
-        found = store.embeddings(dlib["encoder_version"], hashes)
+        found = store.embeddings(dlib.encoder_version, hashes)
         missing = [h[:10] for h in hashes if h not in found]
         if missing:
             raise RuntimeError(f"dlib embeddings of guarded sources {missing} are missing from the store; "
                                "re-materialize embedding_indexes")
-        return NoveltySearch(float(dlib["tau"]), knobs), np.stack([found[h] for h in hashes]).astype(np.float32)
+        return NoveltySearch(float(dlib.tau), knobs), np.stack([found[h] for h in hashes]).astype(np.float32)
 
     def recipe(self, slot: int, attempt: int, released: Sequence[Recipe] = ()) -> Recipe:
         """The recipe of ``(slot, attempt)``, dealt so that it differs from every
@@ -166,7 +205,7 @@ class CandidateFactory:
         return [(s, Candidate(candidate_id(self.gen_id, s, a), r, a, img, lat, mix))
                 for (s, a), r, img, lat, mix in zip(slots, recipes, images, latents, mixed)]
 
-    def save(self, store: LineageStore, made: list[tuple[int, Candidate]], run_id: str) -> list[dict[str, Any]]:
+    def save(self, store: LineageStore, made: list[tuple[int, Candidate]], run_id: str) -> list[SavedCandidate]:
         """Write candidate PNGs and their recipe/candidate rows (one transaction)."""
         out, t = [], now()
         for slot, c in made:
@@ -176,16 +215,15 @@ class CandidateFactory:
             factors_path = path.with_suffix(".npz")
             if c.factors and not factors_path.exists():
                 atomic_save_npz(factors_path, **{k: np.asarray(v) for k, v in c.factors.items()})
-            out.append({"candidate_id": c.candidate_id, "slot": slot, "attempt": c.attempt,
-                        "recipe_id": c.recipe.recipe_id, "image_path": str(path),
-                        "donors": list(c.recipe.donors())})
+            out.append(SavedCandidate(c.candidate_id, slot, c.attempt, c.recipe.recipe_id, str(path),
+                                      tuple(c.recipe.donors())))
         with store.transaction() as tx:
             tx.upsert("recipes", [{"recipe_id": c.recipe.recipe_id, "seed": c.recipe.seed,
                                       "mean_pull": c.recipe.mean_pull, "context_donor": c.recipe.context_donor,
                                       "recipe_json": recipe_json(c.recipe), "run_id": run_id} for _, c in made])
             tx.upsert("candidates", [{"candidate_id": c.candidate_id, "recipe_id": c.recipe.recipe_id,
                                          "generation_id": self.gen_id, "attempt": c.attempt,
-                                         "backbone_state": self.ref.state_hash, "image_path": o["image_path"],
+                                         "backbone_state": self.ref.state_hash, "image_path": o.image_path,
                                          "image_hash": pixel_hash(c.image), "run_id": run_id,
                                          "code_version": code_version(), "created_at": t}
                                         for (_, c), o in zip(made, out)])
@@ -193,10 +231,10 @@ class CandidateFactory:
 
 
 def generate_first_attempts(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                            factors_summary: dict[str, Any], index_summary: dict[str, Any],
-                            run_id: str) -> dict[str, Any]:
+                            decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
+                            run_id: str) -> GeneratedCandidates:
     """Attempt 0 of every slot."""
-    factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
+    factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
     made = factory.make([(s, 0) for s in range(cfg.num_samples)])
     rows = factory.save(store, made, run_id)
-    return {"generation_id": factory.gen_id, "candidates": rows}
+    return GeneratedCandidates(factory.gen_id, tuple(rows))

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -20,14 +20,102 @@ from ..encoders.base import ENCODERS, Encoder
 from ..ensemble import TauChoice, embed_sources, resolve_taus
 from ..index import EmbeddingIndex, IndexManifest, source_set_hash
 from ..lineage.store import LineageStore
+from ..values import checked
 from .config import RunConfig, Workspace
 from .sources import SourceSet
 from .thresholds import calibrated_taus
 
 log = logging.getLogger(__name__)
 
+#: Encoder whose tau says "same person" when grouping source photos into people and matching
+#: donors: dlib's, calibrated on real photos, when it is in the run; else the first encoder.
+PERSON_ENCODER = "dlib"
 
-def build_encoders(cfg: RunConfig) -> tuple[list[Encoder], list[dict[str, str]]]:
+
+@dataclass(frozen=True)
+class SkippedIndex:
+    """An encoder left out of this run (no weights), and why."""
+
+    encoder: str
+    reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"encoder": self.encoder, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SkippedIndex":
+        d = checked(d, "SkippedIndex", "embedding_indexes", ("encoder", "reason"))
+        return cls(d["encoder"], d["reason"])
+
+
+@dataclass(frozen=True)
+class EncoderIndex:
+    """One encoder's FAISS index over every guarded source, and the tau the guard judges it at."""
+
+    encoder: str
+    encoder_version: str
+    index_path: str
+    kind: str               # ``IndexManifest.kind``
+    gating: bool            # False: audit-only, measured and reported, never deciding a release
+    count: int              # photos indexed: donors and protect-only
+    dim: int
+    tau_choice: TauChoice   # the tau, and where it came from and why
+
+    @property
+    def tau(self) -> float:
+        return self.tau_choice.tau
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"encoder": self.encoder, "encoder_version": self.encoder_version, "index_path": self.index_path,
+                "kind": self.kind, "gating": self.gating, "count": self.count, "dim": self.dim,
+                "tau": self.tau_choice.tau, "tau_why": self.tau_choice.why, "tau_source": self.tau_choice.source}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EncoderIndex":
+        d = checked(d, "EncoderIndex", "embedding_indexes", ("encoder", "encoder_version", "index_path", "kind",
+                                                             "gating", "count", "dim", "tau", "tau_why"),
+                    ("tau_source",))
+        choice = TauChoice(d["encoder"], float(d["tau"]), d["tau_why"], d.get("tau_source", "default"))
+        return cls(d["encoder"], d["encoder_version"], d["index_path"], d["kind"], bool(d["gating"]),
+                   int(d["count"]), int(d["dim"]), choice)
+
+
+@dataclass(frozen=True)
+class EmbeddingIndexes:
+    """The ``embedding_indexes`` value: per encoder in use, its index over the guarded sources and
+    its tau; the encoders left out; and each donor's gender class when the labeller is installed."""
+
+    indexes: tuple[EncoderIndex, ...]
+    skipped: tuple[SkippedIndex, ...]
+    source_set_hash: str
+    source_classes: Mapping[str, str] = field(default_factory=dict)  # content hash -> class; {}: no labeller
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"indexes": [i.as_dict() for i in self.indexes], "skipped": [s.as_dict() for s in self.skipped],
+                "source_set_hash": self.source_set_hash, "source_classes": dict(self.source_classes)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "EmbeddingIndexes":
+        d = checked(d, "EmbeddingIndexes", "embedding_indexes", ("indexes", "skipped", "source_set_hash"),
+                    ("source_classes",))
+        return cls(tuple(EncoderIndex.from_dict(i) for i in d["indexes"]),
+                   tuple(SkippedIndex.from_dict(s) for s in d["skipped"]), d["source_set_hash"],
+                   dict(d.get("source_classes") or {}))
+
+    def get(self, encoder: str) -> EncoderIndex | None:
+        """The index of ``encoder``, None when the run has none."""
+        return next((i for i in self.indexes if i.encoder == encoder), None)
+
+    def tau_choices(self) -> dict[str, TauChoice]:
+        """Each indexed encoder's tau, and why."""
+        return {i.encoder: i.tau_choice for i in self.indexes}
+
+    def person_index(self) -> EncoderIndex:
+        """The index of the encoder that tells people apart among the sources (``PERSON_ENCODER``)."""
+        return self.get(PERSON_ENCODER) or self.indexes[0]
+
+
+def build_encoders(cfg: RunConfig) -> tuple[list[Encoder], list[SkippedIndex]]:
     """The encoders of this run and the ones skipped (with the reason).
 
     Loaded once per process and configuration: every step of a run shares the
@@ -35,7 +123,7 @@ def build_encoders(cfg: RunConfig) -> tuple[list[Encoder], list[dict[str, str]]]
     """
     options = json.dumps({k: dict(v) for k, v in cfg.encoder_options.items()}, sort_keys=True)
     encoders, skipped = _load_encoders(cfg.encoders, str(Path(cfg.weights_dir).resolve()), options)
-    return list(encoders), [dict(s) for s in skipped]
+    return list(encoders), list(skipped)
 
 
 @lru_cache(maxsize=4)
@@ -43,7 +131,7 @@ def _load_encoders(names: tuple[str, ...] | None, weights_dir: str, options_json
     from ..encoders.availability import resolve_encoders
 
     encoders, skipped = resolve_encoders(names, Path(weights_dir), json.loads(options_json))
-    return tuple(encoders), tuple({"encoder": s.name, "reason": s.reason}.items() for s in skipped)
+    return tuple(encoders), tuple(SkippedIndex(s.name, s.reason) for s in skipped)
 
 
 def embed_source_set(encoder: Encoder, sources: SourceSet, store: LineageStore, run_id: str,
@@ -75,7 +163,7 @@ def index_path(ws: Workspace, encoder: Encoder, set_hash: str) -> Path:
 
 
 def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet, run_id: str,
-                  progress: Callable[[int, int, str], None] | None = None) -> dict[str, Any]:
+                  progress: Callable[[int, int, str], None] | None = None) -> EmbeddingIndexes:
     """Per encoder: embeddings of every source the guard protects (donors and protect-only photos)
     in a FAISS index on disk."""
     encoders, skipped = build_encoders(cfg)
@@ -103,38 +191,20 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
             tx.upsert("indexes", [{"encoder": enc.name, "encoder_version": enc.version,
                                       "source_set_hash": sources.source_set_hash, "kind": index.manifest.kind,
                                       "count": count, "index_path": str(path), "run_id": run_id}])
-        out.append({"encoder": enc.name, "encoder_version": enc.version, "index_path": str(path),
-                    "kind": index.manifest.kind, "gating": enc.name not in cfg.audit_encoders,
-                    "count": count, "dim": enc.dim, "tau": taus[enc.name].tau, "tau_why": taus[enc.name].why,
-                    "tau_source": taus[enc.name].source})
-    return {"indexes": out, "skipped": skipped, "source_set_hash": sources.source_set_hash,
-            "source_classes": source_classes(sources, ws.indexes / CLASSES_FILE)}
+        out.append(EncoderIndex(enc.name, enc.version, str(path), index.manifest.kind,
+                                enc.name not in cfg.audit_encoders, count, enc.dim, taus[enc.name]))
+    return EmbeddingIndexes(tuple(out), tuple(skipped), sources.source_set_hash,
+                            source_classes(sources, ws.indexes / CLASSES_FILE))
 
 
-def tau_choices(index_summary: dict[str, Any]) -> dict[str, TauChoice]:
-    return {i["encoder"]: TauChoice(i["encoder"], i["tau"], i["tau_why"], i.get("tau_source", "default"))
-            for i in index_summary["indexes"]}
-
-
-#: Encoder whose tau says "same person" when grouping source photos into people and matching
-#: donors: dlib's, calibrated on real photos, when it is in the run; else the first encoder.
-PERSON_ENCODER = "dlib"
-
-
-def person_index(index_summary: dict[str, Any]) -> dict[str, Any]:
-    """The index entry of the encoder used to tell people apart among the sources."""
-    by_name = {i["encoder"]: i for i in index_summary["indexes"]}
-    return by_name.get(PERSON_ENCODER, index_summary["indexes"][0])
-
-
-def source_embeddings(store: LineageStore, sources: SourceSet, index_summary: dict[str, Any]) -> dict[str, np.ndarray]:
+def source_embeddings(store: LineageStore, sources: SourceSet, indexes: EmbeddingIndexes) -> dict[str, np.ndarray]:
     """``{content_hash: unit vector}`` of every donor under the person encoder (from the cache)."""
-    first = person_index(index_summary)
+    first = indexes.person_index()
     hashes = sources.hashes()
-    found = store.embeddings(first["encoder_version"], hashes)
+    found = store.embeddings(first.encoder_version, hashes)
     missing = [h for h in hashes if h not in found]
     if missing:
-        raise RuntimeError(f"{len(missing)} source embeddings for {first['encoder']} are missing from the store; "
+        raise RuntimeError(f"{len(missing)} source embeddings for {first.encoder} are missing from the store; "
                            "re-materialize embedding_indexes")
     return {h: np.asarray(found[h], np.float32) for h in hashes}
 
@@ -171,7 +241,7 @@ def source_classes(sources: SourceSet, cache: Path | None = None) -> dict[str, s
         log.warning("donor gender matching off: %s", exc)
         return {}
     known = _stored_classes(cache, version)
-    missing = tuple(e for e in sources.entries if e["content_hash"] not in known)
+    missing = tuple(e for e in sources.entries if e.content_hash not in known)
     if missing:
         try:
             labeller = AgeGenderLabeller()

@@ -9,31 +9,160 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..atomic import load_npz
 from ..ensemble import guard_from_indexes
 from ..gates import RealismCheck, ReuseCheck, reuse_photos, thresholds_for_sources
-from ..guard import REJECT, Guard, Verdict
+from ..guard import PASS, REJECT, Guard, Verdict
 from ..reuse import ReuseIndex
 from ..transforms import BENIGN_TRANSFORMS
 from ..lineage.store import LineageStore, now
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
 from ..release import release_id_for
 from ..types import Candidate, Recipe
+from ..values import checked
 from ..versioning import code_version
 from .config import RunConfig, Workspace
-from .generation import CandidateFactory
-from .indexing import build_encoders
+from .generation import CandidateFactory, GeneratedCandidates
+from .indexing import EmbeddingIndexes, build_encoders
+from .modeling import FactorDecompositions
 from .sources import SourceSet
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
+
+ASSET = "guard_verdicts"
+
+
+@dataclass(frozen=True)
+class JudgedAttempt:
+    """One candidate the guard judged, with each encoder's score against the sources."""
+
+    slot: int
+    attempt: int
+    candidate_id: str
+    verdict: str                              # PASS or REJECT
+    reason: str
+    recipe_id: str
+    similarity: Mapping[str, float | None]    # encoder -> max cosine to any source (None: not measured)
+    nearest: Mapping[str, str | None]         # encoder -> content hash of the nearest source
+    tau: Mapping[str, float]                  # encoder -> tau it was judged at
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"slot": self.slot, "attempt": self.attempt, "candidate_id": self.candidate_id,
+                "verdict": self.verdict, "reason": self.reason, "recipe_id": self.recipe_id,
+                "similarity": dict(self.similarity), "nearest": dict(self.nearest), "tau": dict(self.tau)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "JudgedAttempt":
+        d = checked(d, "JudgedAttempt", ASSET, ("slot", "attempt", "candidate_id", "verdict", "reason", "recipe_id",
+                                                "similarity", "nearest", "tau"))
+        return cls(int(d["slot"]), int(d["attempt"]), d["candidate_id"], d["verdict"], d["reason"], d["recipe_id"],
+                   dict(d["similarity"]), dict(d["nearest"]), dict(d["tau"]))
+
+
+@dataclass(frozen=True)
+class ReleasedFace:
+    """A candidate that passed the guard, written to ``released/`` with its watermark."""
+
+    release_id: str
+    candidate_id: str
+    file: str
+    slot: int
+    attempt: int
+    content_hash: str                         # of the released pixels
+    recipe_id: str
+    donors: tuple[str, ...]                   # content hashes of every donor of the recipe
+    primary: Mapping[str, str]                # factor -> content hash of its primary donor
+    similarity: Mapping[str, float | None]    # as in ``JudgedAttempt``
+    nearest: Mapping[str, str | None]
+    tau: Mapping[str, float]
+
+    def reaches_tau(self, encoder: str) -> bool:
+        """Whether ``encoder`` measured this face at or above its tau (False when it could not measure)."""
+        similarity = self.similarity[encoder]
+        return similarity is not None and similarity >= self.tau[encoder]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"release_id": self.release_id, "candidate_id": self.candidate_id, "file": self.file,
+                "slot": self.slot, "attempt": self.attempt, "content_hash": self.content_hash,
+                "recipe_id": self.recipe_id, "donors": list(self.donors), "primary": dict(self.primary),
+                "similarity": dict(self.similarity), "nearest": dict(self.nearest), "tau": dict(self.tau)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ReleasedFace":
+        d = checked(d, "ReleasedFace", ASSET, ("release_id", "candidate_id", "file", "slot", "attempt",
+                                               "content_hash", "recipe_id", "donors", "primary", "similarity",
+                                               "nearest", "tau"))
+        return cls(d["release_id"], d["candidate_id"], d["file"], int(d["slot"]), int(d["attempt"]),
+                   d["content_hash"], d["recipe_id"], tuple(d["donors"]), dict(d["primary"]),
+                   dict(d["similarity"]), dict(d["nearest"]), dict(d["tau"]))
+
+
+@dataclass(frozen=True)
+class UnreleasedSlot:
+    """A slot whose every attempt was rejected."""
+
+    slot: int
+    attempts: int
+    last_reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"slot": self.slot, "attempts": self.attempts, "last_reason": self.last_reason}
+
+
+@dataclass(frozen=True)
+class GuardVerdicts:
+    """The ``guard_verdicts`` value: every attempt judged and every face released by one generation."""
+
+    generation_id: str
+    released: tuple[ReleasedFace, ...]
+    attempts: tuple[JudgedAttempt, ...]
+    witness_leakage_rate: Mapping[str, float]  # witness encoder -> share of releases at or above its tau
+    witness_unverified: Mapping[str, int]      # witness encoder -> releases it could not measure
+    num_samples: int
+    max_attempts: int
+
+    #: Written for readers of the stored JSON; recomputed from the attempts when read back.
+    DERIVED = ("unreleased", "pass_rate")
+
+    @property
+    def pass_rate(self) -> float:
+        """The share of judged candidates that passed."""
+        return sum(a.passed for a in self.attempts) / max(1, len(self.attempts))
+
+    @property
+    def unreleased(self) -> tuple[UnreleasedSlot, ...]:
+        """The slots with no release after ``max_attempts`` attempts, with the last reason."""
+        done = {r.slot for r in self.released}
+        return tuple(UnreleasedSlot(a.slot, a.attempt + 1, a.reason) for a in self.attempts
+                     if a.slot not in done and a.attempt + 1 == self.max_attempts)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"generation_id": self.generation_id, "released": [r.as_dict() for r in self.released],
+                "attempts": [a.as_dict() for a in self.attempts],
+                "unreleased": [u.as_dict() for u in self.unreleased],
+                "witness_leakage_rate": dict(self.witness_leakage_rate),
+                "witness_unverified": dict(self.witness_unverified),
+                "num_samples": self.num_samples, "max_attempts": self.max_attempts, "pass_rate": self.pass_rate}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "GuardVerdicts":
+        d = checked(d, "GuardVerdicts", ASSET, ("generation_id", "released", "attempts", "witness_leakage_rate",
+                                                "witness_unverified", "num_samples", "max_attempts"), cls.DERIVED)
+        return cls(d["generation_id"], tuple(ReleasedFace.from_dict(r) for r in d["released"]),
+                   tuple(JudgedAttempt.from_dict(a) for a in d["attempts"]), dict(d["witness_leakage_rate"]),
+                   dict(d["witness_unverified"]), int(d["num_samples"]), int(d["max_attempts"]))
 
 
 def reuse_index(ws: Workspace, sources: SourceSet) -> ReuseIndex:
@@ -48,24 +177,24 @@ def reuse_index(ws: Workspace, sources: SourceSet) -> ReuseIndex:
     return index
 
 
-def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, index_summary: dict[str, Any]) -> Guard:
+def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, indexes: EmbeddingIndexes) -> Guard:
     """The guard that decides releases: the identity ensemble under benign transforms, after
     the realism gate (a coherent face) and the reuse gate (no region of a source photo)."""
-    identity = build_guard(cfg, index_summary, sources.source_set_hash)
+    identity = build_guard(cfg, indexes, sources.source_set_hash)
     realism = thresholds_for_sources(f for batch in sources.iter_faces() for f in batch)
     gates = (RealismCheck(realism), ReuseCheck(reuse_index(ws, sources)))
     return Guard(identity.members, gates=gates, transforms=BENIGN_TRANSFORMS)
 
 
-def build_guard(cfg: RunConfig, index_summary: dict[str, Any], source_set_hash: str | None = None) -> Guard:
+def build_guard(cfg: RunConfig, indexes: EmbeddingIndexes, source_set_hash: str | None = None) -> Guard:
     """The run's identity ensemble over its saved indexes (``ensemble.guard_from_indexes``).
 
     ``source_set_hash`` is the current ``source_images`` hash: an index built over another
-    source set is stale even when it matches its own summary. None trusts the summary.
+    source set is stale even when it matches ``indexes``. None trusts ``indexes.source_set_hash``.
     """
     encoders, _ = build_encoders(cfg)
-    return guard_from_indexes(encoders, index_summary["indexes"],
-                              source_set_hash or index_summary["source_set_hash"], cfg.audit_encoders)
+    return guard_from_indexes(encoders, indexes.indexes, source_set_hash or indexes.source_set_hash,
+                              cfg.audit_encoders)
 
 
 def verdict_rows(v: Verdict, run_id: str) -> list[dict[str, Any]]:
@@ -86,22 +215,22 @@ def _num(x: float) -> float | None:
 
 
 def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                      factors_summary: dict[str, Any], index_summary: dict[str, Any],
-                      first: dict[str, Any], run_id: str, progress: Progress | None = None) -> dict[str, Any]:
+                      decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
+                      first: GeneratedCandidates, run_id: str, progress: Progress | None = None) -> GuardVerdicts:
     """Judge the first attempts, regenerate rejected slots, release the passes."""
     from PIL import Image
 
     recover_staged(ws, store)
-    guard = build_release_guard(cfg, ws, sources, index_summary)
-    factory = CandidateFactory(cfg, ws, store, sources, factors_summary, index_summary)
+    guard = build_release_guard(cfg, ws, sources, indexes)
+    factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
     _remember_earlier_releases(guard, store, factory.gen_id)
     pending: list[tuple[int, Candidate]] = []
-    for row in first["candidates"]:
-        recipe = factory.stored_recipe(store, row["candidate_id"])
-        image = np.asarray(Image.open(row["image_path"]).convert("RGB"))
-        pending.append((row["slot"], Candidate(row["candidate_id"], recipe, row["attempt"], image)))
-    attempts: list[dict[str, Any]] = []
-    released: list[dict[str, Any]] = []
+    for saved in first.candidates:
+        recipe = factory.stored_recipe(store, saved.candidate_id)
+        image = np.asarray(Image.open(saved.image_path).convert("RGB"))
+        pending.append((saved.slot, Candidate(saved.candidate_id, recipe, saved.attempt, image)))
+    attempts: list[JudgedAttempt] = []
+    released: list[ReleasedFace] = []
     released_recipes: list[Recipe] = []
     while pending:
         # the guard judges the watermarked pixels: exactly what a release will contain
@@ -120,9 +249,9 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
                               "reason": verdict.reason, "run_id": run_id})
             attempts.append(_attempt_summary(slot, cand, verdict))
             if verdict.passed:
-                rel = _release(ws, slot, cand, marked[cand.candidate_id], verdict, run_id)
-                release_rows.append(rel["row"])
-                released.append(rel["summary"])
+                row, face = _release(ws, slot, cand, marked[cand.candidate_id], verdict, run_id)
+                release_rows.append(row)
+                released.append(face)
                 released_recipes.append(cand.recipe)
             elif cand.attempt + 1 < cfg.max_attempts:
                 retry.append((slot, cand.attempt + 1))
@@ -140,14 +269,8 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         if pending:
             factory.save(store, pending, run_id)
     leakage, unverified = witness_rates(released, cfg.audit_encoders)
-    done = {r["slot"] for r in released}
-    unreleased = [{"slot": a["slot"], "attempts": a["attempt"] + 1, "last_reason": a["reason"]}
-                  for a in attempts if a["slot"] not in done and a["attempt"] + 1 == cfg.max_attempts]
-    return {"generation_id": factory.gen_id, "released": released, "attempts": attempts,
-            "unreleased": unreleased,
-            "witness_leakage_rate": leakage, "witness_unverified": unverified,
-            "num_samples": cfg.num_samples, "max_attempts": cfg.max_attempts,
-            "pass_rate": sum(a["verdict"] == "PASS" for a in attempts) / max(1, len(attempts))}
+    return GuardVerdicts(factory.gen_id, tuple(released), tuple(attempts), leakage, unverified, cfg.num_samples,
+                         cfg.max_attempts)
 
 
 STAGING = ".staging"
@@ -206,14 +329,13 @@ def _remember_earlier_releases(guard: Guard, store: LineageStore, generation: st
         log.info("new faces must also differ from %d earlier releases", len(images))
 
 
-def witness_rates(released: list[dict[str, Any]],
+def witness_rates(released: Sequence[ReleasedFace],
                   witnesses: Sequence[str]) -> tuple[dict[str, float], dict[str, int]]:
     """Per witness encoder: the share of releases it finds at or above its tau, and how many
     releases it could not measure (an encoder that failed is unverified, never "no leak")."""
     n = max(1, len(released))
-    leakage = {enc: sum(r["similarity"][enc] is not None and r["similarity"][enc] >= r["tau"][enc]
-                        for r in released) / n for enc in witnesses}
-    unverified = {enc: sum(r["similarity"][enc] is None for r in released) for enc in witnesses}
+    leakage = {enc: sum(r.reaches_tau(enc) for r in released) / n for enc in witnesses}
+    unverified = {enc: sum(r.similarity[enc] is None for r in released) for enc in witnesses}
     return leakage, unverified
 
 
@@ -228,16 +350,16 @@ def _watermark_all(candidates: list[Candidate]) -> tuple[dict[str, np.ndarray], 
     return marked, unmarkable
 
 
-def _attempt_summary(slot: int, cand: Candidate, v: Verdict) -> dict[str, Any]:
-    return {"slot": slot, "attempt": cand.attempt, "candidate_id": cand.candidate_id, "verdict": v.verdict,
-            "reason": v.reason, "recipe_id": cand.recipe.recipe_id,
-            "similarity": {ev.encoder: _num(ev.max_similarity) for ev in v.per_encoder},
-            "nearest": {ev.encoder: ev.nearest_source for ev in v.per_encoder},
-            "tau": {ev.encoder: ev.tau for ev in v.per_encoder}}
+def _attempt_summary(slot: int, cand: Candidate, v: Verdict) -> JudgedAttempt:
+    return JudgedAttempt(slot, cand.attempt, cand.candidate_id, v.verdict, v.reason, cand.recipe.recipe_id,
+                         {ev.encoder: _num(ev.max_similarity) for ev in v.per_encoder},
+                         {ev.encoder: ev.nearest_source for ev in v.per_encoder},
+                         {ev.encoder: ev.tau for ev in v.per_encoder})
 
 
 def _release(ws: Workspace, slot: int, cand: Candidate, marked: np.ndarray, v: Verdict,
-             run_id: str) -> dict[str, Any]:
+             run_id: str) -> tuple[dict[str, Any], ReleasedFace]:
+    """The release's lineage row and its ``ReleasedFace``."""
     rid = release_id_for(cand.candidate_id)
     path = ws.released / f"{rid}.png"
     # written to the staging folder first: published after its row is committed (publish_staged)
@@ -248,19 +370,16 @@ def _release(ws: Workspace, slot: int, cand: Candidate, marked: np.ndarray, v: V
     row = {"release_id": rid, "candidate_id": cand.candidate_id, "file": str(path), "content_hash": content_hash,
            "status": "released", "revoked_reason": None, "run_id": run_id, "code_version": code_version(),
            "backbone_state": None, "released_at": now()}
-    summary = {"release_id": rid, "candidate_id": cand.candidate_id, "file": str(path), "slot": slot,
-               "attempt": cand.attempt,
-               "content_hash": content_hash, "recipe_id": cand.recipe.recipe_id,
-               "donors": list(cand.recipe.donors()),
-               "primary": dict(cand.recipe.primary),
-               "similarity": {ev.encoder: _num(ev.max_similarity) for ev in v.per_encoder},
-               "nearest": {ev.encoder: ev.nearest_source for ev in v.per_encoder},
-               "tau": {ev.encoder: ev.tau for ev in v.per_encoder}}
-    return {"row": row, "summary": summary}
+    face = ReleasedFace(rid, cand.candidate_id, str(path), slot, cand.attempt, content_hash, cand.recipe.recipe_id,
+                        tuple(cand.recipe.donors()), dict(cand.recipe.primary),
+                        {ev.encoder: _num(ev.max_similarity) for ev in v.per_encoder},
+                        {ev.encoder: ev.nearest_source for ev in v.per_encoder},
+                        {ev.encoder: ev.tau for ev in v.per_encoder})
+    return row, face
 
 
-def recheck_released_files(cfg: RunConfig, ws: Workspace, sources: SourceSet, index_summary: dict[str, Any],
-                           released: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def recheck_released_files(cfg: RunConfig, ws: Workspace, sources: SourceSet, indexes: EmbeddingIndexes,
+                           released: Sequence[ReleasedFace]) -> list[dict[str, Any]]:
     """Re-read each released PNG from disk and run the full guard on it again.
 
     Independent of the verdicts recorded during generation: what was written
@@ -268,15 +387,15 @@ def recheck_released_files(cfg: RunConfig, ws: Workspace, sources: SourceSet, in
     """
     from PIL import Image
 
-    guard = build_release_guard(cfg, ws, sources, index_summary)
-    images = [(r["release_id"], np.asarray(Image.open(r["file"]).convert("RGB"))) for r in released]
+    guard = build_release_guard(cfg, ws, sources, indexes)
+    images = [(r.release_id, np.asarray(Image.open(r.file).convert("RGB"))) for r in released]
     return [{"release_id": v.candidate_id, "verdict": v.verdict, "reason": v.reason,
              **{f"sim_{ev.encoder}": _num(ev.max_similarity) for ev in v.per_encoder},
              **{f"tau_{ev.encoder}": ev.tau for ev in v.per_encoder}}
             for v in guard.check(images)]
 
 
-def donor_groups(sources: SourceSet, released: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def donor_groups(sources: SourceSet, released: Sequence[ReleasedFace]) -> list[dict[str, Any]]:
     """For each release, the groups its donors come from."""
-    group = {e["content_hash"]: e["group"] for e in sources.entries}
-    return [{"release_id": r["release_id"], "groups": sorted({group[d] for d in r["donors"]})} for r in released]
+    group = {e.content_hash: e.group for e in sources.entries}
+    return [{"release_id": r.release_id, "groups": sorted({group[d] for d in r.donors})} for r in released]

@@ -6,13 +6,14 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from ..atomic import atomic_save_npz, load_npz
 from ..backbones import BACKBONES, Backbone
 from ..lineage.store import LineageStore
+from ..values import checked
 from ..versioning import code_version
 from .config import RunConfig, Workspace
 from .sources import SourceSet
@@ -24,12 +25,21 @@ Progress = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class BackboneRef:
-    """How to rebuild the fitted backbone in another step (JSON-serialisable)."""
+    """How to rebuild the fitted backbone in another step."""
 
     name: str
-    options: dict[str, Any]
+    options: Mapping[str, Any]
     state_path: str
     state_hash: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "options": dict(self.options), "state_path": self.state_path,
+                "state_hash": self.state_hash}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], asset: str = "projected_latents") -> "BackboneRef":
+        d = checked(d, "BackboneRef", asset, ("name", "options", "state_path", "state_hash"))
+        return cls(d["name"], dict(d["options"]), d["state_path"], d["state_hash"])
 
     def load(self) -> Backbone:
         backbone = BACKBONES.create(self.name, **self.options)
@@ -41,8 +51,60 @@ class BackboneRef:
         return backbone
 
 
+@dataclass(frozen=True)
+class ProjectedLatents:
+    """The ``projected_latents`` value: the fitted backbone and each source's latent file."""
+
+    backbone: BackboneRef
+    latents: Mapping[str, str]              # content hash -> latent ``.npz``
+    projected_now: int                      # latents computed by this run (the others were on disk)
+    mean_reconstruction_error: float | None  # over every latent of this backbone state
+    max_reconstruction_error: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"backbone": self.backbone.as_dict(), "latents": dict(self.latents),
+                "projected_now": self.projected_now, "mean_reconstruction_error": self.mean_reconstruction_error,
+                "max_reconstruction_error": self.max_reconstruction_error}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ProjectedLatents":
+        d = checked(d, "ProjectedLatents", "projected_latents", ("backbone", "latents", "projected_now",
+                                                                 "mean_reconstruction_error",
+                                                                 "max_reconstruction_error"))
+        return cls(BackboneRef.from_dict(d["backbone"]), dict(d["latents"]), int(d["projected_now"]),
+                   d["mean_reconstruction_error"], d["max_reconstruction_error"])
+
+
+@dataclass(frozen=True)
+class FactorDecompositions:
+    """The ``factor_decompositions`` value: each source's named factors and the population mean."""
+
+    backbone: BackboneRef
+    factors: Mapping[str, str]   # content hash -> factors ``.npz``
+    mean: str                    # the population mean's factors ``.npz``
+    factor_names: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"backbone": self.backbone.as_dict(), "factors": dict(self.factors), "mean": self.mean,
+                "factor_names": list(self.factor_names)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "FactorDecompositions":
+        d = checked(d, "FactorDecompositions", "factor_decompositions", ("backbone", "factors", "mean",
+                                                                         "factor_names"))
+        return cls(BackboneRef.from_dict(d["backbone"], "factor_decompositions"), dict(d["factors"]), d["mean"],
+                   tuple(d["factor_names"]))
+
+    def load_factors(self) -> dict[str, dict[str, np.ndarray]]:
+        """Each source's factors by content hash, from their ``.npz`` files (no pickle)."""
+        return {h: load_npz(Path(p)) for h, p in self.factors.items()}
+
+    def load_mean(self) -> dict[str, np.ndarray]:
+        return load_npz(Path(self.mean))
+
+
 def fit_and_project(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet, run_id: str,
-                    progress: Progress | None = None) -> dict[str, Any]:
+                    progress: Progress | None = None) -> ProjectedLatents:
     """Fit the configured backbone on the sources and project each of them."""
     faces = sources.load_faces()
     options = dict(cfg.backbone_options)
@@ -75,18 +137,16 @@ def fit_and_project(cfg: RunConfig, ws: Workspace, store: LineageStore, sources:
     errors = store.query(
         "SELECT avg(reconstruction_error), max(reconstruction_error) FROM latents WHERE backbone_state = ?",
         [state_hash])[0]
-    return {"backbone": ref.__dict__, "latents": latents, "projected_now": len(rows),
-            "mean_reconstruction_error": errors[0], "max_reconstruction_error": errors[1]}
+    return ProjectedLatents(ref, latents, len(rows), errors[0], errors[1])
 
 
-def decompose_all(ws: Workspace, store: LineageStore, latents_summary: dict[str, Any],
-                  run_id: str) -> dict[str, Any]:
+def decompose_all(ws: Workspace, store: LineageStore, latents: ProjectedLatents, run_id: str) -> FactorDecompositions:
     """Split each latent into named factors; save per-source factors and the population mean."""
-    ref = BackboneRef(**latents_summary["backbone"])
+    ref = latents.backbone
     backbone = ref.load()
     factors_paths: dict[str, str] = {}
     rows = []
-    for content_hash, latent_path in latents_summary["latents"].items():
+    for content_hash, latent_path in latents.latents.items():
         factors = backbone.decompose(load_npz(Path(latent_path)))
         path = Path(latent_path).with_suffix(".factors.npz")
         atomic_save_npz(path, **factors)
@@ -100,5 +160,4 @@ def decompose_all(ws: Workspace, store: LineageStore, latents_summary: dict[str,
     atomic_save_npz(mean_path, **backbone.population_mean())
     with store.transaction() as tx:
         tx.upsert("factors", rows)
-    return {"backbone": latents_summary["backbone"], "factors": factors_paths, "mean": str(mean_path),
-            "factor_names": list(backbone.factor_names)}
+    return FactorDecompositions(ref, factors_paths, str(mean_path), tuple(backbone.factor_names))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -30,8 +30,10 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..guard import PASS, REJECT, Verdict
 from ..lineage.store import LineageStore, file_lock, now
+from ..values import checked
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
+from .indexing import EmbeddingIndexes
 
 log = logging.getLogger(__name__)
 
@@ -57,26 +59,78 @@ class RecheckOutcome:
     def revoked(self) -> bool:
         return self.verdict != PASS
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"release_id": self.release_id, "file": self.file, "verdict": self.verdict, "reason": self.reason,
+                "similarity": dict(self.similarity), "nearest": dict(self.nearest)}
 
-def recheck_key(index_summary: Mapping[str, Any]) -> str:
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RecheckOutcome":
+        d = checked(d, "RecheckOutcome", "release_recheck", ("release_id", "file", "verdict", "reason",
+                                                             "similarity", "nearest"))
+        return cls(d["release_id"], d["file"], d["verdict"], d["reason"], dict(d["similarity"]), dict(d["nearest"]))
+
+
+@dataclass(frozen=True)
+class ReleaseRecheck:
+    """The ``release_recheck`` value: every release judged again against the current sources."""
+
+    recheck_key: str                      # ``recheck_key`` of the indexes judged against
+    source_set_hash: str
+    skipped_already_rechecked: int        # releases that passed this exact recheck before
+    outcomes: tuple[RecheckOutcome, ...]
+    manifests: tuple[str, ...]            # manifests whose revocations were written
+    orphaned_files: tuple[str, ...]       # PNGs with no release row, moved aside
+
+    #: Written for readers of the stored JSON; recomputed from the outcomes when read back.
+    DERIVED = ("rechecked", "kept", "revoked")
+
+    @property
+    def revoked(self) -> tuple[RecheckOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.revoked)
+
+    @property
+    def rechecked(self) -> int:
+        return len(self.outcomes)
+
+    @property
+    def kept(self) -> int:
+        return self.rechecked - len(self.revoked)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"recheck_key": self.recheck_key, "source_set_hash": self.source_set_hash,
+                "rechecked": self.rechecked, "kept": self.kept,
+                "skipped_already_rechecked": self.skipped_already_rechecked,
+                "revoked": [o.as_dict() for o in self.revoked], "outcomes": [o.as_dict() for o in self.outcomes],
+                "manifests": list(self.manifests), "orphaned_files": list(self.orphaned_files)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "ReleaseRecheck":
+        d = checked(d, "ReleaseRecheck", "release_recheck", ("recheck_key", "source_set_hash",
+                                                             "skipped_already_rechecked", "outcomes", "manifests",
+                                                             "orphaned_files"), cls.DERIVED)
+        return cls(d["recheck_key"], d["source_set_hash"], int(d["skipped_already_rechecked"]),
+                   tuple(RecheckOutcome.from_dict(o) for o in d["outcomes"]), tuple(d["manifests"]),
+                   tuple(d["orphaned_files"]))
+
+
+def recheck_key(indexes: EmbeddingIndexes) -> str:
     """What a recheck judged against: the source set, each encoder's version and tau."""
-    return config_hash({"sources": index_summary["source_set_hash"],
-                        "encoders": sorted((i["encoder"], i["encoder_version"], float(i["tau"]))
-                                           for i in index_summary["indexes"])})[:20]
+    return config_hash({"sources": indexes.source_set_hash,
+                        "encoders": sorted((i.encoder, i.encoder_version, float(i.tau)) for i in indexes.indexes)})[:20]
 
 
-def recheck_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, index_summary: Mapping[str, Any],
-                     run_id: str, force: bool = False) -> dict[str, Any]:
+def recheck_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, indexes: EmbeddingIndexes,
+                     run_id: str, force: bool = False) -> ReleaseRecheck:
     """Re-check every released (not yet revoked) face against the current sources.
 
-    ``index_summary`` is the ``embedding_indexes`` value of the refreshed
+    ``indexes`` is the ``embedding_indexes`` value of the refreshed
     sources. Releases that already passed this exact recheck are skipped unless
-    ``force``. Returns a JSON-serialisable summary with every outcome.
+    ``force``. Returns every outcome.
     """
     from .judging import build_guard
 
-    key = recheck_key(index_summary)
-    set_hash = index_summary["source_set_hash"]
+    key = recheck_key(indexes)
+    set_hash = indexes.source_set_hash
     rows = store.query("SELECT release_id, file FROM releases WHERE status IS DISTINCT FROM 'revoked' "
                        "AND (? OR last_audit_key IS DISTINCT FROM ?) ORDER BY release_id", [force, key])
     already = store.query("SELECT count(*) FROM releases WHERE status IS DISTINCT FROM 'revoked' "
@@ -84,7 +138,7 @@ def recheck_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, index_s
     paths = dict(store.query("SELECT content_hash, path FROM sources"))
     outcomes: list[RecheckOutcome] = []
     if rows:
-        guard = build_guard(cfg, index_summary)
+        guard = build_guard(cfg, indexes)
         for start in range(0, len(rows), RECHECK_BATCH):
             outcomes += _recheck_batch(guard, rows[start:start + RECHECK_BATCH], paths, set_hash)
     _record(store, outcomes, key, set_hash, run_id)
@@ -93,10 +147,8 @@ def recheck_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, index_s
         log.warning("release %s revoked: %s", o.release_id, o.reason)
     manifests = sync_manifests(store, [ws.root, *{Path(o.file).parent.parent for o in revoked}])
     orphans = set_aside_orphan_release_files(ws, store)
-    return {"recheck_key": key, "source_set_hash": set_hash, "rechecked": len(outcomes),
-            "kept": len(outcomes) - len(revoked), "skipped_already_rechecked": already,
-            "revoked": [asdict(o) for o in revoked], "outcomes": [asdict(o) for o in outcomes],
-            "manifests": [str(m) for m in manifests], "orphaned_files": [str(p) for p in orphans]}
+    return ReleaseRecheck(key, set_hash, already, tuple(outcomes), tuple(str(m) for m in manifests),
+                          tuple(str(p) for p in orphans))
 
 
 def _recheck_batch(guard, rows: Sequence[tuple[str, str]], paths: Mapping[str, str],

