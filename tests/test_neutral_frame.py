@@ -137,6 +137,23 @@ def test_novelty_config_is_validated():
         NoveltySearch(1.5)
 
 
+def test_novelty_steps_side_by_side_give_the_results_of_one_at_a_time(fitted, faces):
+    # why: candidates of one round are moved on threads (one core each); a release must not
+    # depend on how many cores the machine has or how the candidates were spread over them
+    latents = [p.latent for p in fitted.project(faces[:3])]
+    mixes = [fitted.decompose(lat) for lat in latents]
+    avoid = np.random.default_rng(1).normal(size=(64, 128)).astype(np.float32)
+    avoid /= np.linalg.norm(avoid, axis=1, keepdims=True)  # some lie near any face's descriptor
+    search = NoveltySearch(0.05, NoveltyConfig(steps=3, margin=0.0))
+    alone = [search.refine(fitted, m, avoid) for m in mixes]
+    together = search.refine_many(fitted, mixes, avoid, workers=2)
+    assert [r.steps for r in together] == [r.steps for r in alone]
+    assert all(r.steps > 0 for r in alone), "the test must take steps to compare"
+    for a, b in zip(alone, together):
+        assert a.end_similarity == b.end_similarity and a.start_similarity == b.start_similarity
+        assert all(np.array_equal(a.factors[k], b.factors[k]) for k in a.factors)
+
+
 @pytest.mark.slow
 @pytest.mark.shared_faces
 def test_novelty_step_takes_a_mixed_face_below_tau(shared_faces):

@@ -195,7 +195,7 @@ class CandidateFactory:
             avoid = self.protected
             if released_embeddings is not None and len(released_embeddings):
                 avoid = np.concatenate([avoid, np.asarray(released_embeddings, np.float32)])
-            moved = [self.novelty.refine(self.backbone, m, avoid) for m in mixed]  # type: ignore[arg-type]
+            moved = self.novelty.refine_many(self.backbone, mixed, avoid)  # type: ignore[arg-type]
             for (s, a), res in zip(slots, moved):
                 log.info("slot %d attempt %d: novelty step %.3f -> %.3f in %d steps (|dz| %.2f)",
                          s, a, res.start_similarity, res.end_similarity, res.steps, res.shift)
