@@ -139,3 +139,25 @@ def test_a_release_file_appears_only_after_its_row_is_committed(tmp_path):
     staged_path(ws, crashed).write_bytes(b"png2")
     publish_staged(ws, [str(crashed)])
     assert crashed.read_bytes() == b"png2"
+
+
+def test_realism_limits_are_measured_once_per_source_set(monkeypatch, tmp_path):
+    # why: measuring every source took seconds each time a guard was built (generation, recheck)
+    from personc_assets.core.pipeline import judging
+    from personc_assets.core.pipeline.config import Workspace
+
+    class Sources:
+        def __init__(self, source_set_hash: str) -> None:
+            self.source_set_hash = source_set_hash
+
+        def iter_faces(self):
+            return iter([[_source(1), _source(2)]])
+
+    measured = []
+    monkeypatch.setattr(gates, "measure", lambda image: measured.append(1) or {"sharpness": 1.0, "lr_colour": 30.5})
+    ws = Workspace(tmp_path)
+    first = judging.realism_thresholds(ws, Sources("a" * 64))
+    assert len(measured) == 2 and first.min_sharpness == 1.0 and first.max_lr_colour == 30.5
+    assert judging.realism_thresholds(ws, Sources("a" * 64)) == first and len(measured) == 2
+    judging.realism_thresholds(ws, Sources("b" * 64))  # other sources: measured again
+    assert len(measured) == 4

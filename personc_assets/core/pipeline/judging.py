@@ -7,18 +7,20 @@ released as a PNG marked as synthetic.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from ..atomic import load_npz
+from ..atomic import atomic_write_text
 from ..ensemble import guard_from_indexes
 from ..gates import RealismCheck, ReuseCheck, reuse_photos, thresholds_for_sources
 from ..guard import PASS, REJECT, Guard, Verdict
+from ..realism import DEFAULT_THRESHOLDS, RealismThresholds
 from ..reuse import ReuseIndex
 from ..transforms import BENIGN_TRANSFORMS
 from ..lineage.store import LineageStore, now
@@ -26,7 +28,7 @@ from ..explain.watermark import WatermarkError, embed_watermark, write_marked_pn
 from ..release import release_id_for
 from ..types import Candidate, Recipe
 from ..values import checked
-from ..versioning import code_version
+from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory, GeneratedCandidates
 from .indexing import EmbeddingIndexes, build_encoders
@@ -177,11 +179,27 @@ def reuse_index(ws: Workspace, sources: SourceSet) -> ReuseIndex:
     return index
 
 
+def realism_thresholds(ws: Workspace, sources: SourceSet) -> RealismThresholds:
+    """The realism gate's limits widened to the sources' own range (``gates.thresholds_for_sources``),
+    measured once per source set, default limits and code version, and kept beside the indexes."""
+    key = config_hash({"sources": sources.source_set_hash, "base": asdict(DEFAULT_THRESHOLDS),
+                       "code": code_version()})
+    path = ws.indexes / f"realism-{key[:16]}.json"
+    if path.exists():
+        try:
+            return RealismThresholds(**json.loads(path.read_text())).check()
+        except (ValueError, TypeError) as exc:  # unreadable: measure again and overwrite it
+            log.warning("realism limits in %s are unreadable (%s); measuring the sources again", path, exc)
+    thresholds = thresholds_for_sources(f for batch in sources.iter_faces() for f in batch)
+    atomic_write_text(path, json.dumps(asdict(thresholds)))
+    return thresholds
+
+
 def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, indexes: EmbeddingIndexes) -> Guard:
     """The guard that decides releases: the identity ensemble under benign transforms, after
     the realism gate (a coherent face) and the reuse gate (no region of a source photo)."""
     identity = build_guard(cfg, indexes, sources.source_set_hash)
-    realism = thresholds_for_sources(f for batch in sources.iter_faces() for f in batch)
+    realism = realism_thresholds(ws, sources)
     gates = (RealismCheck(realism), ReuseCheck(reuse_index(ws, sources)))
     return Guard(identity.members, gates=gates, transforms=BENIGN_TRANSFORMS)
 
