@@ -19,13 +19,18 @@ Measures, in one invocation (so that both sides see the same machine load):
    computed by ``build_coalition_table_reference`` and by the fast
    ``build_coalition_table`` in one process, alternating face by face:
    seconds per face, CPU utilisation, the ratio, and the largest difference
-   of the scores.
+   of the scores;
+5. ``bound``: unit costs measured on the after run's workspace (ingest of a
+   photo, a render, the guard's judgement of a candidate, one coalition image,
+   the novelty step of a released mix) and the pipeline's time against its
+   bound: judged x (render + judge) + sources x ingest + releases x
+   coalitions x coalition image, and that bound plus judged x novelty step.
 
 Absolute times depend on what else the machine runs; the ratios are measured
 in the same run. On Linux, CPU seconds are read from /proc.
 
     python benchmarks/bench_demo.py --baseline REF [--after HEAD] [--num-samples 5] [--tau 0.4] [--seed 0]
-        [--ingest-photos 300] [--skip demo ingest indexes ics] [--keep DIR] [--csv benchmarks/results/bench_demo.csv]
+        [--demo-arg ARG ...] [--ingest-photos 300] [--skip demo ingest indexes ics bound] [--keep DIR] [--csv benchmarks/results/bench_demo.csv]
 """
 
 from __future__ import annotations
@@ -317,38 +322,59 @@ def bench_ingest(trees: dict[str, Path], work: Path, photos: int, rows: list[Row
                         best["1"]["wall"] / best["2"]["wall"], "x"))
 
 
+def _loaded_run(out: Path, demo_args: list[str]):
+    """The finished run in ``out`` as the after code reads it: config, workspace, store, typed asset
+    values, a candidate factory, encoders and the guarded source faces and entries by content hash."""
+    from personc_assets.cli import build_parser
+    from personc_assets.cli.run_options import run_config_from_args
+    from personc_assets.core.lineage.store import LineageStore
+    from personc_assets.core.pipeline.config import Workspace
+    from personc_assets.core.pipeline.generation import CandidateFactory
+    from personc_assets.core.pipeline.indexing import EmbeddingIndexes, build_encoders
+    from personc_assets.core.pipeline.judging import GuardVerdicts
+    from personc_assets.core.pipeline.modeling import FactorDecompositions
+    from personc_assets.core.pipeline.sources import SourceSet
+
+    def value(name, kind):
+        return kind.from_dict(json.loads((out / "state" / f"{name}.json").read_text()))
+
+    cfg = run_config_from_args(build_parser().parse_args(["demo", *demo_args, "--out", str(out)]))
+    ws = Workspace(out)
+    store = LineageStore.open(ws.db_path)
+    sources, indexes = value("source_images", SourceSet), value("embedding_indexes", EmbeddingIndexes)
+    decompositions, verdicts = value("factor_decompositions", FactorDecompositions), value("guard_verdicts",
+                                                                                           GuardVerdicts)
+    factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
+    encoders, _ = build_encoders(cfg)
+    faces = {f.content_hash: f for batch in sources.iter_guarded_faces() for f in batch}
+    return cfg, ws, store, sources, indexes, verdicts, factory, encoders, faces, sources.by_hash()
+
+
+def _donor_similarity(rel, factory, store, encoders, faces, entries):
+    """The ICS similarity of a released face (donors and nearest sources, every encoder) and its factors."""
+    from personc_assets.core.explain.ics import EncoderSimilarity
+    from personc_assets.core.pipeline.indexing import embed_sources
+
+    recipe = factory.stored_recipe(store, rel.candidate_id)
+    mixed = factory.stored_factors(store, rel.candidate_id, recipe)
+    targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel.nearest.values() if h]]))
+    emb = {e.name: embed_sources(e, [faces[h] for h in targets], store, "bench") for e in encoders}
+    return EncoderSimilarity(encoders, emb, [entries[h].source_id for h in targets]), recipe, mixed
+
+
 def child_ics(out: Path, demo_args: list[str]) -> dict:
     """Reference and fast ICS of the released faces of ``out``, alternating face by face (this process)."""
     import numpy as np
     from PIL import Image
 
-    from personc_assets.cli import build_parser
-    from personc_assets.cli.run_options import run_config_from_args
-    from personc_assets.core.explain.ics import (EncoderSimilarity, build_coalition_table,
-                                                 build_coalition_table_reference, compute_ics)
-    from personc_assets.core.lineage.store import LineageStore
-    from personc_assets.core.pipeline.config import Workspace
-    from personc_assets.core.pipeline.generation import CandidateFactory
-    from personc_assets.core.pipeline.indexing import build_encoders, embed_sources
-    from personc_assets.core.pipeline.sources import SourceSet
+    from personc_assets.core.explain.ics import build_coalition_table, build_coalition_table_reference, compute_ics
 
-    cfg = run_config_from_args(build_parser().parse_args(["demo", *demo_args, "--out", str(out)]))
-    state = {p.stem: json.loads(p.read_text()) for p in (out / "state").glob("*.json")}
-    ws, store = Workspace(out), LineageStore.open(Workspace(out).db_path)
-    sources = SourceSet.from_dict(state["source_images"])
-    factory = CandidateFactory(cfg, ws, store, sources, state["factor_decompositions"], state["embedding_indexes"])
-    encoders, _ = build_encoders(cfg)
-    faces = {f.content_hash: f for batch in sources.iter_guarded_faces() for f in batch}
-    entries = {e["content_hash"]: e for e in sources.guarded_entries()}
+    _, _, store, _, _, verdicts, factory, encoders, faces, entries = _loaded_run(out, demo_args)
     paths = {"reference": build_coalition_table_reference, "fast": build_coalition_table}
     figures: dict = {"seconds": {k: [] for k in paths}, "cpu": {k: [] for k in paths}, "worst": 0.0}
-    for i, rel in enumerate(state["guard_verdicts"]["released"]):
-        image = np.asarray(Image.open(rel["file"]).convert("RGB"))
-        recipe = factory.stored_recipe(store, rel["candidate_id"])
-        mixed = factory.stored_factors(store, rel["candidate_id"], recipe)
-        targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel["nearest"].values() if h]]))
-        emb = {e.name: embed_sources(e, [faces[h] for h in targets], store, "bench") for e in encoders}
-        sim = EncoderSimilarity(encoders, emb, [entries[h]["source_id"] for h in targets])
+    for i, rel in enumerate(verdicts.released):
+        image = np.asarray(Image.open(rel.file).convert("RGB"))
+        sim, _, mixed = _donor_similarity(rel, factory, store, encoders, faces, entries)
         results = {}
         for name in (("reference", "fast") if i % 2 == 0 else ("fast", "reference")):
             t0, c0 = time.perf_counter(), tree_cpu_seconds(os.getpid())
@@ -359,6 +385,48 @@ def child_ics(out: Path, demo_args: list[str]) -> dict:
         figures["worst"] = max(figures["worst"], *(float(np.abs(getattr(a, k) - getattr(b, k)).max())
                                                    for k in ("phi", "share", "drop", "v_full", "v_empty")))
     return figures
+
+
+def child_bound(out: Path, demo_args: list[str]) -> dict:
+    """Unit costs of the finished run in ``out``, one at a time on one thread of work each (medians):
+    ingest of a source photo, a render, the guard's judgement of a candidate (detection, gates, every
+    encoder on the face and its benign transforms), one coalition image (render, locate, embed) and
+    the novelty step of a released face's mix; with the counts the bound is built from."""
+    import statistics
+
+    import numpy as np
+    from PIL import Image
+
+    from personc_assets.core.faces.ingest import ingest_file
+    from personc_assets.core.pipeline.judging import build_release_guard
+    from personc_assets.core.recipes import mix_factors
+
+    cfg, ws, store, sources, indexes, verdicts, factory, encoders, faces, entries = _loaded_run(out, demo_args)
+    guard = build_release_guard(cfg, ws, sources, indexes)
+
+    def timed(fn, *args):
+        t0 = time.perf_counter()
+        fn(*args)
+        return time.perf_counter() - t0
+
+    ingest = [timed(ingest_file, Path(e.path), e.group, e.person) for e in sources.entries[:8]]
+    render, judge, coalition, novelty = [], [], [], []
+    for rel in verdicts.released:
+        image = np.asarray(Image.open(rel.file).convert("RGB"))
+        sim, recipe, mixed = _donor_similarity(rel, factory, store, encoders, faces, entries)
+        latent = factory.backbone.compose(mixed)
+        render.append(timed(factory.backbone.synthesize, [latent]))
+        judge.append(timed(guard.check, [(rel.candidate_id, image)]))
+        coalition.append(render[-1] + timed(sim, [image]))
+        if factory.novelty is not None:
+            start = mix_factors(recipe, factory.factors, factory.mean)
+            novelty.append(timed(factory.novelty.refine, factory.backbone, start, factory.protected))
+    players = len(factory.backbone.factor_names)
+    return {"ingest": statistics.median(ingest), "render": statistics.median(render),
+            "judge": statistics.median(judge), "coalition": statistics.median(coalition),
+            "novelty": statistics.median(novelty) if novelty else 0.0, "novelty_all": novelty,
+            "judged": len(verdicts.attempts), "sources": len(sources.entries),
+            "released": len(verdicts.released), "coalitions": 2 ** players}
 
 
 def bench_ics(tree: Path, out: Path, demo_args: list[str], rows: list[Row]) -> None:
@@ -379,6 +447,26 @@ def bench_ics(tree: Path, out: Path, demo_args: list[str], rows: list[Row]) -> N
              Row("ics", "ratio reference / fast", "CPU seconds", sum(cpu["reference"]) / sum(cpu["fast"]), "x"),
              Row("ics", "largest score difference", "|fast - reference|", r["worst"], "cos",
                  "phi, share, drop, v_full, v_empty")]
+
+
+def bench_bound(tree: Path, out: Path, demo_args: list[str], pipeline_seconds: float, rows: list[Row]) -> None:
+    """The demo's pipeline time against its bound (issue 15): judged x (render + judge) + sources x
+    ingest + releases x coalitions x (render + locate + embed), unit costs measured in this run; and
+    the same bound with the novelty step's cost per judged candidate added (it came after the issue)."""
+    r = run_child(tree, "bound", out, demo_args, out.parent / f"bound-{out.name}.json")
+    bound = (r["judged"] * (r["render"] + r["judge"]) + r["sources"] * r["ingest"]
+             + r["released"] * r["coalitions"] * r["coalition"])
+    with_novelty = bound + r["judged"] * r["novelty"]
+    counts = (f"{r['judged']} judged, {r['sources']} sources, {r['released']} released x {r['coalitions']} "
+              "coalitions")
+    for name in ("ingest", "render", "judge", "coalition", "novelty"):
+        rows.append(Row("bound", f"unit: {name}", "seconds", r[name], "s", "median"))
+    rows += [Row("bound", "bound (issue 15)", "seconds", bound, "s", counts),
+             Row("bound", "bound with the novelty step", "seconds", with_novelty, "s",
+                 f"novelty per released mix: {', '.join(f'{x:.1f}' for x in r['novelty_all'])} s"),
+             Row("bound", "pipeline / bound", "ratio", pipeline_seconds / bound, "x",
+                 f"pipeline {pipeline_seconds:.1f} s (sum of the after run's steps)"),
+             Row("bound", "pipeline / bound with the novelty step", "ratio", pipeline_seconds / with_novelty, "x")]
 
 
 # --------------------------------------------------------------------------- output
@@ -410,8 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-samples", default="5")
     p.add_argument("--tau", default="0.4")
     p.add_argument("--seed", default="0")
+    p.add_argument("--demo-arg", action="append", default=[], metavar="ARG",
+                   help="one more argument for both sides' demo runs (repeat; e.g. --demo-arg=--backbone-options "
+                        "--demo-arg='{\"closed_mouth\": false}' when the baseline's defaults differ)")
     p.add_argument("--ingest-photos", type=int, default=300, help="photos for the ingest section")
-    p.add_argument("--skip", nargs="*", default=[], choices=["demo", "indexes", "ics", "ingest"])
+    p.add_argument("--skip", nargs="*", default=[], choices=["demo", "indexes", "ics", "ingest", "bound"])
     p.add_argument("--keep", type=Path, help="keep both runs' output folders here (and resume from them)")
     p.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "bench_demo.csv")
     p.add_argument("--child", nargs=2, metavar=("MODE", "OUT"), help=argparse.SUPPRESS)
@@ -419,12 +510,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.child:
         mode, out = args.child
-        fn = {"demo": child_demo, "indexes": child_indexes, "ingest": child_ingest, "ics": child_ics}[mode]
+        fn = {"demo": child_demo, "indexes": child_indexes, "ingest": child_ingest, "ics": child_ics,
+              "bound": child_bound}[mode]
         print(json.dumps(fn(Path(out), args.demo_args)))
         return 0
     if not args.baseline:
         p.error("--baseline is required: the git ref of the code to compare with")
-    demo_args = ["--num_samples", args.num_samples, "--tau", args.tau, "--seed", args.seed]
+    demo_args = ["--num_samples", args.num_samples, "--tau", args.tau, "--seed", args.seed, *args.demo_arg]
     work = args.keep or Path(tempfile.mkdtemp(prefix="personc-bench-demo-"))
     rows: list[Row] = []
     refs = {side: subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short=12", ref], check=True,
@@ -448,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
             bench_indexes(trees, outs, demo_args, rows)
         if "ics" not in args.skip:
             bench_ics(trees["after"], outs["after"], demo_args, rows)
+        if "bound" not in args.skip:
+            after = json.loads((work / f"demo-{outs['after'].name}.json").read_text())
+            bench_bound(trees["after"], outs["after"], demo_args, sum(s["wall"] for s in after["steps"]), rows)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
