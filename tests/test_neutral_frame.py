@@ -73,6 +73,7 @@ def test_neutral_faces_keep_their_lips_closed(fitted, faces, monkeypatch):
     # dark hole; the neutral frame draws every mouth at the closed opening whatever the mouth factor says
     import dataclasses
 
+    from personc_assets.core.backbones.morphable.appearance import interocular
     from personc_assets.core.backbones.morphable.shape import inner_lip_gap
 
     latent = dict(fitted.project(faces[:1])[0].latent)
@@ -86,10 +87,42 @@ def test_neutral_faces_keep_their_lips_closed(fitted, faces, monkeypatch):
         return out
 
     closed = gaps()
+    iod = interocular(fitted.render_landmarks(latent))
     assert np.ptp(closed) < 1e-9, closed
+    # the lips meet (a hair's gap keeps the warp's triangles): not merely the factor's opening set to 0,
+    # which leaves whatever opening the expression regression did not take out of the shape
+    assert closed[0] < 0.02 * iod, (closed, iod)
     monkeypatch.setattr(fitted, "config", dataclasses.replace(fitted.config, closed_mouth=False))
     opened = gaps()
-    assert opened[2] > opened[0] + 1.0 and abs(opened[0] - closed[0]) < 1e-6, (closed, opened)
+    assert opened[2] > opened[0] + 1.0 and closed[0] < opened[0], (closed, opened)
+
+
+def test_a_closed_mouth_shows_lips_not_teeth(fitted, monkeypatch):
+    # why: a grinning donor's teeth, squeezed between closed lips, showed as a pale line: the mouth's
+    # inside takes the colour of the lips around it, linearly (the novelty step's render stays exact)
+    import dataclasses
+
+    import cv2
+
+    monkeypatch.setattr(fitted, "config", dataclasses.replace(fitted.config, closed_mouth=True))
+    fitted.__dict__.pop("_lip_cache", None)
+    s = fitted.image_size
+    pts = np.round(fitted.mean_points() * 16).astype(np.int32)
+    inside, lips = np.zeros((s, s), np.uint8), np.zeros((s, s), np.uint8)
+    cv2.fillPoly(inside, [pts[60:68]], 1, shift=4)
+    cv2.fillPoly(lips, [pts[48:60]], 1, shift=4)
+    lips[cv2.dilate(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3))) > 0] = 0
+    red, teeth = np.array([0.7, 0.3, 0.3], np.float32), np.array([0.95, 0.95, 0.9], np.float32)
+    texture = np.full((s, s, 3), 0.6, np.float32)
+    texture[lips > 0], texture[inside > 0] = red, teeth
+    closed = fitted._close_lips(texture)
+    assert np.abs(closed[inside > 0] - red).max(axis=1).mean() < 0.06, "the inside must take the lips' colour"
+    assert np.abs(closed[lips > 0] - texture[lips > 0]).max() < 0.02, "the lips themselves stay"
+    other = np.random.default_rng(0).random((s, s, 3)).astype(np.float32)
+    assert np.allclose(fitted._close_lips(texture + 2 * other), closed + 2 * fitted._close_lips(other), atol=1e-5)
+    monkeypatch.setattr(fitted, "config", dataclasses.replace(fitted.config, closed_mouth=False))
+    fitted.__dict__.pop("_lip_cache", None)
+    assert fitted._close_lips(texture) is texture
 
 
 def test_linear_render_predicts_the_render(fitted, faces):

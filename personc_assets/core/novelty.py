@@ -49,7 +49,7 @@ class NoveltyConfig:
     #: weight of |dz|^2: stay near the recipe's mix (its factors stay recognisable, and
     #: the mix is a likely face of the model); a pull toward the mean face instead would
     #: smooth every face toward the same soft average
-    prior: float = 0.003
+    prior: float = 0.0015
     #: weight of the detail term: the face's fine detail (band-pass energy of the chip)
     #: may not fall below the mix's — lowering the likeness by blurring is breaking the face
     detail: float = 1.0

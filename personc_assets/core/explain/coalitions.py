@@ -140,6 +140,7 @@ class NeutralFrameImages:
         core = self._bb._core()
         if core is not None:  # MorphableBackbone._fade, with the mean texture decoded once
             texture = self._mean_texture + core * (texture - self._mean_texture)
+        texture = self._bb._close_lips(texture)  # the rest of MorphableBackbone._fade
         return _Appearance(texture, float(texture.min()), float(texture.max()))
 
     def __len__(self) -> int:

@@ -157,10 +157,11 @@ class MorphableConfig:
     #: over the temples and cheeks (no occluder test catches them) end there (0 = off)
     periphery_fade: float = 0.25
     #: neutral frame: draw every face with closed lips; the mouth factor keeps its lips' shape and
-    #: colour but not its opening: a donor's teeth and mouth cavity, warped through the mean frame
-    #: onto another opening, read as fangs or a dark hole. Off by default for now: closed mouths
-    #: sit nearer the sources, and the novelty step left one of three test mixes just above tau
-    closed_mouth: bool = False
+    #: colour but not its opening, and the mouth's inside takes the lips' colour: a donor's teeth
+    #: and mouth cavity, warped through the mean frame onto another opening, read as fangs, a dark
+    #: hole or a pale line (closed mouths sit nearer the sources: the novelty step's prior is set
+    #: so that it still takes them below tau, docs/novelty.md)
+    closed_mouth: bool = True
 
     def __post_init__(self) -> None:
         if self.image_size < 64:
@@ -189,6 +190,22 @@ class MorphableConfig:
         if len(self.backdrop) != 3 or not all(0.0 <= float(c) <= 1.0 for c in self.backdrop):
             raise ValueError(f"backdrop must be three values in [0, 1], got {self.backdrop}")
         object.__setattr__(self, "backdrop", tuple(float(c) for c in self.backdrop))
+
+
+#: dlib-68 inner-lip pairs facing each other: upper 61, 62, 63 over lower 67, 66, 65
+_INNER_LIP_PAIRS = ((61, 67), (62, 66), (63, 65))
+
+
+def _close_inner_lips(points: np.ndarray, gap: float = 0.015) -> np.ndarray:
+    """``points [68, 2]`` with the inner lips meeting: each facing pair moved to its midpoint,
+    ``gap`` inter-ocular distances apart (the expression regression leaves some of a donor's
+    opening in the shape; a zero gap would give the warp triangles without area)."""
+    pts = np.array(points, np.float64, copy=True)
+    half = 0.5 * gap * interocular(pts)
+    for upper, lower in _INNER_LIP_PAIRS:
+        mid = 0.5 * (pts[upper] + pts[lower])
+        pts[upper], pts[lower] = mid - [0.0, half], mid + [0.0, half]
+    return pts
 
 
 def person_weights(keys: Sequence[str]) -> np.ndarray:
@@ -404,6 +421,7 @@ class MorphableBackbone:
 
     def _load_arrays(self, a: Mapping[str, np.ndarray], path: str) -> None:
         self.__dict__.pop("_core_mask", None)  # derived from the mean shape being replaced
+        self.__dict__.pop("_lip_cache", None)
         if "version" not in a or int(a["version"]) != STATE_VERSION:
             raise BackboneError(f"{path} is not a morphable state of version {STATE_VERSION}; refit")
         expected = ["config", "shape_mean", "mean_pose", "triangles", "app_pixels", "texture_basis"]
@@ -566,6 +584,8 @@ class MorphableBackbone:
         sym = (np.asarray(latent["geometry"], np.float64) + opening * self._geo_mouth
                + eyes[-1] * self._geo_eyes)
         pts = self._require_shape().decode(sym, np.asarray(latent["symmetry"], np.float64), self._mean_pose)
+        if self.config.closed_mouth:
+            pts = _close_inner_lips(pts)
         s = self.image_size
         centre = np.array([s / 2.0, float(self._mean_pose[3])])
         return centre + self.config.zoom * (pts - centre)
@@ -616,12 +636,52 @@ class MorphableBackbone:
         return cached
 
     def _fade(self, texture: np.ndarray, pts: np.ndarray) -> np.ndarray:
-        """Shape-free ``texture`` faded to the mean appearance outside the face's core."""
+        """Shape-free ``texture`` faded to the mean appearance outside the face's core, with the
+        mouth's inside drawn as lips when mouths are closed (``_close_lips``)."""
         core = self._core()
-        if core is None:
+        if core is not None:
+            mean = self._require_app().decode(self._zero_appearance())
+            texture = mean + core * (texture - mean)
+        return self._close_lips(texture)
+
+    def _lip_maps(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+        """In the mean frame: the mouth's inside ``float32 [S, S, 1]`` (soft), the lips around
+        it ``float32 [S, S]`` and the blur (px) that carries the lips' colour inward; None
+        unless ``closed_mouth``."""
+        import cv2
+
+        if not self.config.closed_mouth:
+            return None
+        cached = self.__dict__.get("_lip_cache")
+        if cached is None:
+            s = self.image_size
+            pts = np.round(self.mean_points() * 16).astype(np.int32)
+            inner, outer = np.zeros((s, s), np.uint8), np.zeros((s, s), np.uint8)
+            cv2.fillPoly(inner, [pts[60:68]], 1, lineType=cv2.LINE_8, shift=4)
+            cv2.fillPoly(outer, [pts[48:60]], 1, lineType=cv2.LINE_8, shift=4)
+            iod = interocular(self.mean_points())
+            inside = cv2.dilate(inner, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
+            lips = ((outer > 0) & (inside == 0)).astype(np.float32)
+            soft = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.02 * iod)[..., None]
+            cached = (np.clip(soft, 0.0, 1.0), lips, 0.12 * iod)
+            self._lip_cache = cached
+        return cached
+
+    def _close_lips(self, texture: np.ndarray) -> np.ndarray:
+        """With ``closed_mouth``, the shape-free ``texture``'s mouth inside (a donor's teeth or
+        cavity, which a closed drawing squeezes to a pale or dark line) takes the colour of the
+        lips around it: a normalised blur of the lips, linear in ``texture`` (so
+        ``linear_render`` stays exact)."""
+        import cv2
+
+        maps = self._lip_maps()
+        if maps is None:
             return texture
-        mean = self._require_app().decode(self._zero_appearance())
-        return mean + core * (texture - mean)
+        inside, lips, sigma = maps
+        weight = cv2.GaussianBlur(lips, (0, 0), sigma)[..., None]
+        carried = cv2.GaussianBlur(np.ascontiguousarray(texture * lips[..., None], np.float32), (0, 0), sigma)
+        fill = carried / np.maximum(weight, 1e-6)
+        return texture + inside * (fill - texture)
 
     def _zero_appearance(self) -> dict[str, np.ndarray]:
         sdevs, _, _ = self._appearance_layout()
@@ -695,6 +755,7 @@ class MorphableBackbone:
                 delta = app.decode(step) - at_zero  # decoding is affine: this is one column
                 if core is not None:
                     delta = core * delta
+                delta = self._close_lips(delta)  # linear: applies to a column as to the texture
                 moved = oval * cv2.remap(delta, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
                 columns.append(self._restore(moved, oval, skin).reshape(-1))
         jacobian = (np.stack(columns, axis=1) if columns else np.zeros((s * s * 3, 0))).astype(np.float32)
