@@ -36,7 +36,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import duckdb
 
-from .store import TABLES, file_lock, now, schema_sql
+from .store import TABLES, LineageStore, file_lock, now, schema_sql
 
 #: Columns a shard adds to its table's columns.
 WRITTEN_AT = "_written_at"
@@ -197,8 +197,7 @@ class ShardSet:
                 f"coalesce(v.reason, r.revoked_reason) AS revoked_reason) FROM ({ranked}) r "
                 f"LEFT JOIN revocations v USING (release_id)")
 
-    def consolidate(self, store: "Any", tables: Sequence[str] = TABLES,
-                    base_db: str | Path | None = None) -> dict[str, int]:
+    def consolidate(self, store: LineageStore, tables: Sequence[str] = TABLES) -> dict[str, int]:
         """Upsert the shards' rows (one per key, newest) into ``store``'s database; returns rows per table.
 
         Idempotent: consolidating twice, or after a retried partition, writes each key once.
