@@ -14,8 +14,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pytest
-from dagster import (DagsterEventType, DagsterInstance, EventRecordsFilter, build_reconstructable_job, execute_job,
-                     materialize)
+from dagster import DagsterEventType, DagsterInstance, build_reconstructable_job, execute_job, materialize
 
 from personc_assets.core.lineage.shards import ShardSet
 from personc_assets.core.pipeline.batches import shards_root
@@ -36,8 +35,9 @@ def cluster():
     """A Dask cluster of two worker processes, each with one GPU slot for generator steps."""
     from dask.distributed import Client, LocalCluster
 
+    # each worker imports PersonC (PyTorch, dlib, Dagster: ~20 s) once, when it starts
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, resources={"GPU": 1},
-                      dashboard_address=None) as lc, Client(lc) as client:
+                      dashboard_address=None, preload=["personc_assets.definitions"]) as lc, Client(lc) as client:
         yield {"address": lc.scheduler_address, "worker_pids": set(client.run(os.getpid).values())}
 
 
@@ -74,9 +74,8 @@ def backfill(tmp_path_factory, cluster):
 
 
 def step_pids(instance: DagsterInstance, run_id: str) -> dict[str, int]:
-    records = instance.get_event_records(EventRecordsFilter(event_type=DagsterEventType.STEP_SUCCESS))
-    return {r.event_log_entry.step_key: r.event_log_entry.dagster_event.pid
-            for r in records if r.event_log_entry.run_id == run_id}
+    """The process each step of ``run_id`` succeeded in."""
+    return {e.step_key: e.dagster_event.pid for e in instance.all_logs(run_id, of_type=DagsterEventType.STEP_SUCCESS)}
 
 
 def release_rows(db: Path) -> list[tuple]:
