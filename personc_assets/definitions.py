@@ -9,7 +9,7 @@ from typing import Any
 from dagster import Definitions, JobDefinition, load_assets_from_modules
 from dagster_duckdb import DuckDBResource
 
-from .defs import assets, checks, privacy, redteam, sensors
+from .defs import assets, checks, privacy, redteam, scale, sensors
 from .defs.jobs import daily_regeneration, main_job
 from .defs.progress import progress_logger
 from .defs.resources import PersonCConfig, default_db_path, default_out_dir
@@ -21,9 +21,10 @@ def build_definitions(out_dir: str | None = None, db_path: str | None = None, **
     out_dir = out_dir or default_out_dir()
     db_path = db_path or (default_db_path() if out_dir == default_out_dir() else str(Path(out_dir) / "personc.duckdb"))
     return Definitions(
-        assets=[*load_assets_from_modules([assets, redteam, sensors]), *privacy.PRIVACY_ASSETS],
+        assets=[*load_assets_from_modules([assets, redteam, sensors]), *privacy.PRIVACY_ASSETS,
+                *scale.SCALE_ASSETS],
         asset_checks=[checks.released_faces_below_tau, checks.released_faces_mix_both_groups],
-        jobs=[main_job, sensors.refresh_job, *privacy.PRIVACY_JOBS],
+        jobs=[main_job, sensors.refresh_job, *privacy.PRIVACY_JOBS, scale.batch_job()],
         schedules=[daily_regeneration],
         sensors=[sensors.source_folders_changed, sensors.record_run_success, sensors.record_run_failure],
         loggers={"progress": progress_logger},
@@ -31,6 +32,7 @@ def build_definitions(out_dir: str | None = None, db_path: str | None = None, **
             "personc": PersonCConfig(out_dir=out_dir, **config),
             "duckdb": DuckDBResource(database=db_path),
             "io_manager": AssetValueIOManager(base_dir=str(Path(out_dir) / "state")),
+            **scale.batch_resources(out_dir),
         },
     )
 

@@ -7,12 +7,13 @@ released as a PNG marked as synthetic.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 
@@ -38,6 +39,8 @@ from .sources import SourceSet
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]
+#: Makes the context under which a round's passes are admitted and committed (see ``judge_and_release``).
+CommitLock = Callable[[], ContextManager[Any]]
 
 ASSET = "guard_verdicts"
 
@@ -234,14 +237,21 @@ def _num(x: float) -> float | None:
 
 def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
                       decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
-                      first: GeneratedCandidates, run_id: str, progress: Progress | None = None) -> GuardVerdicts:
-    """Judge the first attempts, regenerate rejected slots, release the passes."""
+                      first: GeneratedCandidates, run_id: str, progress: Progress | None = None,
+                      commit_lock: CommitLock = contextlib.nullcontext) -> GuardVerdicts:
+    """Judge the first attempts, regenerate rejected slots, release the passes.
+
+    ``commit_lock`` serializes the last step of every round across runs that release into one
+    lineage (partitions running side by side): under it, faces other runs released since are
+    remembered, the round's passes are admitted against them, and their rows are committed.
+    """
     from PIL import Image
 
-    recover_staged(ws, store)
+    with commit_lock():
+        recover_staged(ws, store)
     guard = build_release_guard(cfg, ws, sources, indexes)
     factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
-    _remember_earlier_releases(guard, store, factory.gen_id)
+    remembered = _remember_earlier_releases(guard, store, factory.gen_id)
     pending: list[tuple[int, Candidate]] = []
     for saved in first.candidates:
         recipe = factory.stored_recipe(store, saved.candidate_id)
@@ -256,31 +266,33 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         verdicts = guard.check([(c.candidate_id, marked.get(c.candidate_id, c.image)) for _, c in pending])
         retry = []
         round_rows, cand_rows, release_rows, gate_round = [], [], [], []
-        for (slot, cand), verdict in zip(pending, verdicts):
-            if cand.candidate_id in unmarkable:  # a release must carry its watermark: fail closed
-                reason = unmarkable[cand.candidate_id] + ("" if verdict.passed else f"; {verdict.reason}")
-                verdict = replace(verdict, verdict=REJECT, reason=reason)
-            verdict = guard.admit(verdict)
-            round_rows += verdict_rows(verdict, run_id)
-            gate_round += gate_rows(verdict, run_id)
-            cand_rows.append({"candidate_id": cand.candidate_id, "verdict": verdict.verdict,
-                              "reason": verdict.reason, "run_id": run_id})
-            attempts.append(_attempt_summary(slot, cand, verdict))
-            if verdict.passed:
-                row, face = _release(ws, slot, cand, marked[cand.candidate_id], verdict, run_id)
-                release_rows.append(row)
-                released.append(face)
-                released_recipes.append(cand.recipe)
-            elif cand.attempt + 1 < cfg.max_attempts:
-                retry.append((slot, cand.attempt + 1))
-            else:
-                log.warning("slot %d: all %d attempts rejected", slot, cfg.max_attempts)
-        with store.transaction() as tx:
-            tx.upsert("verdicts", round_rows)
-            tx.upsert("gate_verdicts", gate_round)
-            tx.upsert("candidate_verdicts", cand_rows)
-            tx.upsert("releases", release_rows)
-        publish_staged(ws, [r["file"] for r in release_rows])  # only once their rows are committed
+        with commit_lock():  # admit and commit against every face released so far, by any run
+            remembered = _remember_earlier_releases(guard, store, factory.gen_id, remembered)
+            for (slot, cand), verdict in zip(pending, verdicts):
+                if cand.candidate_id in unmarkable:  # a release must carry its watermark: fail closed
+                    reason = unmarkable[cand.candidate_id] + ("" if verdict.passed else f"; {verdict.reason}")
+                    verdict = replace(verdict, verdict=REJECT, reason=reason)
+                verdict = guard.admit(verdict)
+                round_rows += verdict_rows(verdict, run_id)
+                gate_round += gate_rows(verdict, run_id)
+                cand_rows.append({"candidate_id": cand.candidate_id, "verdict": verdict.verdict,
+                                  "reason": verdict.reason, "run_id": run_id})
+                attempts.append(_attempt_summary(slot, cand, verdict))
+                if verdict.passed:
+                    row, face = _release(ws, slot, cand, marked[cand.candidate_id], verdict, run_id)
+                    release_rows.append(row)
+                    released.append(face)
+                    released_recipes.append(cand.recipe)
+                elif cand.attempt + 1 < cfg.max_attempts:
+                    retry.append((slot, cand.attempt + 1))
+                else:
+                    log.warning("slot %d: all %d attempts rejected", slot, cfg.max_attempts)
+            with store.transaction() as tx:
+                tx.upsert("verdicts", round_rows)
+                tx.upsert("gate_verdicts", gate_round)
+                tx.upsert("candidate_verdicts", cand_rows)
+                tx.upsert("releases", release_rows)
+            publish_staged(ws, [r["file"] for r in release_rows])  # only once their rows are committed
         if progress:
             progress(len(released), cfg.num_samples, f"{len(attempts)} candidates judged")
         pending = factory.make(retry, released_recipes, guard.released_embeddings("dlib")) if retry else []
@@ -324,14 +336,17 @@ def recover_staged(ws: Workspace, store: LineageStore) -> None:
             log.warning("dropped staged %s: a crash came before its release row was committed", png.name)
 
 
-def _remember_earlier_releases(guard: Guard, store: LineageStore, generation: str) -> None:
+def _remember_earlier_releases(guard: Guard, store: LineageStore, generation: str,
+                               known: frozenset[str] = frozenset()) -> frozenset[str]:
     """Releases of other generations (earlier runs, other seeds) in this lineage become faces the
     new ones must differ from. This generation's own releases are left out: re-running the same
-    configuration rewrites them instead of rejecting them as their own duplicates."""
+    configuration rewrites them instead of rejecting them as their own duplicates. Releases in
+    ``known`` are remembered already; returns the ids remembered now and before."""
     from PIL import Image
 
     rows = store.query("SELECT r.release_id, r.file FROM releases r JOIN candidates c USING (candidate_id) "
                        "WHERE r.status = 'released' AND c.generation_id IS DISTINCT FROM ?", [generation])
+    rows = [(rid, file) for rid, file in rows if rid not in known]
     images = []
     for rid, file in rows:
         path = Path(file)
@@ -345,6 +360,7 @@ def _remember_earlier_releases(guard: Guard, store: LineageStore, generation: st
         log.error("earlier releases %s show no single face: new faces cannot be compared with them", missed)
     if images:
         log.info("new faces must also differ from %d earlier releases", len(images))
+    return known | {rid for rid, _ in rows}
 
 
 def witness_rates(released: Sequence[ReleasedFace],
