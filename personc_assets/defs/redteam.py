@@ -25,7 +25,7 @@ def redteam_report(context: AssetExecutionContext, personc: PersonCConfig, duckd
     encoders, _ = indexing.build_encoders(cfg)
     taus = embedding_indexes.tau_choices()
     encoders = [e for e in encoders if e.name in taus]  # only encoders the run indexed
-    witnesses = tuple(cfg.audit_encoders)
+    witnesses = tuple(cfg.witness_encoders)
     faces = source_images.load_faces()
     with lineage(duckdb) as store:
         report = redteam_sources(faces, encoders, taus, store, context.run_id, witnesses)
