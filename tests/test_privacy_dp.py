@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from privacy_fixtures import build_world, labels
-from personc_assets.core.privacy.attributes import fit_direction, verify_bundled_models
+from personc_assets.core.faces.age_gender import verify_bundled_models
+from personc_assets.core.privacy.attributes import fit_direction
 from personc_assets.core.privacy.dp import measure_accuracy
 
 pytestmark = [pytest.mark.shared_faces, pytest.mark.slow]

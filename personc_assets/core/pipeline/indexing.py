@@ -233,7 +233,7 @@ def source_classes(sources: SourceSet, cache: Path | None = None) -> dict[str, s
     With ``cache`` (a JSON file), each photo is labelled once per labeller
     version: when every source was labelled before, the labeller is not loaded.
     """
-    from ..privacy.attributes import AgeGenderLabeller, LabellerUnavailableError, verify_bundled_models
+    from ..faces.age_gender import AgeGenderLabeller, LabellerUnavailableError, verify_bundled_models
 
     try:
         version = verify_bundled_models()

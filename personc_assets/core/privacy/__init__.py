@@ -9,8 +9,8 @@
 
 from ..lineage.privacy import PRIVACY_TABLES, ensure_privacy_schema
 from .anonymize import Anonymized, AnonymizeKnobs, Anonymizer, measure_strength_curve, strength_alphas
-from .attributes import (AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError,
-                         fit_direction)
+from ..faces.age_gender import AgeGenderLabeller, FaceAttributes, LabellerUnavailableError
+from .attributes import AttributeDirection, fit_direction
 from .cancelable import (Assessment, CancelableEnroller, CancelableKeyError, CancelableKnobs,
                          CancelableUnavailableError, KeyTransform, Template, derive_seed, key_id, key_transform,
                          measure_properties)

@@ -27,7 +27,8 @@ from ..pipeline import indexing, judging, modeling, sources
 from ..pipeline.config import RunConfig, Workspace
 from ..types import SourceFace
 from ..versioning import code_version, config_hash
-from .attributes import AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError, fit_direction
+from ..faces.age_gender import AgeGenderLabeller, FaceAttributes, LabellerUnavailableError
+from .attributes import AttributeDirection, fit_direction
 from .cancelable import Assessment
 from .disentangle import rank_factors
 from .dp import DPSpec, PrivacyLedger, check_held_out, guarantee, privatize_factors
