@@ -119,11 +119,10 @@ def test_the_pipeline_step_records_the_measurement_and_makes_nothing_when_refuse
     from personc_assets.core.lineage.store import LineageStore
     from personc_assets.core.pipeline.config import RunConfig, Workspace
     from personc_assets.core.privacy import steps
-    from personc_assets.core.lineage.privacy import ensure_privacy_schema
 
     world, _, assessment, _, _ = measured
     ws = Workspace(tmp_path)
-    store = ensure_privacy_schema(LineageStore.open(ws.db_path))
+    store = LineageStore.open(ws.db_path)
     ctx = steps.PrivacyContext(RunConfig(out_dir=str(tmp_path)), ws, world.pop, world.guard, world.probe)
     if assessment.passed:
         out = steps.run_cancelable(ctx, store, "cxl-run", "a fresh key for this test", limit=2)

@@ -97,11 +97,10 @@ def test_dp_release_is_watermarked_marked_synthetic_listed_and_says_what_epsilon
     from personc_assets.core.lineage.store import LineageStore
     from personc_assets.core.pipeline.config import RunConfig, Workspace
     from personc_assets.core.privacy import steps
-    from personc_assets.core.lineage.privacy import ensure_privacy_schema
 
     world = setup[0]
     ws = Workspace(tmp_path)
-    store = ensure_privacy_schema(LineageStore.open(ws.db_path))
+    store = LineageStore.open(ws.db_path)
     ctx = steps.PrivacyContext(RunConfig(out_dir=str(tmp_path)), ws, world.pop, world.guard, world.probe)
     first = steps.run_dp(ctx, store, "dp-run-1", ["gender"], epsilon=1.0, limit=2)
     second = steps.run_dp(ctx, store, "dp-run-2", ["gender"], epsilon=1.0, limit=1)

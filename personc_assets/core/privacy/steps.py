@@ -9,7 +9,6 @@ DuckDB file, and returns its asset value (``results.py``).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,8 +20,7 @@ from typing import Any, Mapping, Sequence
 from ..atomic import atomic_save_npz, atomic_save_png, atomic_write_text, load_npz
 from ..explain.manifest import DonorRecord, ReleaseManifest, ReleaseRecord, RunFigures, merge_manifest
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
-from ..lineage.privacy import ensure_privacy_schema, upsert
-from ..lineage.store import LineageStore, now
+from ..lineage.store import LineageStore, json_column, now
 from ..pipeline import indexing, judging, modeling, sources
 from ..pipeline.config import RunConfig, Workspace
 from ..types import SourceFace
@@ -75,7 +73,6 @@ def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, s
     pop = Population(backbone, ref.state_hash, faces, factors, persons)
     guard = judging.build_guard(cfg, indexes)
     probe = IdentityProbe([m.encoder for m in guard.members])
-    ensure_privacy_schema(store)
     return PrivacyContext(cfg, ws, pop, guard, probe)
 
 
@@ -87,18 +84,6 @@ def prepare(cfg: RunConfig, store: LineageStore, run_id: str) -> PrivacyContext:
     factors = modeling.decompose_all(ws, store, latents, run_id)
     indexes = indexing.build_indexes(cfg, ws, store, sset, run_id)
     return context_from_summaries(cfg, ws, store, sset, factors, indexes)
-
-
-def _json(obj: Any) -> str:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-    return json.dumps(clean(obj), sort_keys=True)
 
 
 # ------------------------------------------------------------------------ ranking
@@ -113,7 +98,7 @@ def run_ranking(ctx: PrivacyContext, store: LineageStore, run_id: str, n_probes:
     order = {f: i + 1 for i, f in enumerate(ranking.order())}
     t = now()
     with store.transaction() as tx:
-        upsert(tx, "privacy_factor_ranking", [
+        tx.upsert("privacy_factor_ranking", [
             {**{k: v for k, v in r.as_row().items()}, "ranking_id": rid, "backbone_state": ctx.pop.backbone_state,
              "rank": order.get(r.factor), "run_id": run_id, "created_at": t} for r in ranking.rows])
     return RecordedRanking(rid, ranking)
@@ -166,9 +151,9 @@ def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking
         row = {"output_id": res.output_id, "input_hash": face.content_hash, "backbone_state": ctx.pop.backbone_state,
                "ranking_id": ranking.ranking_id, "strength": strength, "strength_used": c.strength,
                "attempts": len(res.attempts), "passed": res.passed, "reason": c.reason,
-               "alphas_json": _json(dict(c.alphas)),
-               "recipe_json": _json({f: [list(p) for p in parts] for f, parts in c.recipe.components.items()}),
-               "sim_original_json": _json(dict(c.sim_original)), "max_sim_sources_json": _json(dict(c.max_sim_sources)),
+               "alphas_json": json_column(dict(c.alphas)),
+               "recipe_json": json_column({f: [list(p) for p in parts] for f, parts in c.recipe.components.items()}),
+               "sim_original_json": json_column(dict(c.sim_original)), "max_sim_sources_json": json_column(dict(c.max_sim_sources)),
                "gender_in": res.input_attributes.gender if res.input_attributes else None,
                "gender_out": c.attributes.gender if c.attributes else None,
                "age_in": res.input_attributes.age if res.input_attributes else None,
@@ -180,7 +165,7 @@ def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking
                                   len(res.attempts), row["gender_in"], row["gender_out"], row["age_in"], row["age_out"],
                                   row["image_path"], dict(c.sim_original), dict(c.max_sim_sources)))
     with store.transaction() as tx:
-        upsert(tx, "privacy_anonymized", rows)
+        tx.upsert("privacy_anonymized", rows)
     return AnonymizedFaces(strength, tuple(out))
 
 
@@ -196,9 +181,8 @@ def revoke_key(store: LineageStore, key: str, reason: str) -> str:
 
     kid = key_id(key)
     t = now()
-    ensure_privacy_schema(store)
     with store.transaction() as tx:
-        upsert(tx, "privacy_keys", [{"key_id": kid, "first_seen": t, "revoked": True, "revoked_at": t,
+        tx.upsert("privacy_keys", [{"key_id": kid, "first_seen": t, "revoked": True, "revoked_at": t,
                                      "revoked_reason": reason}])
         tx.conn.execute("UPDATE privacy_cancelable SET status = 'revoked' WHERE key_id = ?", [kid])
     return kid
@@ -236,8 +220,8 @@ def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: s
         rows.append({"template_id": tpl.template_id, "key_id": tpl.key_id, "input_hash": face.content_hash,
                      "backbone_state": ctx.pop.backbone_state, "beta": None, "transform": tpl.transform,
                      "context_mode": context,
-                     "passed": tpl.passed, "reason": tpl.reason, "sim_original_json": _json(dict(tpl.sim_original)),
-                     "max_sim_sources_json": _json(dict(tpl.max_sim_sources)),
+                     "passed": tpl.passed, "reason": tpl.reason, "sim_original_json": json_column(dict(tpl.sim_original)),
+                     "max_sim_sources_json": json_column(dict(tpl.max_sim_sources)),
                      "image_path": str(path) if tpl.passed else None,
                      "status": "active" if tpl.passed else "refused", "run_id": run_id,
                      "code_version": code_version(), "created_at": now()})
@@ -245,9 +229,9 @@ def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: s
                                       rows[-1]["image_path"], dict(tpl.sim_original)))
     with store.transaction() as tx:
         if not tx.query("SELECT 1 FROM privacy_keys WHERE key_id = ?", [kid]):
-            upsert(tx, "privacy_keys", [{"key_id": kid, "first_seen": now(), "revoked": False, "revoked_at": None,
+            tx.upsert("privacy_keys", [{"key_id": kid, "first_seen": now(), "revoked": False, "revoked_at": None,
                                          "revoked_reason": None}])
-        upsert(tx, "privacy_cancelable", rows)
+        tx.upsert("privacy_cancelable", rows)
     return CancelableTemplates(kid, tuple(out), tuple(assessment.rows()))
 
 
@@ -264,7 +248,7 @@ def record_assessment(store: LineageStore, assessment: Assessment, encoders: Seq
              "required": r["required"], "passed": r["passed"], "persons": assessment.persons, "run_id": run_id,
              "created_at": t} for r in assessment.rows()]
     with store.transaction() as tx:
-        upsert(tx, "privacy_cancelable_assessment", rows)
+        tx.upsert("privacy_cancelable_assessment", rows)
     return aid
 
 
@@ -306,7 +290,7 @@ def fit_directions(ctx: PrivacyContext, store: LineageStore, run_id: str, labell
                      "path": str(path), "held_out": person, "n_persons": d.n_persons, "run_id": run_id,
                      "created_at": now()})
     with store.transaction() as tx:
-        upsert(tx, "privacy_attribute_directions", rows)
+        tx.upsert("privacy_attribute_directions", rows)
     return HeldOutDirections(person, scale, found, out)
 
 
@@ -362,7 +346,7 @@ def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Se
                          tuple(out), tuple(refused), epsilon, mechanism, delta, width, spent_run[0], spent_run[1],
                          budget, guarantee(attributes, mechanism, epsilon, delta),
                          str(ctx.ws.manifest) if records else None, manifest_sha)
-    atomic_write_text(ctx.folder("dp") / f"summary-{run_id}.json", _json(summary.as_dict()))
+    atomic_write_text(ctx.folder("dp") / f"summary-{run_id}.json", json_column(summary.as_dict()))
     return summary
 
 
@@ -385,15 +369,15 @@ def _release_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, face: Sou
         "code_version": code_version()})
     row = {"release_id": rel.release_id, "face_key": face.content_hash, "backbone_state": ctx.pop.backbone_state,
            "run_id": run_id, "epsilon": rel.epsilon, "delta": rel.delta,
-           "coordinates_json": _json({k: dict(v) for k, v in rel.coordinates.items()}),
+           "coordinates_json": json_column({k: dict(v) for k, v in rel.coordinates.items()}),
            "gender_in": before.gender if before else None, "gender_out": got.gender if got else None,
            "age_in": before.age if before else None, "age_out": got.age if got else None,
            "image_path": str(path), "held_out": params.person,
-           "direction_ids_json": _json({a: params.summary[a]["direction_id"] for a in attrs}),
+           "direction_ids_json": json_column({a: params.summary[a]["direction_id"] for a in attrs}),
            "watermark_payload": written.payload_hex, "pixel_sha256": written.pixel_sha256,
            "file_sha256": written.file_sha256, "code_version": code_version(), "created_at": now()}
     with store.transaction() as tx:
-        upsert(tx, "privacy_dp_releases", [row])
+        tx.upsert("privacy_dp_releases", [row])
     os.replace(staged, path)
     record = ReleaseRecord(rel.release_id, os.path.relpath(path, ctx.ws.root), written.pixel_sha256,
                            written.file_sha256, candidate_id=rel.release_id,
