@@ -1,27 +1,26 @@
-"""Dagster wiring of the privacy modes (group ``personc_privacy``): thin calls into
-``core.privacy.steps`` on top of the main pipeline's source, factor and index assets."""
-
+"""The privacy modes (group ``personc_privacy``): assets on the main pipeline's source, factor and
+index assets, one job per mode, each a thin call into ``core.privacy.steps``."""
 
 import os
 
-from dagster import (AssetExecutionContext, AssetSelection, Config, MaterializeResult, MetadataValue, asset,
-                     define_asset_job, in_process_executor)
-from dagster_duckdb import DuckDBResource
+from dagster import (AssetExecutionContext, AssetSelection, Config, Definitions, MaterializeResult, MetadataValue,
+                     asset, define_asset_job, in_process_executor)
 from pydantic import Field
 
+from ..core.lineage.store import LineageStore
 from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.modeling import FactorDecompositions
 from ..core.pipeline.sources import SourceSet
 from ..core.privacy import steps
 from ..core.privacy.results import AnonymizedFaces, CancelableTemplates, DPReleases, RecordedRanking
-from .assets import lineage, md_table
-from .resources import PersonCConfig
+from .reporting import md_table
+from .resources import LineageResource, PersonCConfig
 
 GROUP = "personc_privacy"
 
 
-def _ctx(personc: PersonCConfig, store, source_images: SourceSet, factor_decompositions: FactorDecompositions,
-         embedding_indexes: EmbeddingIndexes) -> steps.PrivacyContext:
+def _ctx(personc: PersonCConfig, store: LineageStore, source_images: SourceSet,
+         factor_decompositions: FactorDecompositions, embedding_indexes: EmbeddingIndexes) -> steps.PrivacyContext:
     return steps.context_from_summaries(personc.run_config(), personc.workspace(), store, source_images,
                                         factor_decompositions, embedding_indexes)
 
@@ -33,14 +32,14 @@ class RankingConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def factor_identity_ranking(context: AssetExecutionContext, config: RankingConfig, personc: PersonCConfig,
-                            duckdb: DuckDBResource, source_images: SourceSet,
+                            lineage: LineageResource, source_images: SourceSet,
                             factor_decompositions: FactorDecompositions,
                             embedding_indexes: EmbeddingIndexes) -> MaterializeResult[RecordedRanking]:
     """How much identity each factor carries: identity change (1 - cosine) per population unit of change,
     measured with every encoder by swapping one factor for another person's."""
-    with lineage(duckdb) as store:
-        ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
-        out = steps.run_ranking(ctx, store, context.run_id, config.n_probes, config.donors_per_probe)
+    store = lineage.store()
+    ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
+    out = steps.run_ranking(ctx, store, context.run_id, config.n_probes, config.donors_per_probe)
     return MaterializeResult(value=out, metadata={"order": MetadataValue.json(list(out.ranking.order())),
                                                   "table": md_table(out.ranking.table())})
 
@@ -53,15 +52,15 @@ class AnonymizeConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def anonymized_faces(context: AssetExecutionContext, config: AnonymizeConfig, personc: PersonCConfig,
-                     duckdb: DuckDBResource, source_images: SourceSet,
+                     lineage: LineageResource, source_images: SourceSet,
                      factor_decompositions: FactorDecompositions, embedding_indexes: EmbeddingIndexes,
                      factor_identity_ranking: RecordedRanking) -> MaterializeResult[AnonymizedFaces]:
     """Faces with their identity factors replaced from the population (context kept), released only when
     the guard passes them against every source and the original."""
-    with lineage(duckdb) as store:
-        ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
-        out = steps.run_anonymize(ctx, store, context.run_id, factor_identity_ranking, config.strength,
-                                  config.attempts, config.limit)
+    store = lineage.store()
+    ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
+    out = steps.run_anonymize(ctx, store, context.run_id, factor_identity_ranking, config.strength,
+                              config.attempts, config.limit)
     return MaterializeResult(value=out, metadata={"passed": out.passed, "faces": out.faces,
                                                   "outputs": md_table([{"input_hash": o.input_hash, "passed": o.passed,
                                                                         "reason": o.reason} for o in out.outputs])})
@@ -76,7 +75,7 @@ class CancelableConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def cancelable_templates(context: AssetExecutionContext, config: CancelableConfig, personc: PersonCConfig,
-                         duckdb: DuckDBResource, source_images: SourceSet,
+                         lineage: LineageResource, source_images: SourceSet,
                          factor_decompositions: FactorDecompositions,
                          embedding_indexes: EmbeddingIndexes) -> MaterializeResult[CancelableTemplates]:
     """Keyed synthetic templates (key never stored, only its id), guard-checked, revocable. Fails, with the
@@ -85,9 +84,9 @@ def cancelable_templates(context: AssetExecutionContext, config: CancelableConfi
     if not key:
         raise ValueError(f"environment variable {config.key_env} is not set: export the secret key there "
                          "(at least 12 characters) before materializing cancelable_templates")
-    with lineage(duckdb) as store:
-        ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
-        out = steps.run_cancelable(ctx, store, context.run_id, key, config.context, config.limit)
+    store = lineage.store()
+    ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
+    out = steps.run_cancelable(ctx, store, context.run_id, key, config.context, config.limit)
     return MaterializeResult(value=out, metadata={"key_id": out.key_id, "passed": out.passed, "faces": out.faces,
                                                   "assessment": md_table([dict(r) for r in out.assessment])})
 
@@ -105,18 +104,18 @@ class DPConfig(Config):
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def dp_attribute_releases(context: AssetExecutionContext, config: DPConfig, personc: PersonCConfig,
-                          duckdb: DuckDBResource, source_images: SourceSet,
+                          lineage: LineageResource, source_images: SourceSet,
                           factor_decompositions: FactorDecompositions,
                           embedding_indexes: EmbeddingIndexes) -> MaterializeResult[DPReleases]:
     """Faces whose position along learned age/gender directions is released with OpenDP noise after
     clipping (real sensitivity), with directions fitted without the released person; every charge is in the
     DuckDB privacy ledger, which refuses once spent. Releases are watermarked, marked synthetic and listed in
     the manifest; epsilon covers the attribute coordinates only (see the guarantee metadata)."""
-    with lineage(duckdb) as store:
-        ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
-        out = steps.run_dp(ctx, store, context.run_id, config.attributes, config.epsilon, config.mechanism,
-                           config.delta, config.width, config.epsilon_per_face, config.delta_per_face,
-                           limit=config.limit)
+    store = lineage.store()
+    ctx = _ctx(personc, store, source_images, factor_decompositions, embedding_indexes)
+    out = steps.run_dp(ctx, store, context.run_id, config.attributes, config.epsilon, config.mechanism,
+                       config.delta, config.width, config.epsilon_per_face, config.delta_per_face,
+                       limit=config.limit)
     return MaterializeResult(value=out, metadata={"released": len(out.releases), "refused": len(out.refused),
                                                   "run_epsilon_spent": out.run_epsilon_spent,
                                                   "releases": md_table([r.as_dict() for r in out.releases]),
@@ -135,5 +134,7 @@ cancelable_job = _job("personc_cancelable", ["cancelable_templates"],
 dp_job = _job("personc_dp", ["dp_attribute_releases"],
               "Sources, backbone, attribute directions and differentially private attribute releases.")
 
-PRIVACY_ASSETS = [factor_identity_ranking, anonymized_faces, cancelable_templates, dp_attribute_releases]
-PRIVACY_JOBS = [anonymize_job, cancelable_job, dp_job]
+defs = Definitions(
+    assets=[factor_identity_ranking, anonymized_faces, cancelable_templates, dp_attribute_releases],
+    jobs=[anonymize_job, cancelable_job, dp_job],
+)
