@@ -1,8 +1,10 @@
 """Run jobs of the PersonC asset graph in-process (``personc demo`` and the privacy modes).
 
 This is the same graph that ``dagster dev`` shows, executed with Dagster's
-in-process executor against an ephemeral instance: history lives in the
-DuckDB lineage file, not in a Dagster home.
+in-process executor and recorded in the project's Dagster instance (its
+``.dagster_home``, or ``DAGSTER_HOME``; see ``instance.py``): after a
+command-line run, ``personc ui`` shows the run, its materializations and their
+metadata. The lineage lives in the DuckDB file as well.
 """
 
 from __future__ import annotations
@@ -104,15 +106,16 @@ class JobRun:
 def run_job(config: RunConfig, job: str = MAIN_JOB, asset_config: Mapping[str, Mapping[str, Any]] | None = None,
             db_path: Path | None = None, assets: Sequence[str] | None = None) -> JobRun:
     """Run ``job`` of ``config``'s definitions in-process (lineage in ``db_path``, default
-    OUT/personc.duckdb).
+    OUT/personc.duckdb), recorded in the project's Dagster instance (``instance.py``).
 
     ``asset_config`` is each asset's run config (``{"anonymized_faces": {"strength": 0.5}}``);
     ``assets`` runs only those assets of the job. Never raises for a failed step (see ``success``).
     """
-    from dagster import AssetKey, DagsterEventType, DagsterInstance
+    from dagster import AssetKey, DagsterEventType
 
     from .definitions import build_definitions
     from .defs.resources import resource_values
+    from .instance import open_instance, run_tags
 
     out_dir = Path(config.out_dir).resolve()
     db_path = Path(db_path).resolve() if db_path else out_dir / "personc.duckdb"
@@ -126,9 +129,9 @@ def run_job(config: RunConfig, job: str = MAIN_JOB, asset_config: Mapping[str, M
     if asset_config:
         run_config["ops"] = {name: {"config": dict(values)} for name, values in asset_config.items()}
     start = time.perf_counter()
-    with DagsterInstance.ephemeral() as instance:
+    with open_instance() as instance:
         result = job_def.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config,
-                                            asset_selection=selection)
+                                            asset_selection=selection, tags=run_tags())
         durations = _step_durations(instance, result.run_id, DagsterEventType)
     from .core.lineage.store import LineageStore
 

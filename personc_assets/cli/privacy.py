@@ -12,7 +12,9 @@ sources (the demo sources when none are given), with the same run settings as
 ``personc demo`` for those steps (--backbone, --backbone-options, --encoders,
 --tau, --weights-dir, ...; see --help), then the mode's assets, the mode's
 options as their run config. It writes PNGs under ``<out>/privacy/<mode>/``
-and lineage rows into ``<out>/personc.duckdb``, and prints a JSON summary. The cancelable key is read from an environment variable,
+and lineage rows into ``<out>/personc.duckdb``, records the run in the
+project's Dagster instance (``personc ui`` shows it), and prints a JSON
+summary. The cancelable key is read from an environment variable,
 never from the command line (shell history) and never stored. ``cancelable enroll``
 first measures whether templates on this backbone keep their properties and
 exits 3, with the measured figures, when they do not. ``dp`` prints what its
