@@ -25,7 +25,7 @@ def redteam_report(context: AssetExecutionContext, personc: PersonCConfig, linea
     encoders = [e for e in encoders if e.name in taus]  # only encoders the run indexed
     witnesses = tuple(cfg.witness_encoders)
     faces = source_images.load_faces()
-    report = redteam_sources(faces, encoders, taus, lineage.store(), context.run_id, witnesses)
+    report = redteam_sources(faces, encoders, taus, lineage.store(), context.run.run_id, witnesses)
     table = render_markdown(report)
     path = personc.workspace().reports / "redteam.md"
     atomic_write_text(path, "# Red-team report\n\n" + table)

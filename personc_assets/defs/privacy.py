@@ -50,7 +50,7 @@ def factor_identity_ranking(context: AssetExecutionContext, config: RankingConfi
     store = lineage.store()
     pop, guard = _population_and_guard(personc, models, store, source_images, factor_decompositions,
                                        embedding_indexes)
-    out = steps.run_ranking(pop, guard, store, context.run_id, config.n_probes, config.donors_per_probe)
+    out = steps.run_ranking(pop, guard, store, context.run.run_id, config.n_probes, config.donors_per_probe)
     return MaterializeResult(value=out, metadata={"order": MetadataValue.json(list(out.ranking.order())),
                                                   "table": md_table(out.ranking.table())})
 
@@ -74,7 +74,7 @@ def anonymized_faces(context: AssetExecutionContext, config: AnonymizeConfig, pe
     store = lineage.store()
     pop, guard = _population_and_guard(personc, models, store, source_images, factor_decompositions,
                                        embedding_indexes)
-    out = steps.run_anonymize(pop, guard, personc.workspace(), store, context.run_id, factor_identity_ranking,
+    out = steps.run_anonymize(pop, guard, personc.workspace(), store, context.run.run_id, factor_identity_ranking,
                               config.strength, config.attempts, config.limit, [Path(p) for p in config.inputs])
     return MaterializeResult(value=out, metadata={"passed": out.passed, "faces": out.faces,
                                                   "outputs": md_table([{"input_hash": o.input_hash, "passed": o.passed,
@@ -103,7 +103,7 @@ def cancelable_templates(context: AssetExecutionContext, config: CancelableConfi
     store = lineage.store()
     pop, guard = _population_and_guard(personc, models, store, source_images, factor_decompositions,
                                        embedding_indexes)
-    out = steps.run_cancelable(pop, guard, personc.workspace(), store, context.run_id, key, config.context,
+    out = steps.run_cancelable(pop, guard, personc.workspace(), store, context.run.run_id, key, config.context,
                                config.limit, [Path(p) for p in config.inputs])
     return MaterializeResult(value=out, metadata={"key_id": out.key_id, "passed": out.passed, "faces": out.faces,
                                                   "assessment": md_table([dict(r) for r in out.assessment])})
@@ -131,7 +131,7 @@ def dp_attribute_releases(context: AssetExecutionContext, config: DPConfig, pers
     the manifest; epsilon covers the attribute coordinates only (see the guarantee metadata)."""
     store = lineage.store()
     loaded = models.context(store, source_images, factor_decompositions, embedding_indexes)
-    out = steps.run_dp(steps.population(loaded), personc.workspace(), store, context.run_id, config.attributes,
+    out = steps.run_dp(steps.population(loaded), personc.workspace(), store, context.run.run_id, config.attributes,
                        config.epsilon, config.mechanism, config.delta, config.width, config.epsilon_per_face,
                        config.delta_per_face, limit=config.limit)
     return MaterializeResult(value=out, metadata={"released": len(out.releases), "refused": len(out.refused),
