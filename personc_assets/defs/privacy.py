@@ -69,8 +69,6 @@ def anonymized_faces(context: AssetExecutionContext, config: AnonymizeConfig, pe
                      factor_identity_ranking: RecordedRanking) -> MaterializeResult[AnonymizedFaces]:
     """Faces with their identity factors replaced from the population (context kept), released only when
     the guard passes them against every source and the original."""
-    if not 0.0 <= config.strength <= 1.0:
-        raise ValueError(f"strength must be in [0, 1], got {config.strength}")
     store = lineage.store()
     pop, guard = _population_and_guard(personc, models, store, source_images, factor_decompositions,
                                        embedding_indexes)
