@@ -1,4 +1,10 @@
-"""Dagster definitions: wires assets, checks, jobs, schedules, sensors and resources."""
+"""Dagster definitions: merges each domain's definitions in ``defs/`` and binds the resources.
+
+Domains: ``main`` (the pipeline from sources to ICS reports, its checks, job and
+schedule), ``privacy`` (the privacy modes' assets and jobs), ``lifecycle`` (the
+release recheck, the refresh job and the sensors), ``audit`` (the red-team
+report) and ``scale`` (release batches as partitions on a Dask executor).
+"""
 
 from __future__ import annotations
 
@@ -6,35 +12,30 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dagster import Definitions, JobDefinition, load_assets_from_modules
-from dagster_duckdb import DuckDBResource
+from dagster import Definitions, JobDefinition
 
-from .defs import assets, checks, privacy, redteam, scale, sensors
-from .defs.jobs import daily_regeneration, main_job
+from .defs import audit, lifecycle, main, privacy, scale
 from .defs.progress import progress_logger
-from .defs.resources import PersonCConfig, default_db_path, default_out_dir
+from .defs.resources import LineageResource, LoadedModels, PersonCConfig, default_db_path, default_out_dir
 from .defs.value_io import AssetValueIOManager
+
+DOMAINS = (main, privacy, lifecycle, audit, scale)
 
 
 def build_definitions(out_dir: str | None = None, db_path: str | None = None, **config) -> Definitions:
     """Definitions bound to one output folder and DuckDB file (defaults from the environment)."""
     out_dir = out_dir or default_out_dir()
     db_path = db_path or (default_db_path() if out_dir == default_out_dir() else str(Path(out_dir) / "personc.duckdb"))
-    return Definitions(
-        assets=[*load_assets_from_modules([assets, redteam, sensors]), *privacy.PRIVACY_ASSETS,
-                *scale.SCALE_ASSETS],
-        asset_checks=[checks.released_faces_below_tau, checks.released_faces_mix_both_groups],
-        jobs=[main_job, sensors.refresh_job, *privacy.PRIVACY_JOBS, scale.batch_job()],
-        schedules=[daily_regeneration],
-        sensors=[sensors.source_folders_changed, sensors.record_run_success, sensors.record_run_failure],
+    return Definitions.merge(*(domain.defs for domain in DOMAINS), Definitions(
         loggers={"progress": progress_logger},
         resources={
             "personc": PersonCConfig(out_dir=out_dir, **config),
-            "duckdb": DuckDBResource(database=db_path),
+            "lineage": LineageResource(database=db_path),
+            "models": LoadedModels(),
             "io_manager": AssetValueIOManager(base_dir=str(Path(out_dir) / "state")),
             **scale.batch_resources(out_dir),
         },
-    )
+    ))
 
 
 def job_for(name: str, out_dir: str | None = None, db_path: str | None = None,

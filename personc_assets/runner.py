@@ -1,8 +1,10 @@
-"""Run the PersonC asset graph in-process (used by ``personc demo``).
+"""Run jobs of the PersonC asset graph in-process (``personc demo`` and the privacy modes).
 
 This is the same graph that ``dagster dev`` shows, executed with Dagster's
-in-process executor against an ephemeral instance: history lives in the
-DuckDB lineage file, not in a Dagster home.
+in-process executor and recorded in the project's Dagster instance (its
+``.dagster_home``, or ``DAGSTER_HOME``; see ``instance.py``): after a
+command-line run, ``personc ui`` shows the run, its materializations and their
+metadata. The lineage lives in the DuckDB file as well.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, TypeVar
 
 from .core.pipeline.config import RunConfig
 
@@ -23,6 +25,8 @@ log = logging.getLogger(__name__)
 
 V = TypeVar("V", bound="AssetValue")
 
+#: The main pipeline's job (``personc demo``).
+MAIN_JOB = "personc_main"
 ASSET_ORDER = ("source_images", "projected_latents", "factor_decompositions", "embedding_indexes",
                "generated_candidates", "guard_verdicts", "ics_reports")
 
@@ -72,41 +76,94 @@ class DemoResult:
         return "\n".join(lines)
 
 
-def run_pipeline(config: RunConfig, db_path: Path | None = None) -> DemoResult:
-    """Materialize every asset of ``config``'s run in order (lineage in ``db_path``, default
-    OUT/personc.duckdb); never raises for a failed step (see ``success``)."""
-    from dagster import DagsterEventType, DagsterInstance
+@dataclass
+class JobRun:
+    """How one in-process run of a job went (``run_job``)."""
+
+    job: str
+    run_id: str
+    success: bool
+    out_dir: Path
+    db_path: Path
+    step_seconds: dict[str, float]
+    total_seconds: float
+    failed_step: str | None = None
+    error: str | None = None        # the innermost error of the failed step: what the user can act on
+    error_type: str | None = None   # its class name, e.g. ``CancelableUnavailableError``
+
+    @property
+    def state(self) -> Path:
+        return self.out_dir / "state"
+
+    def value(self, asset: str, kind: type[V]) -> V | None:
+        """The value ``asset`` stored (None when it was never materialized)."""
+        return _read_value(self.state / f"{asset}.json", kind)
+
+    def failure(self) -> str:
+        return f"step {self.failed_step or '?'} failed: {self.error or 'the run failed'}"
+
+
+def run_job(config: RunConfig, job: str = MAIN_JOB, asset_config: Mapping[str, Mapping[str, Any]] | None = None,
+            db_path: Path | None = None, assets: Sequence[str] | None = None) -> JobRun:
+    """Run ``job`` of ``config``'s definitions in-process (lineage in ``db_path``, default
+    OUT/personc.duckdb), recorded in the project's Dagster instance (``instance.py``).
+
+    ``asset_config`` is each asset's run config (``{"anonymized_faces": {"strength": 0.5}}``);
+    ``assets`` runs only those assets of the job. Never raises for a failed step (see ``success``).
+    """
+    from dagster import AssetKey, DagsterEventType
 
     from .definitions import build_definitions
     from .defs.resources import resource_values
+    from .instance import open_instance, run_tags
 
     out_dir = Path(config.out_dir).resolve()
     db_path = Path(db_path).resolve() if db_path else out_dir / "personc.duckdb"
     config = replace(config, out_dir=str(out_dir), sources_a=_resolved(config.sources_a),
                      sources_b=_resolved(config.sources_b))
     defs = build_definitions(db_path=str(db_path), **resource_values(config))
-    job = defs.resolve_job_def("personc_main")
+    job_def = defs.resolve_job_def(job)
+    selection = [AssetKey(a) for a in assets] if assets is not None else None
+    steps = len(assets) if assets is not None else len(job_def.nodes)
+    run_config: dict[str, Any] = {"loggers": {"progress": {"config": {"total_steps": steps}}}}
+    if asset_config:
+        run_config["ops"] = {name: {"config": dict(values)} for name, values in asset_config.items()}
     start = time.perf_counter()
-    with DagsterInstance.ephemeral() as instance:
-        result = job.execute_in_process(
-            instance=instance, raise_on_error=False,
-            run_config={"loggers": {"progress": {"config": {"total_steps": len(job.nodes)}}}})
+    with open_instance() as instance:
+        result = job_def.execute_in_process(instance=instance, raise_on_error=False, run_config=run_config,
+                                            asset_selection=selection, tags=run_tags())
         durations = _step_durations(instance, result.run_id, DagsterEventType)
     from .core.lineage.store import LineageStore
 
     LineageStore.open(db_path).finish_run(result.run_id, "success" if result.success else "failure")
-    total = time.perf_counter() - start
-    guard, indexes, explained, sources = _stored_values(out_dir / "state")
-    ids = {e.content_hash: e.source_id for e in sources.entries} if sources else {}
-    released = [r.as_dict() | {"donor_ids": [ids.get(d, d[:10]) for d in r.donors]} for r in guard.released] \
-        if guard and result.success else []
-    taus = [{"encoder": t.encoder, "tau": t.tau, "why": t.why} for t in indexes.tau_choices().values()] \
-        if indexes else []
+    run = JobRun(job, result.run_id, result.success, out_dir, db_path, durations, time.perf_counter() - start)
     if not result.success:
         failure = next((e for e in result.all_events if e.event_type == DagsterEventType.STEP_FAILURE), None)
-        msg = _root_cause(failure.event_specific_data.error) if failure else "the run failed"
-        return DemoResult(False, f"step {failure.step_key if failure else '?'} failed: {msg}", out_dir, db_path,
-                          released, taus, durations, total)
+        if failure is not None:
+            cause = _root_cause(failure.event_specific_data.error)
+            run = replace(run, failed_step=failure.step_key, error=cause.message.strip(), error_type=cause.cls_name)
+    return run
+
+
+def run_pipeline(config: RunConfig, db_path: Path | None = None) -> DemoResult:
+    """Materialize every asset of ``config``'s run in order (lineage in ``db_path``, default
+    OUT/personc.duckdb); never raises for a failed step (see ``success``)."""
+    run = run_job(config, MAIN_JOB, db_path=db_path)
+    from .core.pipeline.explaining import IcsReports
+    from .core.pipeline.indexing import EmbeddingIndexes
+    from .core.pipeline.judging import GuardVerdicts
+    from .core.pipeline.sources import SourceSet
+
+    guard, indexes = run.value("guard_verdicts", GuardVerdicts), run.value("embedding_indexes", EmbeddingIndexes)
+    explained, sources = run.value("ics_reports", IcsReports), run.value("source_images", SourceSet)
+    ids = {e.content_hash: e.source_id for e in sources.entries} if sources else {}
+    released = [r.as_dict() | {"donor_ids": [ids.get(d, d[:10]) for d in r.donors]} for r in guard.released] \
+        if guard and run.success else []
+    taus = [{"encoder": t.encoder, "tau": t.tau, "why": t.why} for t in indexes.tau_choices().values()] \
+        if indexes else []
+    if not run.success:
+        return DemoResult(False, run.failure(), run.out_dir, run.db_path, released, taus, run.step_seconds,
+                          run.total_seconds)
     ok = len(released) >= config.num_samples
     unreleased = guard.unreleased if guard else ()
     why = "".join(f"\n  slot {u.slot}: last of {u.attempts} attempts rejected: {u.last_reason[:160]}"
@@ -116,7 +173,7 @@ def run_pipeline(config: RunConfig, db_path: Path | None = None) -> DemoResult:
                f"{config.max_attempts} attempts each; more, and more varied, source photos give the "
                f"face model room (or raise --max-attempts){why}")
     manifest = Path(explained.manifest) if explained and explained.manifest else None
-    return DemoResult(ok, message, out_dir, db_path, released, taus, durations, total,
+    return DemoResult(ok, message, run.out_dir, run.db_path, released, taus, run.step_seconds, run.total_seconds,
                       guard.pass_rate if guard else None, manifest)
 
 
@@ -137,23 +194,11 @@ def _step_durations(instance, run_id: str, event_type) -> dict[str, float]:
     return {k: out[k] for k in ASSET_ORDER if k in out} | {k: v for k, v in out.items() if k not in ASSET_ORDER}
 
 
-def _root_cause(error) -> str:
-    """The innermost error message of a Dagster step failure (what the user can act on)."""
+def _root_cause(error):
+    """The innermost error of a Dagster step failure (``SerializableErrorInfo``: what the user can act on)."""
     while getattr(error, "cause", None) is not None:
         error = error.cause
-    return error.message.strip()
-
-
-def _stored_values(state: Path):
-    """The values the demo reports on, as the IO manager stored them (None for a step that never ran)."""
-    from .core.pipeline.explaining import IcsReports
-    from .core.pipeline.indexing import EmbeddingIndexes
-    from .core.pipeline.judging import GuardVerdicts
-    from .core.pipeline.sources import SourceSet
-
-    return (_read_value(state / "guard_verdicts.json", GuardVerdicts),
-            _read_value(state / "embedding_indexes.json", EmbeddingIndexes),
-            _read_value(state / "ics_reports.json", IcsReports), _read_value(state / "source_images.json", SourceSet))
+    return error
 
 
 def _read_value(path: Path, kind: type[V]) -> V | None:

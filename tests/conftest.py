@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_FACES = ROOT.parent / "shared" / "faces"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_dagster_home(tmp_path_factory) -> Iterator[Path]:
+    """A temporary DAGSTER_HOME for the whole session (subprocesses inherit it): runs through the
+    runner are recorded there, never in the checkout's .dagster_home or the user's own home."""
+    home = tmp_path_factory.mktemp("dagster_home") / "home"  # created by the first run, as a project's is
+    before = os.environ.get("DAGSTER_HOME")
+    os.environ["DAGSTER_HOME"] = str(home)
+    yield home
+    if before is None:
+        os.environ.pop("DAGSTER_HOME", None)
+    else:
+        os.environ["DAGSTER_HOME"] = before
 
 
 @pytest.fixture(scope="session")

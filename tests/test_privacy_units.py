@@ -271,7 +271,8 @@ def test_dp_parameters_fitted_with_the_released_person_are_refused():
     # why: the epsilon bound needs direction, offset and clip range independent of the face they privatise
     from types import SimpleNamespace
 
-    from personc_assets.core.privacy.attributes import FaceAttributes, fit_direction
+    from personc_assets.core.faces.age_gender import FaceAttributes
+    from personc_assets.core.privacy.attributes import fit_direction
     from personc_assets.core.privacy.dp import check_held_out
 
     rng = np.random.default_rng(3)

@@ -56,7 +56,7 @@ def test_flags_shared_with_audit_and_calibrate_default_to_run_config():
 
 def test_every_setting_has_a_flag_and_a_resource_field_with_its_help():
     # why: a setting that an entry point cannot set is a setting declared somewhere else
-    demo = {a.dest: a for a in subparser("demo")._actions}
+    demo = {a.dest: a for a in subparser("demo")._actions if a.help != argparse.SUPPRESS}  # not old spellings
     fields = PersonCConfig.model_fields
     assert list(fields) == [s.name for s in run_settings()]
     for s in run_settings():
@@ -66,7 +66,7 @@ def test_every_setting_has_a_flag_and_a_resource_field_with_its_help():
         else:
             assert s.help in demo[s.name].help, s.name
     privacy = {a.dest for a in subparser("anonymize")._actions}
-    for name in ("backbone", "backbone_options", "encoders", "audit_encoders", "encoder_options", "weights_dir",
+    for name in ("backbone", "backbone_options", "encoders", "witness_encoders", "encoder_options", "weights_dir",
                  "tau", "target_fmr", "sources_a", "sources_b", "out_dir"):
         assert name in privacy, f"the privacy modes choose {name} like demo"
 
@@ -80,7 +80,7 @@ def test_every_flag_reaches_run_config_and_survives_the_resource(tmp_path):
     argv = ["demo", "--out", str(tmp_path / "out"), "--sources-a", str(tmp_path / "A"),
             "--sources-b", str(tmp_path / "B"), "--backbone", "stylegan2",
             "--backbone-options", '{"projection_steps": 3}', "--backbone-weights", str(weights),
-            "--encoders", "dlib, arcface", "--audit-encoders", "magface",
+            "--encoders", "dlib, arcface", "--witness-encoders", "magface",
             "--encoder-options", '{"magface": {"arch": "iresnet50"}}', "--weights-dir", str(tmp_path / "w"),
             "--tau", "0.4", "--tau", "dlib=0.9", "--target-fmr", "0.001", "--num-samples", "2",
             "--max-attempts", "3", "--seed", "7", "--min-face-px", "32", "--recipe-options", '{"mean_pull": 0.1}',
@@ -167,3 +167,14 @@ def test_environment_overrides_only_the_resource_defaults_it_names(monkeypatch):
     assert (cfg.out_dir, cfg.sources_a, cfg.sources_b) == ("/tmp/elsewhere", "/a", "/b")
     from dataclasses import replace
     assert cfg == replace(RunConfig(), out_dir="/tmp/elsewhere", sources_a="/a", sources_b="/b")
+
+
+def test_old_audit_encoders_name_still_sets_the_witness_encoders(capsys):
+    # why: "audit" meant four things; the setting is now witness_encoders, and old scripts and stored
+    # configs must keep working while they learn the new name
+    args = build_parser().parse_args(["demo", "--audit-encoders", "magface,arcface"])
+    assert "personc demo: --audit-encoders is deprecated, use --witness-encoders" in capsys.readouterr().err
+    assert run_config_from_args(args).witness_encoders == ("magface", "arcface")
+    assert RunConfig.from_dict({"audit_encoders": ["magface"]}).witness_encoders == ("magface",)
+    with pytest.raises(ValueError, match="unknown run setting"):
+        RunConfig.from_dict({"audit_things": ["magface"]})

@@ -25,7 +25,7 @@ def _sources(shared_faces, tmp_path, photos) -> SourceSet:
 @pytest.fixture()
 def labelled(monkeypatch):
     """Counts labeller instances and labelled images."""
-    attributes = pytest.importorskip("personc_assets.core.privacy.attributes")
+    attributes = pytest.importorskip("personc_assets.core.faces.age_gender")
     try:
         attributes.verify_bundled_models()
     except attributes.LabellerUnavailableError as exc:

@@ -184,7 +184,7 @@ def test_backbone_follows_the_protocol():
 
 def test_steps_that_run_the_generator_share_the_gpu_pool():
     """Why: two steps running the generator at once would contend for one GPU; the pool serialises them."""
-    from personc_assets.defs import assets
+    from personc_assets.defs.main import assets
     from personc_assets.defs.gpu import GPU_POOL, GPU_TAGS
 
     for step in (assets.projected_latents, assets.generated_candidates, assets.guard_verdicts,

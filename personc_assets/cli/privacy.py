@@ -5,12 +5,16 @@
     personc dp [--attribute gender age] [--epsilon 1] [--mechanism laplace|gaussian] [--delta 0]
                [--width 2] [--budget-epsilon 4] [--limit 3]
 
-Each runs (or reuses) the pipeline's ingest/backbone/index steps on the configured
+Each runs the mode's job of the asset graph (``personc_anonymize``,
+``personc_cancelable``, ``personc_dp``) through the same in-process runner as
+``personc demo``: the pipeline's ingest/backbone/index assets on the configured
 sources (the demo sources when none are given), with the same run settings as
 ``personc demo`` for those steps (--backbone, --backbone-options, --encoders,
---tau, --weights-dir, ...; see --help), writes PNGs under
-``<out>/privacy/<mode>/`` and lineage rows into ``<out>/personc.duckdb``, and
-prints a JSON summary. The cancelable key is read from an environment variable,
+--tau, --weights-dir, ...; see --help), then the mode's assets, the mode's
+options as their run config. It writes PNGs under ``<out>/privacy/<mode>/``
+and lineage rows into ``<out>/personc.duckdb``, records the run in the
+project's Dagster instance (``personc ui`` shows it), and prints a JSON
+summary. The cancelable key is read from an environment variable,
 never from the command line (shell history) and never stored. ``cancelable enroll``
 first measures whether templates on this backbone keep their properties and
 exits 3, with the measured figures, when they do not. ``dp`` prints what its
@@ -24,14 +28,14 @@ import json
 import logging
 import os
 import sys
-import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .run_options import add_deprecated_flag, add_run_options, run_config_from_args
 
 if TYPE_CHECKING:
     from ..core.pipeline.config import RunConfig
+    from ..runner import JobRun
 
 logger = logging.getLogger(__name__)
 
@@ -87,14 +91,12 @@ def _run_config(args: argparse.Namespace) -> RunConfig | None:
         return None
 
 
-def _prepare(cfg: RunConfig, mode: str):
-    from ..core.lineage.store import LineageStore
-    from ..core.pipeline.config import Workspace
-    from ..core.privacy import steps
+def _run_mode(cfg: RunConfig, job: str, options: dict[str, Any]) -> JobRun:
+    """Run the mode's job, ``options`` as its mode asset's run config (``defs.privacy.MODE_ASSETS``)."""
+    from ..defs.privacy import MODE_ASSETS
+    from ..runner import run_job
 
-    store = LineageStore.open(Workspace(cfg.out_dir).db_path)
-    run_id = f"{mode}-{uuid.uuid4().hex[:12]}"
-    return steps, steps.prepare(cfg, store, run_id), store, run_id
+    return run_job(cfg, job, {MODE_ASSETS[job]: options})
 
 
 def _print(summary: dict) -> int:
@@ -102,56 +104,85 @@ def _print(summary: dict) -> int:
     return 0
 
 
+def _failed(run: JobRun) -> int:
+    logger.error("%s", run.failure())
+    return 1
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    return [str(p.resolve()) for p in args.input]
+
+
 def run_anonymize(args: argparse.Namespace) -> int:
+    from ..core.privacy.results import AnonymizedFaces, RecordedRanking
+
     if not 0.0 <= args.strength <= 1.0:
         logger.error("--strength must be in [0, 1], got %s", args.strength)
         return 2
     cfg = _run_config(args)
     if cfg is None:
         return 2
-    steps, ctx, store, run_id = _prepare(cfg, "anonymize")
-    ranking = steps.run_ranking(ctx, store, run_id)
-    out = steps.run_anonymize(ctx, store, run_id, ranking, args.strength, args.attempts, args.limit, args.input)
-    return _print({"run_id": run_id, "factor_order": list(ranking.ranking.order()), **out.as_dict()})
+    run = _run_mode(cfg, "personc_anonymize", {"strength": args.strength, "attempts": args.attempts,
+                                                "limit": args.limit, "inputs": _inputs(args)})
+    if not run.success:
+        return _failed(run)
+    ranking, out = run.value("factor_identity_ranking", RecordedRanking), run.value("anonymized_faces", AnonymizedFaces)
+    assert ranking is not None and out is not None, "a successful run stored both values"
+    return _print({"run_id": run.run_id, "factor_order": list(ranking.ranking.order()), **out.as_dict()})
 
 
 def run_cancelable(args: argparse.Namespace) -> int:
-    from ..core.privacy.cancelable import CancelableKeyError, CancelableUnavailableError
+    from ..core.privacy.cancelable import CancelableKeyError
+    from ..core.privacy.results import CancelableTemplates
 
     key = os.environ.get(args.key_env)
     if not key:
         logger.error("environment variable %s is not set: put the secret key there (at least 12 characters)",
                      args.key_env)
         return 2
-    try:
-        if args.action == "revoke":
-            from ..core.lineage.store import LineageStore
-            from ..core.pipeline.config import Workspace
-            from ..core.privacy import steps
+    if args.action == "revoke":
+        from ..core.lineage.store import LineageStore
+        from ..core.pipeline.config import Workspace
+        from ..core.privacy import steps
 
+        try:
             kid = steps.revoke_key(LineageStore.open(Workspace(args.out_dir).db_path), key, args.reason)
-            return _print({"revoked_key_id": kid})
-        cfg = _run_config(args)
-        if cfg is None:
+        except CancelableKeyError as exc:
+            logger.error("%s", exc)
             return 2
-        steps, ctx, store, run_id = _prepare(cfg, "cancelable")
-        return _print({"run_id": run_id, **steps.run_cancelable(ctx, store, run_id, key, args.context, args.limit,
-                                                                args.input).as_dict()})
-    except CancelableKeyError as exc:
-        logger.error("%s", exc)
-        return 2
-    except CancelableUnavailableError as exc:
-        # measured refusal: the properties are recorded in privacy_cancelable_assessment
-        logger.error("%s", exc)
-        _print({"refused": str(exc)})
-        return 3
-
-
-def run_dp(args: argparse.Namespace) -> int:
+        return _print({"revoked_key_id": kid})
     cfg = _run_config(args)
     if cfg is None:
         return 2
-    steps, ctx, store, run_id = _prepare(cfg, "dp")
-    out = steps.run_dp(ctx, store, run_id, args.attribute, args.epsilon, args.mechanism, args.delta, args.width,
-                       args.budget_epsilon, args.budget_delta, limit=args.limit)
-    return _print({"run_id": run_id, **out.as_dict()})
+    run = _run_mode(cfg, "personc_cancelable", {"key_env": args.key_env, "context": args.context,
+                                                 "limit": args.limit, "inputs": _inputs(args)})
+    if run.error_type == "CancelableKeyError":
+        logger.error("%s", run.error)
+        return 2
+    if run.error_type == "CancelableUnavailableError":
+        # measured refusal: the properties are recorded in privacy_cancelable_assessment
+        logger.error("%s", run.error)
+        _print({"refused": run.error})
+        return 3
+    if not run.success:
+        return _failed(run)
+    out = run.value("cancelable_templates", CancelableTemplates)
+    assert out is not None, "a successful run stored its value"
+    return _print({"run_id": run.run_id, **out.as_dict()})
+
+
+def run_dp(args: argparse.Namespace) -> int:
+    from ..core.privacy.results import DPReleases
+
+    cfg = _run_config(args)
+    if cfg is None:
+        return 2
+    run = _run_mode(cfg, "personc_dp", {
+        "attributes": list(args.attribute), "epsilon": args.epsilon, "mechanism": args.mechanism,
+        "delta": args.delta, "width": args.width, "epsilon_per_face": args.budget_epsilon,
+        "delta_per_face": args.budget_delta, "limit": args.limit})
+    if not run.success:
+        return _failed(run)
+    out = run.value("dp_attribute_releases", DPReleases)
+    assert out is not None, "a successful run stored its value"
+    return _print({"run_id": run.run_id, **out.as_dict()})

@@ -20,6 +20,8 @@ from ..core.pipeline.config import RunConfig, Setting, run_settings
 
 #: flags not spelled ``--`` + the field name with dashes
 FLAGS: dict[str, tuple[str, ...]] = {"out_dir": ("--out",), "num_samples": ("--num_samples", "--num-samples")}
+#: old spellings of a field's flag, accepted with a deprecation message
+DEPRECATED_FLAGS: dict[str, tuple[str, ...]] = {"witness_encoders": ("--audit-encoders",)}
 #: folders: read as paths (``data/out/`` and ``data/out`` are one setting)
 PATH_FIELDS: tuple[str, ...] = ("out_dir", "sources_a", "sources_b", "weights_dir")
 #: the fields that ``--tau`` sets (see ``parse_taus``)
@@ -98,6 +100,8 @@ def add_setting_option(parser: argparse.ArgumentParser, name: str) -> None:
     else:
         kwargs.update(type=s.value_type, metavar=METAVARS.get(s.value_type))
     parser.add_argument(*flags(s), help=_help(s), **kwargs)
+    for old in DEPRECATED_FLAGS.get(name, ()):
+        add_deprecated_flag(parser, old, flags(s)[0], name)
     if name == "backbone_options":
         parser.add_argument("--backbone-weights", type=Path, metavar="FILE", help=BACKBONE_WEIGHTS_HELP)
 

@@ -2,7 +2,8 @@
 
 Without ``DAGSTER_HOME`` Dagster keeps run history in a temporary folder and
 downstream runs lose their inputs, so this command sets it to
-``.dagster_home`` (telemetry off) unless the user has set one.
+``.dagster_home`` (telemetry off) unless the user has set one: the home that
+``personc demo`` and the privacy modes record their runs in (``instance.py``).
 """
 
 from __future__ import annotations
@@ -13,25 +14,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-DAGSTER_YAML = """\
-# Written by `personc ui`: a project-local Dagster home.
-telemetry:
-  enabled: false
-# Steps that run the generator (pool "gpu") never share one GPU: at most one at a time.
-concurrency:
-  pools:
-    default_limit: 1
-"""
-
-
-def ensure_dagster_home(root: Path) -> Path:
-    """Create ``root/.dagster_home`` with telemetry off (idempotent) and return it."""
-    home = root / ".dagster_home"
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
-    return home
+from ..instance import WORKSPACE_FILE, ensure_dagster_home
 
 
 def register(subparsers) -> None:
@@ -43,7 +26,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     root = Path.cwd()
-    if not (root / "workspace.yaml").is_file():
+    if not (root / WORKSPACE_FILE).is_file():
         print("personc ui: run this from the project folder (the one with workspace.yaml)")
         return 2
     env = dict(os.environ)

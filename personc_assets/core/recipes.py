@@ -205,7 +205,7 @@ def describe_donors(faces: Sequence[SourceFace],
       men where texture clusters follow lighting and pose. Without them the
       clusters come from the appearance coordinates.
     * ``classes`` (``{hash: class name}``, e.g. gender labels from
-      ``privacy.attributes.AgeGenderLabeller``) define the clusters outright
+      ``faces.age_gender.AgeGenderLabeller``) define the clusters outright
       where given; photos without a class keep the computed cluster, offset
       so it never equals a named class.
     * ``covered`` (``{hash: occluder names}``, from ``faces.occluders.occluders``) marks the

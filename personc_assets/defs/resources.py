@@ -1,8 +1,11 @@
-"""Dagster resources: the run configuration and the JSON IO manager.
+"""Dagster resources: the run configuration, the lineage store, the loaded models and the JSON IO manager.
 
-The DuckDB connection comes from ``dagster_duckdb.DuckDBResource``; the
-JSON IO manager keeps asset values (small summaries pointing at files in the
-workspace) as JSON, so nothing is ever unpickled between steps.
+``PersonCConfig`` carries every ``RunConfig`` field; ``LineageResource`` opens
+the DuckDB lineage store; ``LoadedModels`` hands the steps of a run the
+encoders and the loaded context (fitted backbone, factors, persons, donors)
+that they share; the JSON IO manager keeps asset values (small summaries
+pointing at files in the workspace) as JSON, so nothing is ever unpickled
+between steps.
 """
 
 from __future__ import annotations
@@ -14,11 +17,17 @@ import types
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin
 
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster import ConfigurableIOManager, ConfigurableResource, InitResourceContext, InputContext, OutputContext
 from pydantic import Field, create_model
 
 from ..core.atomic import atomic_write_text
+from ..core.encoders.base import Encoder
+from ..core.lineage.store import LineageStore
 from ..core.pipeline.config import RunConfig, Setting, Workspace, run_settings
+from ..core.pipeline.context import SHARED_CONTEXTS, LoadedContext
+from ..core.pipeline.indexing import EmbeddingIndexes, SkippedIndex, build_encoders
+from ..core.pipeline.modeling import FactorDecompositions
+from ..core.pipeline.sources import SourceSet
 
 #: Settings whose default the environment may override (for ``dagster dev``); the CLI ignores these.
 ENV_DEFAULTS: dict[str, str] = {"out_dir": "PERSONC_OUT_DIR", "sources_a": "PERSONC_SOURCES_A",
@@ -87,6 +96,35 @@ def resource_values(cfg: RunConfig) -> dict[str, Any]:
     values = cfg.as_dict()
     return {name: list(values[name]) if s.is_sequence and values[name] is not None else values[name]
             for name, s in SETTINGS.items()}
+
+
+class LineageResource(ConfigurableResource):
+    """The DuckDB lineage store (``core.lineage.store``): every table of every step and mode in one file."""
+
+    database: str = Field(default_factory=default_db_path,
+                          description="DuckDB file of the lineage (env PERSONC_DB; default OUT/personc.duckdb)")
+
+    def store(self) -> LineageStore:
+        """The store on ``database``: short connections under the file's lock, tables created when absent."""
+        return LineageStore.open(self.database)
+
+
+class LoadedModels(ConfigurableResource):
+    """What the steps of a run load once and share: the encoders (kept per configuration for the
+    process, ``indexing.build_encoders``) and the loaded context of fitted backbone, factors, persons
+    and donors (``core.pipeline.context``, kept by backbone state hash until the run ends)."""
+
+    def encoders(self, cfg: RunConfig) -> tuple[list[Encoder], list[SkippedIndex]]:
+        """The run's encoders and the ones skipped (no weights), with the reason."""
+        return build_encoders(cfg)
+
+    def context(self, store: LineageStore, sources: SourceSet, decompositions: FactorDecompositions,
+                indexes: EmbeddingIndexes) -> LoadedContext:
+        """The loaded context of these values: loaded by the first step that asks, shared after."""
+        return SHARED_CONTEXTS.get(store, sources, decompositions, indexes)
+
+    def teardown_after_execution(self, context: InitResourceContext) -> None:
+        SHARED_CONTEXTS.clear()  # a run's backbone and faces are not kept past the run
 
 
 class JsonIOManager(ConfigurableIOManager):

@@ -21,14 +21,13 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Mapping
 
 import dask.distributed
-from dagster import (AssetExecutionContext, AssetSelection, ConfigurableResource, DagsterInstance,
+from dagster import (AssetExecutionContext, AssetSelection, ConfigurableResource, DagsterInstance, Definitions,
                      DynamicPartitionsDefinition, Field, InputContext, MaterializeResult, MetadataValue,
                      OutputContext, Permissive, asset, define_asset_job, executor,
                      multiple_process_executor_requirements)
 from dagster._core.errors import raise_execution_interrupts
 from dagster._utils import iterate_with_context
 from dagster_dask.executor import DaskExecutor, dask_executor, query_on_dask_worker
-from dagster_duckdb import DuckDBResource
 from pydantic import Field as PydanticField
 
 from ..core.lineage.shards import ShardedLineageStore, ShardSet
@@ -40,9 +39,9 @@ from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.judging import GuardVerdicts
 from ..core.pipeline.modeling import FactorDecompositions
 from ..core.pipeline.sources import SourceSet
-from .assets import lineage, progress_reporter
 from .gpu import GPU_POOL, GPU_TAGS
-from .resources import PersonCConfig
+from .reporting import progress_reporter
+from .resources import LineageResource, PersonCConfig
 from .value_io import AssetValueIOManager
 
 SCALE_GROUP = "personc_scale"
@@ -61,13 +60,12 @@ class ScaleConfig(ConfigurableResource):
         "merged into the file by lineage_consolidated")
 
     @contextlib.contextmanager
-    def store(self, personc: PersonCConfig, duckdb: DuckDBResource, partition: str) -> Iterator[Any]:
+    def store(self, personc: PersonCConfig, lineage: LineageResource, partition: str) -> Iterator[Any]:
         """The lineage store batch ``partition`` reads and writes."""
         if self.lineage == "duckdb":
-            with lineage(duckdb) as store:
-                yield store
+            yield lineage.store()
         else:
-            yield ShardedLineageStore(ShardSet(shards_root(personc.workspace())), partition, duckdb.database)
+            yield ShardedLineageStore(ShardSet(shards_root(personc.workspace())), partition, lineage.database)
 
 
 class BatchValueIOManager(AssetValueIOManager):
@@ -89,11 +87,11 @@ GPU_STEP = dict(partitions_def=BATCHES, group_name=SCALE_GROUP, tags=GPU_TAGS, o
 
 @asset(kinds={"python"}, **GPU_STEP)
 def batch_candidates(context: AssetExecutionContext, personc: PersonCConfig, scale: ScaleConfig,
-                     duckdb: DuckDBResource, source_images: SourceSet, factor_decompositions: FactorDecompositions,
+                     lineage: LineageResource, source_images: SourceSet, factor_decompositions: FactorDecompositions,
                      embedding_indexes: EmbeddingIndexes) -> MaterializeResult[GeneratedCandidates]:
     """First candidates of one batch: ``generated_candidates`` under the batch's own seed."""
     cfg = _batch(context, personc, scale)
-    with scale.store(personc, duckdb, context.partition_key) as store:
+    with scale.store(personc, lineage, context.partition_key) as store:
         out = generation.generate_first_attempts(cfg, personc.workspace(), store, source_images,
                                                  factor_decompositions, embedding_indexes, context.run.run_id)
     return MaterializeResult(value=out, metadata={"generation_id": out.generation_id, "seed": str(cfg.seed),
@@ -101,7 +99,7 @@ def batch_candidates(context: AssetExecutionContext, personc: PersonCConfig, sca
 
 
 @asset(kinds={"python", "duckdb"}, **GPU_STEP)
-def batch_verdicts(context: AssetExecutionContext, personc: PersonCConfig, scale: ScaleConfig, duckdb: DuckDBResource,
+def batch_verdicts(context: AssetExecutionContext, personc: PersonCConfig, scale: ScaleConfig, lineage: LineageResource,
                    source_images: SourceSet, factor_decompositions: FactorDecompositions,
                    embedding_indexes: EmbeddingIndexes,
                    batch_candidates: GeneratedCandidates) -> MaterializeResult[GuardVerdicts]:
@@ -109,7 +107,7 @@ def batch_verdicts(context: AssetExecutionContext, personc: PersonCConfig, scale
     face released so far by any batch, under the workspace's release lock."""
     cfg = _batch(context, personc, scale)
     ws = personc.workspace()
-    with scale.store(personc, duckdb, context.partition_key) as store:
+    with scale.store(personc, lineage, context.partition_key) as store:
         out = judging.judge_and_release(cfg, ws, store, source_images, factor_decompositions, embedding_indexes,
                                         batch_candidates, context.run.run_id,
                                         progress_reporter(context, "released", every=1), release_lock(ws))
@@ -119,12 +117,12 @@ def batch_verdicts(context: AssetExecutionContext, personc: PersonCConfig, scale
 
 
 @asset(kinds={"python", "html"}, **GPU_STEP)
-def batch_reports(context: AssetExecutionContext, personc: PersonCConfig, scale: ScaleConfig, duckdb: DuckDBResource,
+def batch_reports(context: AssetExecutionContext, personc: PersonCConfig, scale: ScaleConfig, lineage: LineageResource,
                   source_images: SourceSet, factor_decompositions: FactorDecompositions,
                   embedding_indexes: EmbeddingIndexes, batch_verdicts: GuardVerdicts) -> MaterializeResult[IcsReports]:
     """ICS, reports and manifest entries of one batch's releases, like ``ics_reports``."""
     cfg = _batch(context, personc, scale)
-    with scale.store(personc, duckdb, context.partition_key) as store:
+    with scale.store(personc, lineage, context.partition_key) as store:
         out = explaining.explain_releases(cfg, personc.workspace(), store, source_images, factor_decompositions,
                                           embedding_indexes, batch_verdicts, context.run.run_id,
                                           progress_reporter(context, "explain", every=1))
@@ -134,12 +132,11 @@ def batch_reports(context: AssetExecutionContext, personc: PersonCConfig, scale:
 
 @asset(group_name=SCALE_GROUP, kinds={"duckdb", "parquet"}, deps=[batch_reports])
 def lineage_consolidated(context: AssetExecutionContext, personc: PersonCConfig,
-                         duckdb: DuckDBResource) -> MaterializeResult[dict]:
+                         lineage: LineageResource) -> MaterializeResult[dict]:
     """Every batch's lineage shards upserted into the DuckDB file (one row per key, the newest),
     so the file answers the README's queries for every batch; running it again changes nothing."""
     shards = ShardSet(shards_root(personc.workspace()))
-    with lineage(duckdb) as store:
-        counts = shards.consolidate(store)
+    counts = shards.consolidate(lineage.store())
     return MaterializeResult(value={"rows": counts, "partitions": shards.partitions()},
                              metadata={"rows": MetadataValue.json(counts), "partitions": len(shards.partitions())})
 
@@ -263,4 +260,7 @@ def run_config(batch_size: int, lineage_mode: str = "duckdb", cluster: Mapping[s
             "execution": {"config": execution}}
 
 
-__all__ = ["BATCHES", "SCALE_ASSETS", "ScaleConfig", "add_batches", "batch_job", "batch_resources", "run_config"]
+#: The ``scale`` domain (``definitions.DOMAINS``); its resources come from ``batch_resources``.
+defs = Definitions(assets=list(SCALE_ASSETS), jobs=[batch_job()])
+
+__all__ = ["BATCHES", "SCALE_ASSETS", "ScaleConfig", "add_batches", "batch_job", "batch_resources", "run_config", "defs"]

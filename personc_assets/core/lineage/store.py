@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import json
+import math
 import time
 from importlib import resources
 from pathlib import Path
@@ -21,9 +22,13 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import duckdb
 
+#: The privacy modes' tables (``personc anonymize`` / ``cancelable`` / ``dp``).
+PRIVACY_TABLES = ("privacy_factor_ranking", "privacy_anonymized", "privacy_keys", "privacy_cancelable",
+                  "privacy_cancelable_assessment", "privacy_attribute_directions", "privacy_dp_ledger",
+                  "privacy_dp_releases")
 TABLES = ("runs", "sources", "quarantine", "duplicates", "latents", "factors", "embeddings",
           "indexes", "recipes", "candidates", "verdicts", "candidate_verdicts", "ics", "releases",
-          "revocations", "release_audits", "gate_verdicts")
+          "revocations", "release_audits", "gate_verdicts", *PRIVACY_TABLES)
 
 #: Re-applied after every write to ``releases``: a revoked face stays revoked.
 _STICKY_REVOCATIONS = (
@@ -39,6 +44,19 @@ LOCK_TIMEOUT_S = 600.0
 
 def schema_sql() -> str:
     return resources.files(__package__).joinpath("schema.sql").read_text()
+
+
+def json_column(value: Any) -> str:
+    """``value`` as the JSON text of a ``*_json`` column: sorted keys, non-finite floats as ``null``."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(value), sort_keys=True)
 
 
 def now() -> dt.datetime:

@@ -21,6 +21,10 @@ def setting(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+#: Old setting names and the fields that replaced them.
+RENAMED_SETTINGS: dict[str, str] = {"audit_encoders": "witness_encoders"}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that determines a run's outputs (hashed into lineage).
@@ -38,9 +42,9 @@ class RunConfig:
                                                   '{"weights": "weights/ffhq.pkl", "projection_steps": 100}')
     encoders: tuple[str, ...] | None = setting(None, "encoders that gate releases (default: every encoder "
                                                "whose weights exist)")
-    audit_encoders: tuple[str, ...] = setting((), "encoders that are measured and reported but never gate a "
-                                              "release (their leakage rate is the honest estimate of what "
-                                              "the guard missed)")
+    witness_encoders: tuple[str, ...] = setting((), "witness encoders: measured and reported but never gate "
+                                                "a release (their leakage rate is the honest estimate of "
+                                                "what the guard missed)")
     encoder_options: Mapping[str, Mapping[str, Any]] = setting({}, "options per encoder factory, e.g. "
                                                                '{"magface": {"arch": "iresnet50"}}')
     weights_dir: str = setting("weights", "folder of encoder weights (see weights/README.md)")
@@ -89,7 +93,12 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RunConfig":
-        """The config of ``values`` (``as_dict``'s inverse; JSON lists become the tuples of tuple fields)."""
+        """The config of ``values`` (``as_dict``'s inverse; JSON lists become the tuples of tuple fields).
+
+        A setting's old name (``RENAMED_SETTINGS``) is read as its new one, so configs stored
+        before a rename still load.
+        """
+        values = {RENAMED_SETTINGS.get(name, name): v for name, v in values.items()}
         known = {s.name: s for s in run_settings()}
         unknown = set(values) - set(known)
         if unknown:

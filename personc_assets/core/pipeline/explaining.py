@@ -33,7 +33,8 @@ from ..values import checked
 from ..versioning import config_hash
 from .config import RunConfig, Workspace
 from . import recheck
-from .generation import CandidateFactory
+from .context import LoadedContext, shared_context
+from .generation import stored_factors, stored_recipe
 from .indexing import EmbeddingIndexes, build_encoders
 from .judging import GuardVerdicts, ReleasedFace
 from .modeling import FactorDecompositions
@@ -97,12 +98,14 @@ class IcsReports:
 
 def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
                      decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
-                     verdicts: GuardVerdicts, run_id: str, progress: Progress | None = None) -> IcsReports:
-    """ICS, maps and reports of every released face; the run report and the manifest."""
+                     verdicts: GuardVerdicts, run_id: str, progress: Progress | None = None,
+                     loaded: LoadedContext | None = None) -> IcsReports:
+    """ICS, maps and reports of every released face; the run report and the manifest (``loaded``:
+    the run's context, default the shared one)."""
     from PIL import Image
 
     encoders, _ = build_encoders(cfg)
-    factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
+    loaded = loaded or shared_context(store, sources, decompositions, indexes)
     # a release's nearest source may be a protect-only photo: look up every guarded source
     faces = {f.content_hash: f for batch in sources.iter_guarded_faces() for f in batch}
     entries = sources.by_hash()
@@ -114,12 +117,12 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
         for done, rel in enumerate(verdicts.released, 1):
             t0 = time.perf_counter()
             image = np.asarray(Image.open(rel.file).convert("RGB"))
-            recipe = factory.stored_recipe(store, rel.candidate_id)
-            mixed = factory.stored_factors(store, rel.candidate_id, recipe)
+            recipe = stored_recipe(store, rel.candidate_id)
+            mixed = stored_factors(store, rel.candidate_id, recipe, loaded)
             targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel.nearest.values() if h]]))
             target_ids = [entries[h].source_id for h in targets]
             donor_emb = {enc.name: embed_sources(enc, [faces[h] for h in targets], store, run_id) for enc in encoders}
-            ics = identity_contribution_scores(factory.backbone, mixed,
+            ics = identity_contribution_scores(loaded.backbone, mixed,
                                                EncoderSimilarity(encoders, donor_emb, target_ids), released_image=image)
             t_ics = time.perf_counter() - t0
             _store_ics(store, rel.release_id, ics, run_id)

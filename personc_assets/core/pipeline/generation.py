@@ -20,15 +20,14 @@ import numpy as np
 from ..atomic import atomic_save_npz, atomic_save_png, load_npz
 from ..novelty import LinearisedBackbone, NoveltyConfig, NoveltySearch
 from ..faces.loading import pixel_hash
-from ..faces.occluders import occluders
 from ..lineage.store import LineageStore, now
-from ..recipes import (describe_donors, mix_factors, new_roles, recipe_from_json, recipe_json,
-                       sample_recipes)
+from ..recipes import mix_factors, new_roles, recipe_from_json, recipe_json, sample_recipes
 from ..types import Candidate, Recipe
 from ..values import checked
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
-from .indexing import EmbeddingIndexes, persons_by_embedding, source_embeddings
+from .context import LoadedContext, shared_context
+from .indexing import EmbeddingIndexes
 from .modeling import FactorDecompositions
 from .sources import SourceSet
 
@@ -96,22 +95,22 @@ class GeneratedCandidates:
 
 
 class CandidateFactory:
-    """Makes the candidate for (slot, attempt) from the fitted backbone and source factors."""
+    """Makes the candidate for (slot, attempt) from the run's loaded context (``context.py``).
+
+    ``loaded`` defaults to the process's shared context: the steps of one in-process run load the
+    backbone, factors and donors once.
+    """
 
     def __init__(self, cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
-                 decompositions: FactorDecompositions, indexes: EmbeddingIndexes):
+                 decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
+                 loaded: LoadedContext | None = None):
         self.cfg, self.ws = cfg, ws
-        self.ref = decompositions.backbone
-        self.backbone = self.ref.load()
-        self.factors = decompositions.load_factors()
-        self.mean = decompositions.load_mean()
-        embeddings = source_embeddings(store, sources, indexes)
-        persons = persons_by_embedding(embeddings, indexes.person_index().tau)
-        faces = sources.load_faces()
-        self.donors = describe_donors(faces, self.factors, labels=persons, embeddings=embeddings,
-                                      classes=dict(indexes.source_classes) or None,
-                                      covered={f.content_hash: occluders(f.aligned, f.landmarks) for f in faces},
-                                      appearance_factors=self.backbone.factor_roles.appearance)
+        self.loaded = loaded or shared_context(store, sources, decompositions, indexes)
+        self.ref = self.loaded.ref
+        self.backbone = self.loaded.backbone
+        self.factors = self.loaded.factors
+        self.mean = self.loaded.mean
+        self.donors = self.loaded.donors
         self.person_of = {d.content_hash: d.person for d in self.donors}
         self.gen_id = generation_id(cfg, self.ref.state_hash, sources.source_set_hash)
         self.recipe_knobs = {"context_visible": self.backbone.shows_context, **dict(cfg.recipe_options)}
@@ -160,26 +159,10 @@ class CandidateFactory:
         return best[1]
 
     def stored_factors(self, store: LineageStore, candidate_id: str, recipe: Recipe) -> dict[str, np.ndarray]:
-        """The factors that made a candidate: saved beside its PNG (they include the
-        novelty step's move), else re-mixed from its recipe (candidates made without it)."""
-        rows = store.query("SELECT image_path FROM candidates WHERE candidate_id = ?", [candidate_id])
-        path = Path(rows[0][0]).with_suffix(".npz") if rows and rows[0][0] else None
-        if path is not None and path.exists():
-            return dict(load_npz(path))
-        return mix_factors(recipe, self.factors, self.mean)
+        return stored_factors(store, candidate_id, recipe, self.loaded)
 
     def stored_recipe(self, store: LineageStore, candidate_id: str) -> Recipe:
-        """The recipe that made ``candidate_id``, as recorded in the lineage."""
-        rows = store.query("SELECT r.recipe_id, r.recipe_json FROM candidates c JOIN recipes r USING (recipe_id) "
-                           "WHERE c.candidate_id = ?", [candidate_id])
-        if not rows:
-            raise KeyError(f"candidate {candidate_id} has no recorded recipe in the lineage")
-        recipe_id, text = rows[0]
-        recipe = recipe_from_json(text)
-        if recipe.recipe_id != recipe_id:
-            raise ValueError(f"recipe {recipe_id[:12]} of candidate {candidate_id} does not hash to its id "
-                             f"(got {recipe.recipe_id[:12]}): the lineage was altered")
-        return recipe
+        return stored_recipe(store, candidate_id)
 
     def make(self, slots: Sequence[tuple[int, int]], released: Sequence[Recipe] = (),
              released_embeddings: np.ndarray | None = None) -> list[tuple[int, Candidate]]:
@@ -230,11 +213,36 @@ class CandidateFactory:
         return out
 
 
+def stored_factors(store: LineageStore, candidate_id: str, recipe: Recipe,
+                   loaded: LoadedContext) -> dict[str, np.ndarray]:
+    """The factors that made a candidate: saved beside its PNG (they include the
+    novelty step's move), else re-mixed from its recipe (candidates made without it)."""
+    rows = store.query("SELECT image_path FROM candidates WHERE candidate_id = ?", [candidate_id])
+    path = Path(rows[0][0]).with_suffix(".npz") if rows and rows[0][0] else None
+    if path is not None and path.exists():
+        return dict(load_npz(path))
+    return mix_factors(recipe, loaded.factors, loaded.mean)
+
+
+def stored_recipe(store: LineageStore, candidate_id: str) -> Recipe:
+    """The recipe that made ``candidate_id``, as recorded in the lineage."""
+    rows = store.query("SELECT r.recipe_id, r.recipe_json FROM candidates c JOIN recipes r USING (recipe_id) "
+                       "WHERE c.candidate_id = ?", [candidate_id])
+    if not rows:
+        raise KeyError(f"candidate {candidate_id} has no recorded recipe in the lineage")
+    recipe_id, text = rows[0]
+    recipe = recipe_from_json(text)
+    if recipe.recipe_id != recipe_id:
+        raise ValueError(f"recipe {recipe_id[:12]} of candidate {candidate_id} does not hash to its id "
+                         f"(got {recipe.recipe_id[:12]}): the lineage was altered")
+    return recipe
+
+
 def generate_first_attempts(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: SourceSet,
                             decompositions: FactorDecompositions, indexes: EmbeddingIndexes,
-                            run_id: str) -> GeneratedCandidates:
-    """Attempt 0 of every slot."""
-    factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes)
+                            run_id: str, loaded: LoadedContext | None = None) -> GeneratedCandidates:
+    """Attempt 0 of every slot (``loaded``: the run's context, default the shared one)."""
+    factory = CandidateFactory(cfg, ws, store, sources, decompositions, indexes, loaded)
     made = factory.make([(s, 0) for s in range(cfg.num_samples)])
     rows = factory.save(store, made, run_id)
     return GeneratedCandidates(factory.gen_id, tuple(rows))

@@ -56,7 +56,7 @@ class EncoderIndex:
     encoder_version: str
     index_path: str
     kind: str               # ``IndexManifest.kind``
-    gating: bool            # False: audit-only, measured and reported, never deciding a release
+    gating: bool            # False: a witness, measured and reported, never deciding a release
     count: int              # photos indexed: donors and protect-only
     dim: int
     tau_choice: TauChoice   # the tau, and where it came from and why
@@ -192,7 +192,7 @@ def build_indexes(cfg: RunConfig, ws: Workspace, store: LineageStore, sources: S
                                       "source_set_hash": sources.source_set_hash, "kind": index.manifest.kind,
                                       "count": count, "index_path": str(path), "run_id": run_id}])
         out.append(EncoderIndex(enc.name, enc.version, str(path), index.manifest.kind,
-                                enc.name not in cfg.audit_encoders, count, enc.dim, taus[enc.name]))
+                                enc.name not in cfg.witness_encoders, count, enc.dim, taus[enc.name]))
     return EmbeddingIndexes(tuple(out), tuple(skipped), sources.source_set_hash,
                             source_classes(sources, ws.indexes / CLASSES_FILE))
 
@@ -233,7 +233,7 @@ def source_classes(sources: SourceSet, cache: Path | None = None) -> dict[str, s
     With ``cache`` (a JSON file), each photo is labelled once per labeller
     version: when every source was labelled before, the labeller is not loaded.
     """
-    from ..privacy.attributes import AgeGenderLabeller, LabellerUnavailableError, verify_bundled_models
+    from ..faces.age_gender import AgeGenderLabeller, LabellerUnavailableError, verify_bundled_models
 
     try:
         version = verify_bundled_models()

@@ -215,7 +215,7 @@ def build_guard(cfg: RunConfig, indexes: EmbeddingIndexes, source_set_hash: str 
     """
     encoders, _ = build_encoders(cfg)
     return guard_from_indexes(encoders, indexes.indexes, source_set_hash or indexes.source_set_hash,
-                              cfg.audit_encoders)
+                              cfg.witness_encoders)
 
 
 def verdict_rows(v: Verdict, run_id: str) -> list[dict[str, Any]]:
@@ -298,7 +298,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         pending = factory.make(retry, released_recipes, guard.released_embeddings("dlib")) if retry else []
         if pending:
             factory.save(store, pending, run_id)
-    leakage, unverified = witness_rates(released, cfg.audit_encoders)
+    leakage, unverified = witness_rates(released, cfg.witness_encoders)
     return GuardVerdicts(factory.gen_id, tuple(released), tuple(attempts), leakage, unverified, cfg.num_samples,
                          cfg.max_attempts)
 

@@ -7,10 +7,10 @@
   attribute coordinates with a DuckDB privacy ledger.
 """
 
-from ..lineage.privacy import PRIVACY_TABLES, ensure_privacy_schema
+from ..lineage.store import PRIVACY_TABLES
 from .anonymize import Anonymized, AnonymizeKnobs, Anonymizer, measure_strength_curve, strength_alphas
-from .attributes import (AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError,
-                         fit_direction)
+from ..faces.age_gender import AgeGenderLabeller, FaceAttributes, LabellerUnavailableError
+from .attributes import AttributeDirection, fit_direction
 from .cancelable import (Assessment, CancelableEnroller, CancelableKeyError, CancelableKnobs,
                          CancelableUnavailableError, KeyTransform, Template, derive_seed, key_id, key_transform,
                          measure_properties)
@@ -23,7 +23,7 @@ __all__ = [
     "BudgetExceededError", "CancelableEnroller", "CancelableKeyError", "CancelableKnobs",
     "CancelableUnavailableError", "DPSpec", "FaceAttributes", "FactorRanking", "FactorScale", "IdentityProbe",
     "KeyTransform", "LabellerUnavailableError", "PRIVACY_TABLES", "Population", "PrivacyBudget", "PrivacyLedger",
-    "Template", "context_frame", "derive_seed", "ensure_privacy_schema", "fit_direction", "key_id",
+    "Template", "context_frame", "derive_seed", "fit_direction", "key_id",
     "key_transform", "measure_accuracy", "measure_properties", "measure_strength_curve", "privatize_factors",
     "rank_factors", "strength_alphas",
 ]

@@ -96,7 +96,7 @@ from ..faces.align import estimate_yaw
 from ..guard import Guard, Verdict
 from ..recipes import make_recipe, mix_factors, mouth_openness
 from ..types import Factors, Recipe, SourceFace
-from .attributes import AgeGenderLabeller, FaceAttributes
+from ..faces.age_gender import AgeGenderLabeller, FaceAttributes
 from .disentangle import FactorRanking
 from .population import FactorScale, IdentityProbe, Population
 

@@ -54,7 +54,6 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
-from ..lineage.privacy import ensure_privacy_schema, upsert
 from ..lineage.store import LineageStore, now
 from ..types import Factors
 from .attributes import AttributeDirection
@@ -156,7 +155,7 @@ class PrivacyLedger:
     """Epsilon and delta spent per face and per run, in ``privacy_dp_ledger``."""
 
     def __init__(self, store: LineageStore, budget: PrivacyBudget = PrivacyBudget()) -> None:
-        self.store = ensure_privacy_schema(store)
+        self.store = store
         self.budget = budget
 
     def spent(self, face_key: str) -> tuple[float, float]:
@@ -191,7 +190,7 @@ class PrivacyLedger:
                 refused = (f"run {run_id} has spent epsilon {r_eps:g} of its budget {b.epsilon_per_run:g}; "
                            f"this release needs {eps:g} more")
             status = "refused" if refused else "spent"
-            upsert(tx, "privacy_dp_ledger", [{
+            tx.upsert("privacy_dp_ledger", [{
                 "entry_id": f"{release_id}/{i}", "release_id": release_id, "face_key": face_key, "run_id": run_id,
                 "attribute": s.direction.attribute, "mechanism": s.mechanism, "epsilon": float(s.epsilon),
                 "delta": float(s.delta), "sensitivity": s.sensitivity, "clip_lo": s.clip[0], "clip_hi": s.clip[1],

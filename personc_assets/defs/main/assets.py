@@ -1,59 +1,32 @@
-"""PersonC's software-defined assets: each a thin call into the core pipeline."""
+"""The main pipeline's assets (group ``personc``): each a thin call into a core pipeline step."""
 
-
-import contextlib
-from pathlib import Path
-from typing import Any, Iterator
-
-import pandas as pd
 from dagster import AssetExecutionContext, MaterializeResult, MetadataValue, asset
-from dagster_duckdb import DuckDBResource
 
-from ..core.lineage.store import LineageStore
-from ..core.pipeline import explaining, generation, indexing, judging, modeling, sources
-from ..core.pipeline.explaining import IcsReports
-from ..core.pipeline.generation import GeneratedCandidates
-from ..core.pipeline.indexing import EmbeddingIndexes
-from ..core.pipeline.judging import GuardVerdicts
-from ..core.pipeline.modeling import FactorDecompositions, ProjectedLatents
-from ..core.pipeline.sources import SourceSet
-from .gpu import GPU_POOL, GPU_TAGS
-from .resources import PersonCConfig
+from ...core.pipeline import explaining, generation, indexing, judging, modeling, sources
+from ...core.pipeline.explaining import IcsReports
+from ...core.pipeline.generation import GeneratedCandidates
+from ...core.pipeline.indexing import EmbeddingIndexes
+from ...core.pipeline.judging import GuardVerdicts
+from ...core.pipeline.modeling import FactorDecompositions, ProjectedLatents
+from ...core.pipeline.sources import SourceSet
+from ..gpu import GPU_POOL, GPU_TAGS
+from ..reporting import md_table, progress_reporter
+from ..resources import LineageResource, LoadedModels, PersonCConfig
 
 GROUP = "personc"
 
 
-@contextlib.contextmanager
-def lineage(duckdb: DuckDBResource) -> Iterator[LineageStore]:
-    """The lineage store on the DuckDB resource: short connections from ``get_connection``."""
-    db = Path(duckdb.database)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    yield LineageStore(duckdb.get_connection, db.with_name(db.name + ".lock"))
-
-
-def progress_reporter(context: AssetExecutionContext, what: str, every: int = 10):
-    """The ``(done, total, item)`` callback a core step reports through, logged every ``every`` items."""
-    def report(done: int, total: int, item: str) -> None:
-        if done == total or done % every == 0:
-            context.log.info(f"{what}: {done}/{total} ({item})")
-    return report
-
-
-def md_table(rows: list[dict[str, Any]]) -> MetadataValue:
-    return MetadataValue.md(pd.DataFrame(rows).to_markdown(index=False) if rows else "_none_")
-
-
 @asset(group_name=GROUP, kinds={"python", "duckdb"})
 def source_images(context: AssetExecutionContext, personc: PersonCConfig,
-                  duckdb: DuckDBResource) -> MaterializeResult[SourceSet]:
+                  lineage: LineageResource) -> MaterializeResult[SourceSet]:
     """Photos of groups A and B, validated, EXIF-oriented, with exactly one face each, aligned to
     the canonical frame and content-hashed. Donor photos lend factors and protect their person;
     protect-only photos (grayscale, small face) are indexed by the guard but never mixed; files
     that cannot be embedded are quarantined with a reason."""
     cfg = personc.run_config()
-    with lineage(duckdb) as store:
-        sset, result = sources.ingest_sources(cfg, personc.workspace(), store, context.run.run_id,
-                                              progress_reporter(context, "ingest"))
+    store = lineage.store()
+    sset, result = sources.ingest_sources(cfg, personc.workspace(), store, context.run.run_id,
+                                          progress_reporter(context, "ingest"))
     quarantine = [{"file": q.path, "group": q.group, "code": q.code, "reason": q.reason}
                   for q in result.quarantined]
     return MaterializeResult(value=sset, metadata={
@@ -72,14 +45,14 @@ def source_images(context: AssetExecutionContext, personc: PersonCConfig,
 
 
 @asset(group_name=GROUP, kinds={"python"}, tags=GPU_TAGS, pool=GPU_POOL)
-def projected_latents(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+def projected_latents(context: AssetExecutionContext, personc: PersonCConfig, lineage: LineageResource,
                       source_images: SourceSet) -> MaterializeResult[ProjectedLatents]:
     """Each aligned source face projected into the selected backbone's latent space, with its
     reconstruction error."""
     cfg = personc.run_config()
-    with lineage(duckdb) as store:
-        out = modeling.fit_and_project(cfg, personc.workspace(), store, source_images,
-                                       context.run.run_id, progress_reporter(context, "project", every=5))
+    store = lineage.store()
+    out = modeling.fit_and_project(cfg, personc.workspace(), store, source_images,
+                                   context.run.run_id, progress_reporter(context, "project", every=5))
     return MaterializeResult(value=out, metadata={
         "backbone": cfg.backbone, "backbone_state": out.backbone.state_hash[:16],
         "latents": len(out.latents), "projected_now": out.projected_now,
@@ -87,24 +60,24 @@ def projected_latents(context: AssetExecutionContext, personc: PersonCConfig, du
 
 
 @asset(group_name=GROUP, kinds={"python"})
-def factor_decompositions(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+def factor_decompositions(context: AssetExecutionContext, personc: PersonCConfig, lineage: LineageResource,
                           projected_latents: ProjectedLatents) -> MaterializeResult[FactorDecompositions]:
     """Each latent split into named factors: geometry, symmetry, texture and local features."""
-    with lineage(duckdb) as store:
-        out = modeling.decompose_all(personc.workspace(), store, projected_latents, context.run.run_id)
+    store = lineage.store()
+    out = modeling.decompose_all(personc.workspace(), store, projected_latents, context.run.run_id)
     return MaterializeResult(value=out, metadata={"factors": MetadataValue.json(list(out.factor_names)),
                                                   "sources": len(out.factors)})
 
 
 @asset(group_name=GROUP, kinds={"python", "faiss"})
-def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, lineage: LineageResource,
                       source_images: SourceSet) -> MaterializeResult[EmbeddingIndexes]:
     """Per encoder, the embeddings of every source face in a FAISS inner-product index (exact, or
     certified IVF for very large source sets: rescored exactly wherever it could matter)."""
     cfg = personc.run_config()
-    with lineage(duckdb) as store:
-        out = indexing.build_indexes(cfg, personc.workspace(), store, source_images,
-                                     context.run.run_id, progress_reporter(context, "embed"))
+    store = lineage.store()
+    out = indexing.build_indexes(cfg, personc.workspace(), store, source_images,
+                                 context.run.run_id, progress_reporter(context, "embed"))
     for skipped in out.skipped:
         context.log.info(f"encoder {skipped.encoder} skipped: {skipped.reason}")
     return MaterializeResult(value=out, metadata={
@@ -114,31 +87,33 @@ def embedding_indexes(context: AssetExecutionContext, personc: PersonCConfig, du
 
 
 @asset(group_name=GROUP, kinds={"python"}, tags=GPU_TAGS, pool=GPU_POOL)
-def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                         source_images: SourceSet, factor_decompositions: FactorDecompositions,
+def generated_candidates(context: AssetExecutionContext, personc: PersonCConfig, lineage: LineageResource,
+                         models: LoadedModels, source_images: SourceSet, factor_decompositions: FactorDecompositions,
                          embedding_indexes: EmbeddingIndexes) -> MaterializeResult[GeneratedCandidates]:
     """First candidates: seeded recipes that take each factor from a different donor (A and B
     both represented), composed and synthesized by the backbone."""
     cfg = personc.run_config()
-    with lineage(duckdb) as store:
-        out = generation.generate_first_attempts(cfg, personc.workspace(), store, source_images,
-                                                 factor_decompositions, embedding_indexes, context.run.run_id)
+    store = lineage.store()
+    loaded = models.context(store, source_images, factor_decompositions, embedding_indexes)
+    out = generation.generate_first_attempts(cfg, personc.workspace(), store, source_images,
+                                             factor_decompositions, embedding_indexes, context.run.run_id, loaded)
     return MaterializeResult(value=out, metadata={"generation_id": out.generation_id,
                                                   "candidates": len(out.candidates)})
 
 
 @asset(group_name=GROUP, kinds={"python", "duckdb"}, tags=GPU_TAGS, pool=GPU_POOL)
-def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                   source_images: SourceSet, factor_decompositions: FactorDecompositions,
+def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, lineage: LineageResource,
+                   models: LoadedModels, source_images: SourceSet, factor_decompositions: FactorDecompositions,
                    embedding_indexes: EmbeddingIndexes,
                    generated_candidates: GeneratedCandidates) -> MaterializeResult[GuardVerdicts]:
     """Each candidate embedded by every encoder and searched against every source; rejected
     (fail closed) at tau, on no single face, or on any error; rejected slots are regenerated."""
     cfg = personc.run_config()
-    with lineage(duckdb) as store:
-        out = judging.judge_and_release(cfg, personc.workspace(), store, source_images,
-                                        factor_decompositions, embedding_indexes, generated_candidates,
-                                        context.run.run_id, progress_reporter(context, "released", every=1))
+    store = lineage.store()
+    models.context(store, source_images, factor_decompositions, embedding_indexes)  # the retries' factory reads it
+    out = judging.judge_and_release(cfg, personc.workspace(), store, source_images,
+                                    factor_decompositions, embedding_indexes, generated_candidates,
+                                    context.run.run_id, progress_reporter(context, "released", every=1))
     return MaterializeResult(value=out, metadata={
         "released": len(out.released), "requested": cfg.num_samples, "candidates_judged": len(out.attempts),
         "pass_rate": float(out.pass_rate),
@@ -151,16 +126,17 @@ def guard_verdicts(context: AssetExecutionContext, personc: PersonCConfig, duckd
 
 
 @asset(group_name=GROUP, kinds={"python", "html"}, tags=GPU_TAGS, pool=GPU_POOL)
-def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
-                source_images: SourceSet, factor_decompositions: FactorDecompositions,
+def ics_reports(context: AssetExecutionContext, personc: PersonCConfig, lineage: LineageResource,
+                models: LoadedModels, source_images: SourceSet, factor_decompositions: FactorDecompositions,
                 embedding_indexes: EmbeddingIndexes, guard_verdicts: GuardVerdicts) -> MaterializeResult[IcsReports]:
     """Identity Contribution Scores per released face, donor and factor; reports, gallery and
     the release manifest."""
     cfg = personc.run_config()
-    with lineage(duckdb) as store:
-        out = explaining.explain_releases(cfg, personc.workspace(), store, source_images,
-                                          factor_decompositions, embedding_indexes, guard_verdicts, context.run.run_id,
-                                          progress_reporter(context, "explain", every=1))
+    store = lineage.store()
+    out = explaining.explain_releases(cfg, personc.workspace(), store, source_images,
+                                      factor_decompositions, embedding_indexes, guard_verdicts, context.run.run_id,
+                                      progress_reporter(context, "explain", every=1),
+                                      models.context(store, source_images, factor_decompositions, embedding_indexes))
     meta = explaining.dagster_metadata(out)
     for key in ("gallery", "ics"):
         meta[key] = MetadataValue.md(meta[key])

@@ -13,10 +13,9 @@ import json
 from pathlib import Path
 
 from dagster import (AssetExecutionContext, AssetSelection, DagsterInstance, DagsterRunStatus, DefaultSensorStatus,
-                     MaterializeResult, MetadataValue, RunFailureSensorContext, RunRequest, RunsFilter,
-                     RunStatusSensorContext, SensorEvaluationContext, SensorResult, SkipReason, asset,
+                     Definitions, MaterializeResult, MetadataValue, RunFailureSensorContext, RunRequest,
+                     RunsFilter, RunStatusSensorContext, SensorEvaluationContext, SensorResult, SkipReason, asset,
                      define_asset_job, multiprocess_executor, run_failure_sensor, run_status_sensor, sensor)
-from dagster_duckdb import DuckDBResource
 
 from ..core.atomic import atomic_write_text
 from ..core.faces.ingest import diff_snapshots, snapshot_folders
@@ -24,8 +23,8 @@ from ..core.pipeline import recheck
 from ..core.pipeline.indexing import EmbeddingIndexes
 from ..core.pipeline.recheck import ReleaseRecheck
 from ..core.pipeline.source_watch import RefreshState, WatchCursor, next_step
-from .assets import lineage, md_table
-from .resources import PersonCConfig
+from .reporting import md_table
+from .resources import LineageResource, PersonCConfig
 
 LIFECYCLE_GROUP = "personc_lifecycle"
 #: Tag carried by every run the sensor asks for; limit it to 1 per value in the
@@ -37,14 +36,13 @@ SNAPSHOT_FILE = "source_folders_snapshot.json"
 
 
 @asset(group_name=LIFECYCLE_GROUP, kinds={"python", "duckdb"})
-def release_recheck(context: AssetExecutionContext, personc: PersonCConfig, duckdb: DuckDBResource,
+def release_recheck(context: AssetExecutionContext, personc: PersonCConfig, lineage: LineageResource,
                     embedding_indexes: EmbeddingIndexes) -> MaterializeResult[ReleaseRecheck]:
     """Every face released so far, re-read from disk and judged again by the guard against the
     current sources; a release that now reaches tau (or cannot be checked) is revoked, with the
     reason, in DuckDB and in the release manifest."""
-    with lineage(duckdb) as store:
-        out = recheck.recheck_releases(personc.run_config(), personc.workspace(), store, embedding_indexes,
-                                       context.run.run_id)
+    out = recheck.recheck_releases(personc.run_config(), personc.workspace(), lineage.store(), embedding_indexes,
+                                   context.run.run_id)
     for r in out.revoked:
         context.log.warning(f"release {r.release_id} revoked: {r.reason}")
     return MaterializeResult(value=out, metadata={
@@ -133,15 +131,20 @@ def refresh_state(instance: DagsterInstance, key: str) -> RefreshState:
 
 
 @run_status_sensor(run_status=DagsterRunStatus.SUCCESS, default_status=DefaultSensorStatus.RUNNING)
-def record_run_success(context: RunStatusSensorContext, duckdb: DuckDBResource) -> None:
+def record_run_success(context: RunStatusSensorContext, lineage: LineageResource) -> None:
     """Marks the run's row in the lineage ``runs`` table as ``success``."""
-    with lineage(duckdb) as store:
-        store.finish_run(context.dagster_run.run_id, "success")
+    lineage.store().finish_run(context.dagster_run.run_id, "success")
 
 
 @run_failure_sensor(default_status=DefaultSensorStatus.RUNNING)
-def record_run_failure(context: RunFailureSensorContext, duckdb: DuckDBResource) -> None:
+def record_run_failure(context: RunFailureSensorContext, lineage: LineageResource) -> None:
     """Marks the run's row in the lineage ``runs`` table as ``failure`` (a killed run counts once
     Dagster's run monitoring has noticed it)."""
-    with lineage(duckdb) as store:
-        store.finish_run(context.dagster_run.run_id, "failure")
+    lineage.store().finish_run(context.dagster_run.run_id, "failure")
+
+
+defs = Definitions(
+    assets=[release_recheck],
+    jobs=[refresh_job],
+    sensors=[source_folders_changed, record_run_success, record_run_failure],
+)

@@ -4,11 +4,11 @@
 import pandas as pd
 from dagster import AssetCheckResult, AssetCheckSeverity, AssetIn, MetadataValue, asset_check
 
-from ..core.pipeline import judging
-from ..core.pipeline.indexing import EmbeddingIndexes
-from ..core.pipeline.judging import GuardVerdicts
-from ..core.pipeline.sources import SourceSet
-from .resources import PersonCConfig
+from ...core.pipeline import judging
+from ...core.pipeline.indexing import EmbeddingIndexes
+from ...core.pipeline.judging import GuardVerdicts
+from ...core.pipeline.sources import SourceSet
+from ..resources import PersonCConfig
 
 
 @asset_check(asset="guard_verdicts", blocking=True,

@@ -1,4 +1,4 @@
-"""Jobs and schedules.
+"""The main job and its daily schedule.
 
 The main job runs in-process: the graph is a chain whose steps share loaded
 models, and the multiprocess executor costs 3–7 s per step on a 2-core
