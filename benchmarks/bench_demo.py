@@ -409,7 +409,7 @@ def child_bound(out: Path, demo_args: list[str]) -> dict:
         fn(*args)
         return time.perf_counter() - t0
 
-    ingest = [timed(ingest_file, Path(e.path), e.group, e.person) for e in sources.entries[:8]]
+    ingest = [timed(ingest_file, Path(e.path), e.group, e.label) for e in sources.entries[:8]]
     render, judge, coalition, novelty = [], [], [], []
     for rel in verdicts.released:
         image = np.asarray(Image.open(rel.file).convert("RGB"))
