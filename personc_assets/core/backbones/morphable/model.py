@@ -644,10 +644,11 @@ class MorphableBackbone:
             texture = mean + core * (texture - mean)
         return self._close_lips(texture)
 
-    def _lip_maps(self) -> tuple[np.ndarray, np.ndarray, float] | None:
+    def _lip_maps(self) -> tuple[np.ndarray, np.ndarray, float, np.ndarray] | None:
         """In the mean frame: the mouth's inside ``float32 [S, S, 1]`` (soft), the lips around
-        it ``float32 [S, S]`` and the blur (px) that carries the lips' colour inward; None
-        unless ``closed_mouth``."""
+        it ``float32 [S, S, 1]``, the blur (px) that carries the lips' colour inward and that
+        blur of the lips themselves ``float32 [S, S, 1]`` (the fill's normaliser); None unless
+        ``closed_mouth``."""
         import cv2
 
         if not self.config.closed_mouth:
@@ -663,7 +664,9 @@ class MorphableBackbone:
             inside = cv2.dilate(inner, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
             lips = ((outer > 0) & (inside == 0)).astype(np.float32)
             soft = cv2.GaussianBlur(inside.astype(np.float32), (0, 0), 0.02 * iod)[..., None]
-            cached = (np.clip(soft, 0.0, 1.0), lips, 0.12 * iod)
+            sigma = 0.12 * iod
+            weight = cv2.GaussianBlur(lips, (0, 0), sigma)[..., None]
+            cached = (np.clip(soft, 0.0, 1.0), lips[..., None], sigma, np.maximum(weight, 1e-6))
             self._lip_cache = cached
         return cached
 
@@ -677,10 +680,9 @@ class MorphableBackbone:
         maps = self._lip_maps()
         if maps is None:
             return texture
-        inside, lips, sigma = maps
-        weight = cv2.GaussianBlur(lips, (0, 0), sigma)[..., None]
-        carried = cv2.GaussianBlur(np.ascontiguousarray(texture * lips[..., None], np.float32), (0, 0), sigma)
-        fill = carried / np.maximum(weight, 1e-6)
+        inside, lips, sigma, weight = maps
+        carried = cv2.GaussianBlur(np.ascontiguousarray(texture * lips, np.float32), (0, 0), sigma)
+        fill = carried / weight
         return texture + inside * (fill - texture)
 
     def _zero_appearance(self) -> dict[str, np.ndarray]:
