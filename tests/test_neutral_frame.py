@@ -125,6 +125,24 @@ def test_a_closed_mouth_shows_lips_not_teeth(fitted, monkeypatch):
     assert fitted._close_lips(texture) is texture
 
 
+def test_detail_restoration_sharpens_brightness_not_colour(fitted, monkeypatch):
+    # why: an unsharp mask on each channel turned dark brows and lip lines on warm skin orange or
+    # green (additive darkening saturates a warm base); only the luminance may be sharpened
+    import dataclasses
+
+    monkeypatch.setattr(fitted, "config", dataclasses.replace(fitted.config, harmonise=0.0, sharpen=1.0))
+    s = fitted.image_size
+    image = np.full((s, s, 3), (0.8, 0.6, 0.5), np.float32)
+    image[s // 2 - 3:s // 2 + 3, s // 4:3 * s // 4] = (0.35, 0.25, 0.2)  # a dark brow stroke
+    oval = np.ones((s, s, 1), np.float32)
+    out = fitted._restore(image, oval)
+    change = out - image
+    assert np.abs(change).max() > 0.05, "the stroke's edges must be sharpened"
+    assert np.allclose(change[..., 0], change[..., 1], atol=1e-6) and np.allclose(change[..., 1], change[..., 2], atol=1e-6)
+    other = np.random.default_rng(1).random((s, s, 3)).astype(np.float32)
+    assert np.allclose(fitted._restore(image + other, oval), out + fitted._restore(other, oval), atol=1e-5)
+
+
 def test_linear_render_predicts_the_render(fitted, faces):
     # why: the novelty step optimises the linearised render; it must be the image synthesize draws
     factors = fitted.decompose(fitted.project(faces[:1])[0].latent)

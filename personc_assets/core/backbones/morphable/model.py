@@ -142,8 +142,9 @@ class MorphableConfig:
     #: fit the appearance model only on faces that no fringe, hat or glasses cover
     #: (``faces.occluders``); covered faces still give shape and protect their person
     bare_appearance: bool = True
-    #: neutral frame: detail restoration — gain of an unsharp mask on the face (0 = off)
-    #: and its Gaussian sigma (px); it gives back what averaging and two resamplings soften
+    #: neutral frame: detail restoration — gain of an unsharp mask on the face's luminance
+    #: (0 = off) and its Gaussian sigma (px); it gives back what averaging and two resamplings
+    #: soften
     sharpen: float = 1.0
     sharpen_sigma: float = 1.5
     #: neutral frame: colour harmonisation — how far the skin's chroma (not its luminance) is
@@ -702,7 +703,10 @@ class MorphableBackbone:
             broad = cv2.GaussianBlur(chroma, (0, 0), cfg.harmonise_sigma * self._mean_iod())
             out = grey + chroma + cfg.harmonise * skin * (broad - chroma)
         if cfg.sharpen > 0:
-            out = out + cfg.sharpen * oval * (out - cv2.GaussianBlur(out, (0, 0), cfg.sharpen_sigma))
+            # luminance only: sharpening each channel also sharpens colour edges, and a dark brow
+            # or lip line on a warm base comes out orange or green
+            fine = (out - cv2.GaussianBlur(out, (0, 0), cfg.sharpen_sigma)) @ _LUMA
+            out = out + cfg.sharpen * oval * fine[..., None]
         return out
 
     def _mean_iod(self) -> float:
