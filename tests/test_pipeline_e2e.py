@@ -79,6 +79,10 @@ def test_graph_releases_faces_below_tau_with_full_lineage(shared_run):
     manifest = json.loads((out / "manifest.json").read_text())
     assert set(manifest["releases"]) == {r["release_id"] for r in guard["released"]}, "keyed by release id"
     assert all(e["run_id"] in manifest["runs"] and e["status"] == "released" for e in manifest["releases"].values())
+    # the scores explain the image the face was released from (the file adds only the watermark)
+    explained = json.loads((out / "state" / "ics_reports.json").read_text())["explained"]
+    diffs = [e["ics"]["full_render_max_diff"] for e in explained]
+    assert len(diffs) == 2 and all(0 <= d <= 2 for d in diffs), f"full coalition vs drawn image: {diffs}"
 
 
 def test_releases_are_new_photos_that_hold_in_the_wild(shared_run):

@@ -487,6 +487,9 @@ class ICSResult:
     undetected: tuple[tuple[str, ...], ...] = ()
     render_seconds: float = 0.0
     similarity_seconds: float = 0.0
+    #: max |pixel difference| of the full coalition's render against the image the face was
+    #: released from (-1: not checked); above 2 the scores explain a different image
+    full_render_max_diff: int = -1
 
     @property
     def complete(self) -> bool:
@@ -547,6 +550,7 @@ class ICSResult:
             "normalisation": "share = phi / sum(|phi|)",
             "missing_face_rule": self.missing_face,
             "undetected_coalitions": [list(c) for c in self.undetected],
+            "full_render_max_diff": int(self.full_render_max_diff),
             "scores": {enc: {donor: {
                 "v_full": round(float(self.v_full[e, d]), 4),
                 "v_empty": round(float(self.v_empty[e, d]), 4),
@@ -585,7 +589,7 @@ def compute_ics(table: CoalitionTable, missing_face: MissingFaceRule = "baseline
     return ICSResult(table.factor_names, table.donor_ids, table.encoder_names,
                      phi.astype(np.float32), share.astype(np.float32), drop.astype(np.float32),
                      v[full].astype(np.float32), v[empty].astype(np.float32), missing_face,
-                     undetected, table.render_seconds, table.similarity_seconds)
+                     undetected, table.render_seconds, table.similarity_seconds, table.full_render_max_diff)
 
 
 def identity_contribution_scores(backbone: Backbone, released_factors: Factors,

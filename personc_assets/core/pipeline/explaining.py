@@ -34,7 +34,7 @@ from ..versioning import config_hash
 from .config import RunConfig, Workspace
 from . import recheck
 from .context import LoadedContext, shared_context
-from .generation import stored_factors, stored_recipe
+from .generation import stored_factors, stored_recipe, stored_render
 from .indexing import EmbeddingIndexes, build_encoders
 from .judging import GuardVerdicts, ReleasedFace
 from .modeling import FactorDecompositions
@@ -122,8 +122,12 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
             targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel.nearest.values() if h]]))
             target_ids = [entries[h].source_id for h in targets]
             donor_emb = {enc.name: embed_sources(enc, [faces[h] for h in targets], store, run_id) for enc in encoders}
-            ics = identity_contribution_scores(loaded.backbone, mixed,
-                                               EncoderSimilarity(encoders, donor_emb, target_ids), released_image=image)
+            # the full coalition must reproduce what the backbone drew; the released file also
+            # carries the watermark (a few grey levels), so it is compared with the unmarked render
+            drawn = stored_render(store, rel.candidate_id)
+            drawn_image = np.asarray(Image.open(drawn).convert("RGB")) if drawn is not None else image
+            ics = identity_contribution_scores(loaded.backbone, mixed, EncoderSimilarity(encoders, donor_emb, target_ids),
+                                               released_image=drawn_image)
             t_ics = time.perf_counter() - t0
             _store_ics(store, rel.release_id, ics, run_id)
             panels, t_maps = _attribution_panels(cfg, rel, image, encoders[0], donor_emb[encoders[0].name],

@@ -224,6 +224,13 @@ def stored_factors(store: LineageStore, candidate_id: str, recipe: Recipe,
     return mix_factors(recipe, loaded.factors, loaded.mean)
 
 
+def stored_render(store: LineageStore, candidate_id: str) -> Path | None:
+    """The PNG the backbone drew for a candidate (before any watermark), when it is still on disk."""
+    rows = store.query("SELECT image_path FROM candidates WHERE candidate_id = ?", [candidate_id])
+    path = Path(rows[0][0]) if rows and rows[0][0] else None
+    return path if path is not None and path.is_file() else None
+
+
 def stored_recipe(store: LineageStore, candidate_id: str) -> Recipe:
     """The recipe that made ``candidate_id``, as recorded in the lineage."""
     rows = store.query("SELECT r.recipe_id, r.recipe_json FROM candidates c JOIN recipes r USING (recipe_id) "
