@@ -221,6 +221,29 @@ def test_covered_photos_give_shape_factors_only():
     assert gave_shape > 0, "covered photos should still give shape factors"
 
 
+def test_a_beard_covers_the_lower_face():
+    # why: a beard split between the texture and the mouth factor left a pale ring round another
+    # donor's lips, and its modes darkened clean-shaven mixes: bearded faces give shape only
+    import cv2
+
+    from personc_assets.core.faces.occluders import MAX_BEARD, occluders
+    from personc_assets.core.faces.marks import skin_marks
+    from test_morphable import synthetic_face
+
+    face = synthetic_face(3)
+    bearded = face.aligned.copy()
+    lm = np.round(face.landmarks).astype(np.int32)
+    jaw = np.concatenate([lm[3:14], lm[[54, 35, 33, 31, 48]]])
+    mask = np.zeros(bearded.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [jaw], 1)
+    lips = np.zeros_like(mask)
+    cv2.fillPoly(lips, [lm[48:60]], 1)
+    bearded[(mask > 0) & (lips == 0)] = (60, 45, 35)  # dark hair over chin and upper lip
+    assert skin_marks(face.aligned, face.landmarks)[1] < MAX_BEARD < skin_marks(bearded, face.landmarks)[1]
+    assert "beard" not in occluders(face.aligned, face.landmarks)
+    assert "beard" in occluders(bearded, face.landmarks)
+
+
 def test_bad_inputs_say_what_to_fix():
     # why: a one-group source set or a typo in a knob must fail with the remedy
     only_a = [dataclasses.replace(d, group="A") for d in donors(5)]

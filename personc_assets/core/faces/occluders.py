@@ -1,10 +1,13 @@
-"""What covers a face: a fringe or a hat over the forehead, glasses over the eyes.
+"""What covers a face: a fringe or a hat over the forehead, glasses over the eyes, a beard
+over the lower face.
 
 An appearance model learns whatever its training textures hold; a fringe or
 glasses rims in one donor's texture become a ghost in every face mixed from
-it (glasses are carried by no factor whole, hair by none at all). Faces with
-such occluders still give shape factors and protect their person; they are
-left out of the appearance model.
+it (glasses are carried by no factor whole, hair by none at all). A beard is
+split between the texture and the mouth factor: mixed with another donor's
+lips it leaves a pale ring round the mouth, and its modes darken the lower
+face of clean-shaven mixes. Faces with such occluders still give shape
+factors and protect their person; they are left out of the appearance model.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import numpy as np
 
 from ..types import check_image, check_landmarks
+from .marks import skin_marks
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +27,11 @@ log = logging.getLogger(__name__)
 MAX_FOREHEAD_HAIR = 0.4
 #: How much darker than the cheeks (Lab L*, 0..255 scale) a forehead pixel must be to count as hair.
 HAIR_DARKER = 35.0
+#: Beard shade (``marks.skin_marks``: upper lip and chin darker than the cheeks, relative) above
+#: which a beard covers the lower face, half way between the measured groups: on ../shared/faces
+#: the bearded person's five photos 0.49-0.62, everyone else -0.25-0.16 (stubble and shading
+#: included); the demo photos -0.06-0.28 (the highest a turned, side-lit face).
+MAX_BEARD = 0.38
 
 
 def forehead_hair(image: np.ndarray, landmarks: np.ndarray) -> float:
@@ -49,12 +58,14 @@ def forehead_hair(image: np.ndarray, landmarks: np.ndarray) -> float:
 
 
 def occluders(image: np.ndarray, landmarks: np.ndarray) -> tuple[str, ...]:
-    """Names of what covers the face: ``"forehead hair"``, ``"glasses"`` (empty when bare)."""
+    """Names of what covers the face: ``"forehead hair"``, ``"beard"``, ``"glasses"`` (empty when bare)."""
     from ..realism import DEFAULT_THRESHOLDS, RealismError, measure
 
     found = []
     if forehead_hair(image, landmarks) > MAX_FOREHEAD_HAIR:
         found.append("forehead hair")
+    if skin_marks(check_image(image), check_landmarks(landmarks))[1] > MAX_BEARD:
+        found.append("beard")
     try:
         if measure(np.ascontiguousarray(image))["eye_rim"] > DEFAULT_THRESHOLDS.max_eye_rim:
             found.append("glasses")
