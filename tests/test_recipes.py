@@ -221,6 +221,20 @@ def test_covered_photos_give_shape_factors_only():
     assert gave_shape > 0, "covered photos should still give shape factors"
 
 
+def test_a_turned_context_photo_gives_its_person_features_from_another_photo():
+    # why: in the neutral frame the context photo is only an anchor; a strongly turned one gave
+    # the nose and mouth of the demo's worst face (a dark gash from the nostril to the lip)
+    pool = donors(6, photos_per_person=2)
+    turned = {d.content_hash for d in pool if d.content_hash.startswith(("h000", "h010"))}
+    pool = [dataclasses.replace(d, yaw=0.6) if d.content_hash in turned else d for d in pool]
+    anchored = 0
+    for recipe in sample_recipes(pool, FACTOR_NAMES, 40, seed=3, context_visible=False, context_max_yaw=0.7):
+        anchored += recipe.context_donor in turned
+        for f in ("texture", "eyes", "nose", "mouth"):
+            assert not {h for h, _ in recipe.components[f]} & turned, (f, recipe.context_donor)
+    assert anchored > 0, "the turned photos must still serve as the context anchor"
+
+
 def test_a_beard_covers_the_lower_face():
     # why: a beard split between the texture and the mouth factor left a pale ring round another
     # donor's lips, and its modes darkened clean-shaven mixes: bearded faces give shape only

@@ -425,7 +425,7 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], roles: Fa
 
     def photo(p: str, feature: bool) -> DonorInfo:
         """The person's photo most compatible with the context (a feature donor's if needed)."""
-        if p == anchor.person:
+        if p == anchor.person and (not feature or feature_ok(anchor)):
             return anchor
         ds = [d for d in people[p] if feature_ok(d)] if feature else people[p]
         return min(ds or people[p], key=lambda d: (_compat_distance(anchor, d, cfg), d.content_hash))
