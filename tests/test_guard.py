@@ -143,3 +143,17 @@ def test_released_faces_must_differ_from_each_other():
 def test_guard_needs_a_gating_encoder():
     with pytest.raises(ValueError, match="gating"):
         Guard([GuardMember(TableEncoder(), None, 0.5, gating=False)])
+
+
+def test_a_face_within_the_margin_below_tau_is_rejected():
+    # why: the judged transforms sample a continuum; a release at 0.8997 against tau 0.90 reached
+    # 0.9004 at a 5% rescale, which lies between the judged original and 10%
+    at = Guard([GuardMember(TableEncoder(), index_for(TableEncoder()), 0.76)], detector=one_face, margin=0.02)
+    near, clear = at.check([("near", image_for(EXACTLY_075_TO_S0)), ("clear", image_for(UNLIKE_ALL))])
+    assert near.per_encoder[0].max_similarity == 0.75 < near.per_encoder[0].tau
+    assert near.verdict == REJECT and "within the margin" in near.reason
+    assert clear.verdict == PASS
+    without = Guard([GuardMember(TableEncoder(), index_for(TableEncoder()), 0.76)], detector=one_face)
+    assert without.check([("near", image_for(EXACTLY_075_TO_S0))])[0].verdict == PASS
+    with pytest.raises(ValueError, match="margin"):
+        Guard([GuardMember(TableEncoder(), index_for(TableEncoder()), 0.76)], margin=-0.1)

@@ -93,7 +93,7 @@ def test_releases_are_new_photos_that_hold_in_the_wild(shared_run):
     from personc_assets.core.faces.loading import decode_image
     from personc_assets.core.realism import RealismGate
     from personc_assets.core.reuse import ReuseIndex
-    from personc_assets.core.transforms import variants
+    from personc_assets.core.transforms import blur, jpeg, rescale, rotate, variants
 
     out = shared_run["out"]
     guard = json.loads((out / "state" / "guard_verdicts.json").read_text())
@@ -117,6 +117,12 @@ def test_releases_are_new_photos_that_hold_in_the_wild(shared_run):
         assert len(views) == 8
         sims = sources @ encoder.embed([v for _, v in views]).T  # [sources, views]
         assert sims.max() < rel["tau"]["dlib"], dict(zip([n for n, _ in views], sims.max(axis=0).round(3)))
+        # changes the guard never judged, between and beyond its transforms, plain and mirrored
+        held_out = (rescale(0.95), rescale(1.05), rescale(0.8), rotate(-1.5), rotate(1.5), jpeg(60), jpeg(90),
+                    blur(0.6), blur(1.5))
+        between = variants(found[0], held_out)[1:] + variants(views[1][1], held_out)[1:]
+        sims = sources @ encoder.embed([v for _, v in between]).T
+        assert sims.max() < rel["tau"]["dlib"], dict(zip([n for n, _ in between], sims.max(axis=0).round(4)))
     with duckdb.connect(str(out / "personc.duckdb"), read_only=True) as conn:
         gates = conn.execute("SELECT g.gate, g.verdict FROM gate_verdicts g JOIN releases r USING (candidate_id)"
                              ).fetchall()

@@ -24,7 +24,7 @@ import numpy as np
 from .encoders.base import Encoder
 from .faces.detect import detect_faces
 from .index import EmbeddingIndex
-from .transforms import ORIGINAL, BenignTransform, variants
+from .transforms import ORIGINAL, BenignTransform
 from .types import FaceObservation, check_image
 
 log = logging.getLogger(__name__)
@@ -108,12 +108,18 @@ class Guard:
     def __init__(self, members: Sequence[GuardMember],
                  detector: Callable[[np.ndarray], list[FaceObservation]] = detect_faces,
                  gates: Sequence[Gate] = (),
-                 transforms: Sequence[BenignTransform] = ()) -> None:
+                 transforms: Sequence[BenignTransform] = (), margin: float = 0.0) -> None:
+        """``margin``: with ``transforms``, a face passes only at most ``tau - margin`` in every view
+        it is judged in; the transforms are a few points of a continuum (a 5% rescale lies between
+        the original and 10%), and the margin covers the changes between them."""
         if not any(m.gating for m in members):
             raise ValueError("the guard needs at least one gating encoder")
+        if not 0.0 <= margin < 0.5:
+            raise ValueError(f"margin must be in [0, 0.5), got {margin}")
         self.members = tuple(members)
         self.gates = tuple(gates)
         self.transforms = tuple(transforms)
+        self.margin = float(margin)
         self._detect = detector
         self._released: dict[str, list[np.ndarray]] = {m.encoder.name: [] for m in members}
 
@@ -294,6 +300,10 @@ class Guard:
             elif sim >= member.tau:
                 verdict, reason = REJECT, (f"max similarity {sim:.3f}{shown} to source {(near or '?')[:12]} "
                                            f"reaches tau {member.tau:.3f}")
+            elif sim > member.tau - self.margin:
+                verdict, reason = REJECT, (f"max similarity {sim:.4f}{shown} to source {(near or '?')[:12]} "
+                                           f"is within the margin {self.margin:.3f} below tau {member.tau:.3f} "
+                                           "(changes between the judged transforms may reach tau)")
             else:
                 verdict, reason = PASS, f"max similarity {sim:.3f}{shown} < tau {member.tau:.3f}"
             out.append(EncoderVerdict(**base, max_similarity=sim, nearest_source=near, verdict=verdict,

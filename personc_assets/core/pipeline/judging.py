@@ -23,7 +23,7 @@ from ..gates import RealismCheck, ReuseCheck, reuse_photos, thresholds_for_sourc
 from ..guard import PASS, REJECT, Guard, Verdict
 from ..realism import DEFAULT_THRESHOLDS, RealismThresholds
 from ..reuse import ReuseIndex
-from ..transforms import BENIGN_TRANSFORMS
+from ..transforms import BENIGN_TRANSFORMS, BETWEEN_TRANSFORMS_MARGIN
 from ..lineage.store import LineageStore, now
 from ..explain.watermark import WatermarkError, embed_watermark, write_marked_png
 from ..release import release_id_for
@@ -204,7 +204,7 @@ def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, index
     identity = build_guard(cfg, indexes, sources.source_set_hash)
     realism = realism_thresholds(ws, sources)
     gates = (RealismCheck(realism), ReuseCheck(reuse_index(ws, sources)))
-    return Guard(identity.members, gates=gates, transforms=BENIGN_TRANSFORMS)
+    return Guard(identity.members, gates=gates, transforms=BENIGN_TRANSFORMS, margin=BETWEEN_TRANSFORMS_MARGIN)
 
 
 def build_guard(cfg: RunConfig, indexes: EmbeddingIndexes, source_set_hash: str | None = None) -> Guard:
