@@ -87,29 +87,3 @@ def test_pyramid_shrink_is_minimal_and_checks_its_argument():
     assert pyramid_shrink(image, 2000)[1] == 0
     with pytest.raises(ValueError, match="at least the detector window"):
         pyramid_shrink(image, 50)
-
-
-def test_threads_detect_side_by_side_with_the_results_of_one():
-    # why: one detector behind a lock made the ICS threads queue for detection (dlib releases the
-    # GIL while it scans); each thread now has its own detector, and must find the same faces
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    from skimage import data
-
-    from personc_assets.core.faces import detect
-
-    photos = [np.ascontiguousarray(data.astronaut()), np.ascontiguousarray(data.astronaut()[:, ::-1])]
-    alone = [[(f.box, f.detector_score) for f in detect_faces(p)] for p in photos]
-    assert all(len(found) == 1 for found in alone)
-    seen, barrier = {}, threading.Barrier(2)
-
-    def find(i: int):
-        barrier.wait()  # both threads hold a detector at once
-        seen[threading.get_ident()] = id(detect._detector())
-        return [[(f.box, f.detector_score) for f in detect_faces(p)] for p in photos[i:] + photos[:i]]
-
-    with ThreadPoolExecutor(2) as pool:
-        both = list(pool.map(find, range(2)))
-    assert len(set(seen.values())) == 2, "each thread must use its own detector"
-    assert both == [alone, alone[::-1]]

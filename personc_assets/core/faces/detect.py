@@ -31,20 +31,14 @@ def dlib_model_path(filename: str) -> Path:
     return path
 
 
-#: guards the shared 68-point model (dlib objects are not documented as thread-safe)
 _lock = threading.Lock()
-_local = threading.local()
 
 
+@lru_cache(maxsize=1)
 def _detector():
-    """This thread's HOG detector: building one takes about a millisecond, and dlib releases the
-    GIL while it scans, so threads with their own detector search images side by side."""
     import dlib
 
-    det = getattr(_local, "detector", None)
-    if det is None:
-        det = _local.detector = dlib.get_frontal_face_detector()
-    return det
+    return dlib.get_frontal_face_detector()
 
 
 @lru_cache(maxsize=1)
@@ -73,11 +67,13 @@ def detect_faces(image: np.ndarray, max_side: int = DETECT_MAX_SIDE,
     check_image(image)
     h, w = image.shape[:2]
     if upsample or max(h, w) <= max_side:
-        rects, scores, _ = _detector().run(image, upsample, 0.0)
+        with _lock:  # dlib objects are not documented as thread-safe
+            rects, scores, _ = _detector().run(image, upsample, 0.0)
         boxes = [((r.left(), r.top(), r.right(), r.bottom()), s) for r, s in zip(rects, scores)]
     else:
         small, steps = pyramid_shrink(image, max_side)
-        rects, scores, _ = _detector().run(small, 0, 0.0)
+        with _lock:
+            rects, scores, _ = _detector().run(small, 0, 0.0)
         boxes = [(full_resolution_box(r, steps)[0], s) for r, s in zip(rects, scores)]
     return [FaceObservation(image, landmarks_in_box(image, box), box, float(score))
             for box, score in sorted(boxes, key=lambda bs: -bs[1])]
