@@ -16,7 +16,8 @@ from .attribution import (
 )
 from .ics import (
     CallableSimilarity, CoalitionSimilarity, CoalitionTable, EncoderSimilarity, ICSResult, ICSUndefinedError,
-    SimilarityBatch, build_coalition_table, compute_ics, identity_contribution_scores, shapley_values,
+    SimilarityBatch, build_coalition_table, coalition_locator, compute_ics, identity_contribution_scores,
+    shapley_values,
 )
 from .manifest import (
     DonorRecord, EncoderRecord, EncoderVerdictRecord, ReleaseManifest, ReleaseRecord, RunFigures, ics_digest,
@@ -35,7 +36,7 @@ from .watermark import (
 __all__ = [
     # ics
     "CallableSimilarity", "CoalitionSimilarity", "CoalitionTable", "EncoderSimilarity", "ICSResult",
-    "ICSUndefinedError", "SimilarityBatch", "build_coalition_table", "compute_ics",
+    "ICSUndefinedError", "SimilarityBatch", "build_coalition_table", "coalition_locator", "compute_ics",
     "identity_contribution_scores", "shapley_values",
     # attribution
     "AttributionMap", "dlib_gradient_map", "embed_at_landmarks", "face_occlusion_map", "gradient_map",

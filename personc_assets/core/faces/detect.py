@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import FaceObservation, check_image
-from .pyramid import full_resolution_box, pyramid_shrink
+from .pyramid import full_resolution_box, levels_below, pyramid_shrink
 
 DETECT_MAX_SIDE = 1024
 
@@ -55,23 +55,25 @@ def load_models() -> None:
 
 
 def detect_faces(image: np.ndarray, max_side: int = DETECT_MAX_SIDE,
-                 upsample: int = 0) -> list[FaceObservation]:
+                 upsample: int = 0, min_face: float = 0.0) -> list[FaceObservation]:
     """All faces in ``image`` ``[H, W, 3]``, best detector score first.
 
     Large photos are shrunk with dlib's own pyramid before detection and the
     boxes mapped back exactly (``pyramid``), so the result equals a
     full-resolution run; the 68 landmarks are fitted at full resolution.
+    ``min_face`` (px): faces smaller than this may be missed; the pyramid levels
+    that only find such faces are skipped. A larger face keeps its box and score
+    (unless, at full resolution, a smaller overlapping hit would have suppressed it).
     """
-    import dlib
-
     check_image(image)
     h, w = image.shape[:2]
-    if upsample or max(h, w) <= max_side:
+    skip = levels_below(min_face) if not upsample else 0
+    if upsample or (max(h, w) <= max_side and not skip):
         with _lock:  # dlib objects are not documented as thread-safe
             rects, scores, _ = _detector().run(image, upsample, 0.0)
         boxes = [((r.left(), r.top(), r.right(), r.bottom()), s) for r, s in zip(rects, scores)]
     else:
-        small, steps = pyramid_shrink(image, max_side)
+        small, steps = pyramid_shrink(image, max_side, skip)
         with _lock:
             rects, scores, _ = _detector().run(small, 0, 0.0)
         boxes = [(full_resolution_box(r, steps)[0], s) for r, s in zip(rects, scores)]

@@ -41,8 +41,9 @@ def _pyramid():
     return dlib.pyramid_down(PYRAMID_RATE)
 
 
-def pyramid_shrink(image: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
-    """Apply dlib's ``pyramid_down(6)`` until the longest side is ``<= max_side``.
+def pyramid_shrink(image: np.ndarray, max_side: int, min_steps: int = 0) -> tuple[np.ndarray, int]:
+    """Apply dlib's ``pyramid_down(6)`` until the longest side is ``<= max_side``, at least
+    ``min_steps`` times (while the image still holds a detector window).
 
     Returns the shrunk image ``[h, w, 3]`` and the number of steps ``k``.
     """
@@ -50,10 +51,19 @@ def pyramid_shrink(image: np.ndarray, max_side: int) -> tuple[np.ndarray, int]:
         raise ValueError(f"max_side must be at least the detector window ({_WINDOW} px), got {max_side}")
     pyr = _pyramid()
     small, steps = image, 0
-    while max(small.shape[:2]) > max_side:
+    while max(small.shape[:2]) > max_side or (steps < min_steps and min(small.shape[:2]) * 5 // 6 >= _WINDOW):
         small = np.asarray(pyr(small))
         steps += 1
     return small, steps
+
+
+def levels_below(min_face: float) -> int:
+    """How many of the finest pyramid levels only find faces smaller than ``min_face`` px: a face
+    shows first at the level where it is ``BOX_SIDE`` px, so it is still found after skipping them."""
+    steps = 0
+    while BOX_SIDE * (PYRAMID_RATE / (PYRAMID_RATE - 1)) ** (steps + 1) <= min_face:
+        steps += 1
+    return steps
 
 
 def full_resolution_box(rect, steps: int) -> tuple[tuple[int, int, int, int], bool]:

@@ -23,7 +23,8 @@ import numpy as np
 
 from ..explain import (AttributionPanel, DonorPanel, DonorRecord, EncoderRecord, EncoderSimilarity,
                        EncoderVerdictRecord, FaceReport, ReleaseManifest, ReleaseRecord, ReportFiles, RunFigures,
-                       RunReport, SimilarityBar, face_occlusion_map, gallery_markdown, ics_digest, ics_markdown,
+                       RunReport, SimilarityBar, coalition_locator, face_occlusion_map, gallery_markdown, ics_digest,
+                       ics_markdown,
                        identity_contribution_scores, merge_manifest, save_overlay_png, write_face_report,
                        write_run_report)
 from ..ensemble import embed_sources
@@ -126,8 +127,8 @@ def explain_releases(cfg: RunConfig, ws: Workspace, store: LineageStore, sources
             # carries the watermark (a few grey levels), so it is compared with the unmarked render
             drawn = stored_render(store, rel.candidate_id)
             drawn_image = np.asarray(Image.open(drawn).convert("RGB")) if drawn is not None else image
-            ics = identity_contribution_scores(loaded.backbone, mixed, EncoderSimilarity(encoders, donor_emb, target_ids),
-                                               released_image=drawn_image)
+            similarity = EncoderSimilarity(encoders, donor_emb, target_ids, locate=coalition_locator(drawn_image))
+            ics = identity_contribution_scores(loaded.backbone, mixed, similarity, released_image=drawn_image)
             t_ics = time.perf_counter() - t0
             _store_ics(store, rel.release_id, ics, run_id)
             panels, t_maps = _attribution_panels(cfg, rel, image, encoders[0], donor_emb[encoders[0].name],
