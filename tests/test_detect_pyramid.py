@@ -65,6 +65,25 @@ def test_pyramid_detection_matches_full_resolution_on_shared_faces():
     assert worst <= TOLERANCE_CROP_PX
 
 
+@needs_faces
+def test_skipping_the_levels_below_a_face_size_keeps_the_larger_faces():
+    # why: ICS skips the finest pyramid levels on its coalition renders (faces the size of the
+    # released one); every face at least that large must keep its box and score
+    from personc_assets.core.faces.pyramid import levels_below
+
+    checked = 0
+    for name, pixels, full in _photos():
+        if not full or max(pixels.shape[:2]) > 1024:
+            continue
+        side = min(min(f.box[2] - f.box[0], f.box[3] - f.box[1]) for f in full)
+        if levels_below(0.6 * side) == 0:
+            continue
+        quick = detect_faces(pixels, max_side=max(pixels.shape[:2]), min_face=0.6 * side)
+        assert [(f.box, f.detector_score) for f in quick] == [(f.box, f.detector_score) for f in full], name
+        checked += 1
+    assert checked >= 3, f"the test needs photos whose faces allow skipping levels, found {checked}"
+
+
 def test_boxes_map_up_through_dlibs_pyramid():
     # why: a hit found k shrink steps down must land on the box full resolution reports
     import dlib

@@ -460,3 +460,10 @@ def test_fast_ics_equals_the_reference_on_the_embedded_backbone_with_dlib():
     a, b = compute_ics(fast), compute_ics(reference)
     for name in ("phi", "share", "drop", "v_full", "v_empty"):
         np.testing.assert_allclose(getattr(a, name), getattr(b, name), rtol=0, atol=1e-6, err_msg=name)
+    # the pipeline locates coalition faces without the pyramid levels below the released face's size
+    from personc_assets.core.explain.ics import coalition_locator
+
+    skipping = EncoderSimilarity([enc], {"dlib": emb}, [d.source_id for d in donors], locate=coalition_locator(image))
+    quick = build_coalition_table(bb, released, skipping, released_image=image)
+    assert np.array_equal(quick.face_counts, fast.face_counts)
+    np.testing.assert_array_equal(quick.values, fast.values)
