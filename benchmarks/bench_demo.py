@@ -367,18 +367,25 @@ def child_ics(out: Path, demo_args: list[str]) -> dict:
     import numpy as np
     from PIL import Image
 
-    from personc_assets.core.explain.ics import build_coalition_table, build_coalition_table_reference, compute_ics
+    from personc_assets.core.explain.ics import (EncoderSimilarity, build_coalition_table,
+                                                 build_coalition_table_reference, coalition_locator, compute_ics)
+    from personc_assets.core.pipeline.generation import stored_render
 
     _, _, store, _, _, verdicts, factory, encoders, faces, entries = _loaded_run(out, demo_args)
     paths = {"reference": build_coalition_table_reference, "fast": build_coalition_table}
     figures: dict = {"seconds": {k: [] for k in paths}, "cpu": {k: [] for k in paths}, "worst": 0.0}
     for i, rel in enumerate(verdicts.released):
-        image = np.asarray(Image.open(rel.file).convert("RGB"))
+        drawn = stored_render(store, rel.candidate_id)  # the unmarked render, as the pipeline compares
+        image = np.asarray(Image.open(drawn or rel.file).convert("RGB"))
         sim, _, mixed = _donor_similarity(rel, factory, store, encoders, faces, entries)
+        # the fast path as the pipeline runs it: coalition faces located without the finest levels
+        quick = EncoderSimilarity(sim.encoders, {e: sim._targets[e] for e in sim.encoder_names}, sim.donor_ids,
+                                  locate=coalition_locator(image))
         results = {}
         for name in (("reference", "fast") if i % 2 == 0 else ("fast", "reference")):
             t0, c0 = time.perf_counter(), tree_cpu_seconds(os.getpid())
-            results[name] = compute_ics(paths[name](factory.backbone, mixed, sim, released_image=image))
+            results[name] = compute_ics(paths[name](factory.backbone, mixed, sim if name == "reference" else quick,
+                                                    released_image=image))
             figures["seconds"][name].append(time.perf_counter() - t0)
             figures["cpu"][name].append(tree_cpu_seconds(os.getpid()) - c0)
         a, b = results["reference"], results["fast"]
