@@ -217,18 +217,22 @@ def stored_factors(store: LineageStore, candidate_id: str, recipe: Recipe,
                    loaded: LoadedContext) -> dict[str, np.ndarray]:
     """The factors that made a candidate: saved beside its PNG (they include the
     novelty step's move), else re-mixed from its recipe (candidates made without it)."""
-    rows = store.query("SELECT image_path FROM candidates WHERE candidate_id = ?", [candidate_id])
-    path = Path(rows[0][0]).with_suffix(".npz") if rows and rows[0][0] else None
-    if path is not None and path.exists():
-        return dict(load_npz(path))
+    png = _image_path(store, candidate_id)
+    if png is not None and png.with_suffix(".npz").exists():
+        return dict(load_npz(png.with_suffix(".npz")))
     return mix_factors(recipe, loaded.factors, loaded.mean)
 
 
 def stored_render(store: LineageStore, candidate_id: str) -> Path | None:
     """The PNG the backbone drew for a candidate (before any watermark), when it is still on disk."""
+    png = _image_path(store, candidate_id)
+    return png if png is not None and png.is_file() else None
+
+
+def _image_path(store: LineageStore, candidate_id: str) -> Path | None:
+    """The candidate's PNG path as recorded in the lineage (None when not recorded)."""
     rows = store.query("SELECT image_path FROM candidates WHERE candidate_id = ?", [candidate_id])
-    path = Path(rows[0][0]) if rows and rows[0][0] else None
-    return path if path is not None and path.is_file() else None
+    return Path(rows[0][0]) if rows and rows[0][0] else None
 
 
 def stored_recipe(store: LineageStore, candidate_id: str) -> Recipe:
