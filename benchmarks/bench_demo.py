@@ -350,8 +350,9 @@ def _loaded_run(out: Path, demo_args: list[str]):
     return cfg, ws, store, sources, indexes, verdicts, factory, encoders, faces, sources.by_hash()
 
 
-def _donor_similarity(rel, factory, store, encoders, faces, entries):
-    """The ICS similarity of a released face (donors and nearest sources, every encoder) and its factors."""
+def _donor_similarity(rel, factory, store, encoders, faces, entries, locate=None):
+    """The ICS similarity of a released face (donors and nearest sources, every encoder) and its factors;
+    ``locate`` (default: the full detector) finds the face in each coalition image."""
     from personc_assets.core.explain.ics import EncoderSimilarity
     from personc_assets.core.pipeline.indexing import embed_sources
 
@@ -359,7 +360,9 @@ def _donor_similarity(rel, factory, store, encoders, faces, entries):
     mixed = factory.stored_factors(store, rel.candidate_id, recipe)
     targets = list(dict.fromkeys([*recipe.donors(), *[h for h in rel.nearest.values() if h]]))
     emb = {e.name: embed_sources(e, [faces[h] for h in targets], store, "bench") for e in encoders}
-    return EncoderSimilarity(encoders, emb, [entries[h].source_id for h in targets]), recipe, mixed
+    ids = [entries[h].source_id for h in targets]
+    sim = EncoderSimilarity(encoders, emb, ids) if locate is None else EncoderSimilarity(encoders, emb, ids, locate)
+    return sim, recipe, mixed
 
 
 def child_ics(out: Path, demo_args: list[str]) -> dict:
@@ -367,8 +370,8 @@ def child_ics(out: Path, demo_args: list[str]) -> dict:
     import numpy as np
     from PIL import Image
 
-    from personc_assets.core.explain.ics import (EncoderSimilarity, build_coalition_table,
-                                                 build_coalition_table_reference, coalition_locator, compute_ics)
+    from personc_assets.core.explain.ics import (build_coalition_table, build_coalition_table_reference,
+                                                 coalition_locator, compute_ics)
     from personc_assets.core.pipeline.generation import stored_render
 
     _, _, store, _, _, verdicts, factory, encoders, faces, entries = _loaded_run(out, demo_args)
@@ -379,8 +382,7 @@ def child_ics(out: Path, demo_args: list[str]) -> dict:
         image = np.asarray(Image.open(drawn or rel.file).convert("RGB"))
         sim, _, mixed = _donor_similarity(rel, factory, store, encoders, faces, entries)
         # the fast path as the pipeline runs it: coalition faces located without the finest levels
-        quick = EncoderSimilarity(sim.encoders, {e: sim._targets[e] for e in sim.encoder_names}, sim.donor_ids,
-                                  locate=coalition_locator(image))
+        quick, _, _ = _donor_similarity(rel, factory, store, encoders, faces, entries, coalition_locator(image))
         results = {}
         for name in (("reference", "fast") if i % 2 == 0 else ("fast", "reference")):
             t0, c0 = time.perf_counter(), tree_cpu_seconds(os.getpid())

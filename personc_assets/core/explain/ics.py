@@ -135,7 +135,7 @@ def coalition_locator(released_image: np.ndarray, share: float = COALITION_FACE_
     found = detect_faces(released_image)
     if not found:
         return _default_locator
-    left, top, right, bottom = max(found, key=lambda f: f.detector_score).box
+    left, top, right, bottom = found[0].box  # best detector score first
     return partial(detect_faces, min_face=share * min(right - left, bottom - top))
 
 

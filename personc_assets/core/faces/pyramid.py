@@ -51,7 +51,11 @@ def pyramid_shrink(image: np.ndarray, max_side: int, min_steps: int = 0) -> tupl
         raise ValueError(f"max_side must be at least the detector window ({_WINDOW} px), got {max_side}")
     pyr = _pyramid()
     small, steps = image, 0
-    while max(small.shape[:2]) > max_side or (steps < min_steps and min(small.shape[:2]) * 5 // 6 >= _WINDOW):
+
+    def window_left_after_a_step() -> bool:
+        return min(small.shape[:2]) * (PYRAMID_RATE - 1) // PYRAMID_RATE >= _WINDOW
+
+    while max(small.shape[:2]) > max_side or (steps < min_steps and window_left_after_a_step()):
         small = np.asarray(pyr(small))
         steps += 1
     return small, steps
