@@ -143,6 +143,38 @@ def test_detail_restoration_sharpens_brightness_not_colour(fitted, monkeypatch):
     assert np.allclose(fitted._restore(image + other, oval), out + fitted._restore(other, oval), atol=1e-5)
 
 
+def test_brows_take_the_skins_hue_eyes_keep_theirs(fitted, monkeypatch):
+    # why: a brow's band-pass detail from one donor, added onto another donor's warmer skin, came
+    # out orange (releases' brows 1.3x as saturated as their skin, sources' 0.96x); harmonisation
+    # gives a brow the skin's broad chroma and keeps the eyes' own colour
+    import dataclasses
+
+    import cv2
+
+    monkeypatch.setattr(fitted, "config", dataclasses.replace(fitted.config, harmonise=1.0, sharpen=0.0))
+    s = fitted.image_size
+    pts = fitted.mean_points()
+    skin_rgb, brow_rgb, iris_rgb = (0.8, 0.6, 0.5), (0.55, 0.35, 0.15), (0.3, 0.45, 0.7)
+    image = np.full((s, s, 3), skin_rgb, np.float32)
+    brow, eye = np.zeros((s, s), np.uint8), np.zeros((s, s), np.uint8)
+    cv2.polylines(brow, [np.round(pts[17:22]).astype(np.int32)], False, 1, thickness=3)
+    cv2.fillPoly(eye, [np.round(pts[36:42]).astype(np.int32)], 1)
+    eye = cv2.erode(eye, np.ones((3, 3), np.uint8))
+    image[brow > 0], image[eye > 0] = brow_rgb, iris_rgb
+    oval = fitted._oval(pts)
+    out = fitted._restore(image, oval, fitted._skin(pts, oval))
+
+    luma = np.array([0.299, 0.587, 0.114], np.float32)  # brightness as the harmonisation keeps it
+
+    def chroma(px):
+        return px - (px @ luma)[..., None]
+
+    skin_chroma = chroma(np.array(skin_rgb, np.float32))
+    assert np.abs(chroma(out[brow > 0]).mean(0) - skin_chroma).max() < 0.05, "a brow takes the skin's hue"
+    assert np.abs(out[brow > 0] @ luma - np.array(brow_rgb) @ luma).max() < 1e-5, "and keeps its darkness"
+    assert np.abs(out[eye > 0] - iris_rgb).max(axis=1).mean() < 0.03, "an eye keeps its colour"
+
+
 def test_linear_render_predicts_the_render(fitted, faces):
     # why: the novelty step optimises the linearised render; it must be the image synthesize draws
     factors = fitted.decompose(fitted.project(faces[:1])[0].latent)

@@ -77,7 +77,7 @@ class _Shape:
     map_x: np.ndarray      # [S, S] warp map into the mean frame
     map_y: np.ndarray      # [S, S]
     oval: np.ndarray       # [S, S, 1] face oval
-    skin: np.ndarray       # [S, S, 1] oval without eyes, brows and lips
+    skin: np.ndarray       # [S, S, 1] oval without eyes and lips
     backdrop: np.ndarray   # [S, S, 3] (1 - oval) * backdrop
 
 

@@ -96,17 +96,19 @@ def region_masks(points: np.ndarray, size: tuple[int, int],
     return {k: (v / over).astype(np.float32) for k, v in masks.items()}
 
 
-#: The parts of a face whose colour is not skin colour: each eye, each brow, the lips
-#: (dlib-68 indices), tighter than ``REGION_LANDMARKS``: lids and the skin around them are skin.
+#: The parts of a face whose colour is not skin colour: each eye and the lips (dlib-68
+#: indices), tighter than ``REGION_LANDMARKS``: lids and the skin around them are skin.
+#: Brows are not among them: a brow's colour is its darkness on the skin's hue (a brow's
+#: detail from one donor, added onto another donor's skin, keeps the first donor's colour
+#: difference and came out orange; docs/novelty.md, "Orange brows").
 FEATURE_PARTS: tuple[tuple[int, ...], ...] = (
-    tuple(range(36, 42)), tuple(range(42, 48)), tuple(range(17, 22)), tuple(range(22, 27)),
-    tuple(range(48, 60)))
+    tuple(range(36, 42)), tuple(range(42, 48)), tuple(range(48, 60)))
 
 
 def feature_mask(points: np.ndarray, size: tuple[int, int], grow: float = 0.06,
                  feather: float = 0.05) -> np.ndarray:
-    """Soft mask ``float32 [H, W]`` of the eyes, brows and lips of dlib-68 ``points``;
-    ``grow`` and ``feather`` in inter-ocular units."""
+    """Soft mask ``float32 [H, W]`` of the eyes and lips (``FEATURE_PARTS``) of dlib-68
+    ``points``; ``grow`` and ``feather`` in inter-ocular units."""
     pts = np.asarray(points, np.float64)
     iod = interocular(pts)
     hard = np.zeros(size, np.uint8)

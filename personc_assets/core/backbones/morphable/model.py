@@ -149,8 +149,8 @@ class MorphableConfig:
     sharpen_sigma: float = 1.5
     #: neutral frame: colour harmonisation — how far the skin's chroma (not its luminance) is
     #: pulled to its own broad average (0..1), and the reach of that average (iod); removes the
-    #: colour blotches that donors' different lights leave in a mixed texture. Eyes, brows and
-    #: lips keep their colour.
+    #: colour blotches that donors' different lights leave in a mixed texture. Eyes and lips keep
+    #: their colour; brows take the skin's (``appearance.FEATURE_PARTS``).
     harmonise: float = 1.0
     harmonise_sigma: float = 0.5
     #: neutral frame: width (iod) of the band inside the oval's edge over which the face fades
@@ -714,7 +714,7 @@ class MorphableBackbone:
         return interocular(self.mean_points()) * self.config.zoom
 
     def _skin(self, pts: np.ndarray, oval: np.ndarray) -> np.ndarray:
-        """``float32 [S, S, 1]``: the face oval without eyes, brows and lips (soft)."""
+        """``float32 [S, S, 1]``: the face oval without eyes and lips (soft)."""
         s = self.image_size
         return oval * (1.0 - feature_mask(pts, (s, s))[..., None])
 
