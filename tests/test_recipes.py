@@ -307,12 +307,17 @@ def test_the_sampler_reads_factor_roles_never_factor_names():
 
 def test_stylegan2_roles_draw_what_its_factor_names_drew_before():
     # why: moving the roles into the backbone must not change the releases of the StyleGAN2 backbone
+    import dataclasses
+
+    from personc_assets.core.backbones import FACTOR_ROLES
     from personc_assets.core.backbones.stylegan2.factors import STYLEGAN2_FACTOR_NAMES, STYLEGAN2_FACTOR_ROLES
 
     pool = donors(7, photos_per_person=2, turned=1)
-    before = sample_recipes(pool, STYLEGAN2_FACTOR_NAMES, 12, seed=21)  # FACTOR_ROLES: the old constants
+    old = dataclasses.replace(FACTOR_ROLES, pulled=None)  # the old constants: the push moved every factor
+    before = sample_recipes(pool, STYLEGAN2_FACTOR_NAMES, 12, seed=21, roles=old)
     after = sample_recipes(pool, STYLEGAN2_FACTOR_NAMES, 12, seed=21, roles=STYLEGAN2_FACTOR_ROLES)
     assert [r.recipe_id for r in before] == [r.recipe_id for r in after]
+    assert all(r.pulled is None for r in after), "StyleGAN2's push still moves its whole latent"
 
 
 # ------------------------------------------------------------------------ mixing
@@ -328,6 +333,28 @@ def test_mix_is_a_weighted_sum_pulled_toward_the_mean():
     np.testing.assert_allclose(mixed["texture"], 0.8 * np.array([0.75, 0.25]) + 0.2 * np.array([1.0, 1.0]))
     assert mixed["texture"].dtype == np.float32
     assert np.array_equal(mixed["_context"], factors[b]["_context"])  # context is copied whole
+
+
+def test_the_push_moves_only_the_factors_the_roles_name():
+    # why: pushing the morphable model's appearance off the mean exaggerated each donor's marks
+    # (stubble into a moustache, a crease into a streak) without lowering dlib's similarity; its
+    # recipes push the shape only, and a stored recipe says so (a re-mix must give the same face)
+    a, b = "a" * 64, "b" * 64
+    factors = {a: {"texture": np.array([1.0, 0.0], np.float32), "geometry": np.array([2.0], np.float32)},
+               b: {"texture": np.array([0.0, 1.0], np.float32), "geometry": np.array([4.0], np.float32)}}
+    mean = {"texture": np.array([0.5, 0.5], np.float32), "geometry": np.array([3.0], np.float32)}
+    recipe = make_recipe(0, {"texture": [(a, 1.0)], "geometry": [(b, 1.0)]}, -0.3, b, pulled=("geometry",))
+    mixed = mix_factors(recipe, factors, mean)
+    np.testing.assert_allclose(mixed["texture"], factors[a]["texture"])  # the donor's own texture
+    np.testing.assert_allclose(mixed["geometry"], 1.3 * 4.0 - 0.3 * 3.0, rtol=1e-6)  # pushed off the mean
+    back = recipe_from_json(recipe_json(recipe))
+    assert back == recipe and back.pulled == ("geometry",)
+    everything = make_recipe(0, {"texture": [(a, 1.0)], "geometry": [(b, 1.0)]}, -0.3, b)
+    assert everything.pulled is None and everything.recipe_id != recipe.recipe_id
+    np.testing.assert_allclose(mix_factors(everything, factors, mean)["texture"], [1.15, -0.15], rtol=1e-6)
+    with pytest.raises(ValueError, match="does not mix"):
+        make_recipe(0, {"texture": [(a, 1.0)]}, -0.3, b, pulled=("geometry",))
+    assert {r.pulled for r in sample_recipes(donors(8), FACTOR_NAMES, 6, seed=4)} == {("geometry", "symmetry")}
 
 
 def test_mix_errors_name_the_problem():

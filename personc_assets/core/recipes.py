@@ -29,8 +29,8 @@ Measured with the dlib guard (cosine, tau 0.90): averaging more people into a
 factor moves candidates toward the centre of the descriptor space, which is
 itself 0.90-0.95 similar to several sources, so by default every factor
 takes one person and each recipe pushes its mix off the population mean by
-a random amount (``mean_push_spread``), which also makes successive attempts
-differ. On ../shared/faces (one photo per person) about half the candidates
+a random amount (``mean_push_spread``; only the factors the backbone's
+``FactorRoles.pulled`` names), which also makes successive attempts differ. On ../shared/faces (one photo per person) about half the candidates
 pass at tau 0.90. Faces rendered into the same context photo resemble each
 other (dlib 0.93-0.98 between them); ``avoid_contexts`` and ``context_rank``
 let a caller spread faces over different photos, and ``new_roles`` tells how
@@ -276,8 +276,9 @@ class SamplerKnobs:
       ``donors_for`` overrides it per factor (default: one person for every
       factor — see ``DEFAULT_DONORS_FOR``).
     * ``primary_weight``: the primary's share where a factor mixes people.
-    * ``mean_pull``: pull of every mixed factor toward the population mean
-      (negative values push away from it); each recipe subtracts a random
+    * ``mean_pull``: pull of the mixed factors toward the population mean
+      (negative values push away from it; ``FactorRoles.pulled`` names the
+      factors it moves, the morphable backbone's shape only); each recipe subtracts a random
       amount in ``[0, mean_push_spread)`` from it, so attempts differ
       continuously and are pushed off the average face.
     * ``context_max_yaw``: colour photos turned at most this far may be the
@@ -484,7 +485,8 @@ def _sample_one(donors: Sequence[DonorInfo], factors: tuple[str, ...], roles: Fa
         components[f] = _weights(prim[f], picks, cfg.primary_weight, rng)
     components = _no_universal_donor(components, prim, factors)
     pull = cfg.mean_pull - (float(rng.uniform(0.0, cfg.mean_push_spread)) if cfg.mean_push_spread > 0 else 0.0)
-    return make_recipe(seed, components, pull, anchor.content_hash)
+    pulled = None if roles.pulled is None else tuple(f for f in factors if f in roles.pulled)
+    return make_recipe(seed, components, pull, anchor.content_hash, pulled)
 
 
 def _pick_context(donors: Sequence[DonorInfo], cluster_people: Mapping[int, set[str]],
@@ -543,9 +545,12 @@ def _no_universal_donor(components: dict[str, tuple[tuple[str, float], ...]],
 
 def recipe_json(recipe: Recipe) -> str:
     """``recipe`` as the JSON text the lineage stores (``recipes.recipe_json``)."""
-    return json.dumps({"components": {f: [[d, w] for d, w in parts] for f, parts in recipe.components.items()},
-                       "primary": dict(recipe.primary), "mean_pull": recipe.mean_pull,
-                       "context_donor": recipe.context_donor, "seed": recipe.seed}, sort_keys=True)
+    body = {"components": {f: [[d, w] for d, w in parts] for f, parts in recipe.components.items()},
+            "primary": dict(recipe.primary), "mean_pull": recipe.mean_pull,
+            "context_donor": recipe.context_donor, "seed": recipe.seed}
+    if recipe.pulled is not None:
+        body["pulled"] = list(recipe.pulled)
+    return json.dumps(body, sort_keys=True)
 
 
 def recipe_from_json(text: str) -> Recipe:
@@ -553,15 +558,17 @@ def recipe_from_json(text: str) -> Recipe:
     body = json.loads(text)
     return make_recipe(int(body["seed"]), {f: [(str(h), float(w)) for h, w in parts]
                                           for f, parts in body["components"].items()},
-                       float(body["mean_pull"]), str(body["context_donor"]))
+                       float(body["mean_pull"]), str(body["context_donor"]),
+                       None if body.get("pulled") is None else tuple(map(str, body["pulled"])))
 
 
 def make_recipe(seed: int, components: Mapping[str, Sequence[tuple[str, float]]],
-                mean_pull: float, context_donor: str) -> Recipe:
+                mean_pull: float, context_donor: str, pulled: Sequence[str] | None = None) -> Recipe:
     """Build a ``Recipe`` with normalised, rounded weights and its content-hash id.
 
     ``components[factor]`` lists ``(donor hash, weight)``; weights are
     normalised to sum to 1 and the primary is the largest (first on ties).
+    ``pulled``: the factors the mean pull applies to (``None``: all of them).
     """
     comps: dict[str, tuple[tuple[str, float], ...]] = {}
     for f, parts in components.items():
@@ -575,9 +582,15 @@ def make_recipe(seed: int, components: Mapping[str, Sequence[tuple[str, float]]]
     primary = {f: max(parts, key=lambda hw: hw[1])[0] for f, parts in comps.items()}
     body = {"seed": int(seed), "components": {f: [list(p) for p in comps[f]] for f in sorted(comps)},
             "mean_pull": round(float(mean_pull), 6), "context_donor": context_donor}
+    if pulled is not None:
+        unknown = sorted(set(pulled) - set(comps))
+        if unknown:
+            raise ValueError(f"pulled names factors the recipe does not mix: {unknown}")
+        body["pulled"] = sorted(set(pulled))  # in the id only when given: older recipes keep theirs
     recipe_id = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     return Recipe(recipe_id=recipe_id, seed=int(seed), components=comps, primary=primary,
-                  mean_pull=body["mean_pull"], context_donor=context_donor)
+                  mean_pull=body["mean_pull"], context_donor=context_donor,
+                  pulled=None if pulled is None else tuple(body["pulled"]))
 
 
 def recipe_roles(recipe: Recipe, person_of: Mapping[str, str]) -> dict[str, str]:
@@ -614,8 +627,9 @@ def new_roles(recipe: Recipe, others: Sequence[Recipe], person_of: Mapping[str, 
 def mix_factors(recipe: Recipe, factors_by_hash: Mapping[str, Factors],
                 mean: Factors) -> dict[str, np.ndarray]:
     """Factor vectors of ``recipe``: for each identity factor
-    ``(1 - mean_pull) * sum(w * f_donor) + mean_pull * mean[factor]``; entries
-    whose names start with ``_`` are copied from the context donor.
+    ``(1 - mean_pull) * sum(w * f_donor) + mean_pull * mean[factor]`` (the factors
+    the recipe does not pull: ``sum(w * f_donor)``); entries whose names start with
+    ``_`` are copied from the context donor.
     """
     missing = sorted({h[:10] for h in recipe.donors() if h not in factors_by_hash})
     if missing:
@@ -633,7 +647,8 @@ def mix_factors(recipe: Recipe, factors_by_hash: Mapping[str, Factors],
                 raise ValueError(f"factor {name!r} of donor {donor[:10]} is shaped {vec.shape}, "
                                  f"the mean is {target.shape}: factors come from different fits")
             acc += weight * vec
-        out[name] = ((1.0 - recipe.mean_pull) * acc + recipe.mean_pull * target).astype(np.float32)
+        pull = recipe.mean_pull if recipe.pulls(name) else 0.0
+        out[name] = ((1.0 - pull) * acc + pull * target).astype(np.float32)
     for key, value in factors_by_hash[recipe.context_donor].items():
         if key.startswith("_"):
             out[key] = np.asarray(value).copy()

@@ -93,8 +93,10 @@ class Recipe:
     ``components[factor]`` lists ``(donor content_hash, weight)`` pairs whose
     weights sum to 1; ``primary[factor]`` is the donor with the largest weight
     for that factor. The mixed factor is pulled toward the population mean:
-    ``(1 - mean_pull) * sum(w * f_donor) + mean_pull * f_mean``.
-    ``context_donor`` supplies backbone-private, non-identity context.
+    ``(1 - mean_pull) * sum(w * f_donor) + mean_pull * f_mean``; ``pulled`` names
+    the factors the pull applies to (``None``: every factor), the others keep
+    their donors' mix. ``context_donor`` supplies backbone-private, non-identity
+    context.
     """
 
     recipe_id: str
@@ -103,6 +105,11 @@ class Recipe:
     primary: Mapping[str, str]
     mean_pull: float
     context_donor: str
+    pulled: tuple[str, ...] | None = None
+
+    def pulls(self, factor: str) -> bool:
+        """Whether the mean pull applies to ``factor``."""
+        return self.pulled is None or factor in self.pulled
 
     def donors(self) -> tuple[str, ...]:
         """Every donor hash used by this recipe, in first-use order."""

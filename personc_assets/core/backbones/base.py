@@ -38,16 +38,23 @@ class FactorRoles:
       nearest the context photo, in its appearance cluster.
     * ``appearance``: factors whose main axes place donors in appearance
       space when no face-recognition embeddings are given.
+    * ``pulled``: factors that a recipe's mean pull (by default a push off the
+      population mean) moves; ``None``: all of them. The others keep their
+      donors' mix.
     """
 
     shape: tuple[str, ...] = ()
     sensitive: tuple[str, ...] = ()
     appearance: tuple[str, ...] = ()
+    pulled: tuple[str, ...] | None = None
 
 
 #: Roles of the ``FACTOR_NAMES`` factors (the embedded backbone's).
+#: The push off the mean moves only the shape: pushing the appearance factors exaggerated every
+#: donor's marks (stubble into a moustache, a crease into a streak) and did not lower dlib's
+#: similarity (docs/novelty.md, "Shape-only push").
 FACTOR_ROLES = FactorRoles(shape=("geometry", "symmetry"), sensitive=("texture", "eyes", "mouth"),
-                           appearance=("texture",))
+                           appearance=("texture",), pulled=("geometry", "symmetry"))
 
 
 @dataclass(frozen=True)
