@@ -278,7 +278,7 @@ class SamplerKnobs:
     * ``primary_weight``: the primary's share where a factor mixes people.
     * ``mean_pull``: pull of the mixed factors toward the population mean
       (negative values push away from it; ``FactorRoles.pulled`` names the
-      factors it moves, the morphable backbone's shape only); each recipe subtracts a random
+      factors it moves: the morphable backbone's all but its texture); each recipe subtracts a random
       amount in ``[0, mean_push_spread)`` from it, so attempts differ
       continuously and are pushed off the average face.
     * ``context_max_yaw``: colour photos turned at most this far may be the

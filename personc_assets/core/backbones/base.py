@@ -50,11 +50,12 @@ class FactorRoles:
 
 
 #: Roles of the ``FACTOR_NAMES`` factors (the embedded backbone's).
-#: The push off the mean moves only the shape: pushing the appearance factors exaggerated every
-#: donor's marks (stubble into a moustache, a crease into a streak) and did not lower dlib's
-#: similarity (docs/novelty.md, "Shape-only push").
+#: The push off the mean leaves the texture alone: pushing it exaggerated every donor's skin marks
+#: (stubble into a moustache, a crease into a streak) and did not lower dlib's similarity; the
+#: feature regions keep their push, which gives the soft demo faces their detail
+#: (docs/novelty.md, "The push leaves the skin alone").
 FACTOR_ROLES = FactorRoles(shape=("geometry", "symmetry"), sensitive=("texture", "eyes", "mouth"),
-                           appearance=("texture",), pulled=("geometry", "symmetry"))
+                           appearance=("texture",), pulled=("geometry", "symmetry", "eyes", "nose", "mouth"))
 
 
 @dataclass(frozen=True)
