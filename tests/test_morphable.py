@@ -164,6 +164,23 @@ def test_face_mask_forehead_leaves_the_upper_forehead_to_the_context():
 
 # --------------------------------------------------------------------- backbone
 
+def test_the_mouth_region_is_the_lips_not_the_skin_around_them(fitted):
+    # why: with the skin round the lips in the mouth factor, a clean-shaven mouth donor left a clean
+    # ring inside a stubbled texture (and a stubbled one a dark ring on a smooth face)
+    import cv2
+
+    from personc_assets.core.backbones.morphable.appearance import interocular, region_masks
+
+    s = fitted.image_size
+    pts = fitted.mean_points()
+    mouth = region_masks(pts, (s, s))["mouth"]
+    lips = np.zeros((s, s), np.uint8)
+    cv2.fillConvexPoly(lips, cv2.convexHull(np.round(pts[48:60]).astype(np.int32)), 1)
+    away = cv2.distanceTransform(1 - lips, cv2.DIST_L2, 5) / interocular(pts)
+    assert mouth[(lips > 0) & (cv2.distanceTransform(lips, cv2.DIST_L2, 5) > 2)].min() > 0.5, "the lips are the mouth's"
+    assert mouth[away >= 0.25].max() < 0.05, "skin a quarter of the eye distance from the lips is the texture's"
+
+
 def test_registered_with_known_knobs():
     # why: the pipeline builds backbones by name; a typo in a knob must say which knobs exist
     assert "morphable" in BACKBONES.names()
