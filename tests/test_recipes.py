@@ -258,6 +258,29 @@ def test_a_beard_covers_the_lower_face():
     assert "beard" in occluders(bearded, face.landmarks)
 
 
+def test_a_faces_occluders_are_measured_once_per_process(monkeypatch):
+    # why: the backbone's fit and the sampler's donor description both ask, for every source face
+    # (about 0.15 s each: a face detection and the realism measures); one run needs one answer
+    import personc_assets.core.faces.occluders as occ
+    from test_morphable import synthetic_face
+
+    monkeypatch.setattr(occ, "_MEASURED", type(occ._MEASURED)())
+    calls = []
+    real = occ._measure_occluders
+    monkeypatch.setattr(occ, "_measure_occluders", lambda im, lm: calls.append(1) or real(im, lm))
+    face = synthetic_face(4)
+    first = occ.occluders(face.aligned, face.landmarks)
+    again = occ.occluders(face.aligned.copy(), face.landmarks.astype(np.float64))  # the fit's copy
+    assert first == again and len(calls) == 1
+    changed = face.aligned.copy()
+    changed[0, 0] = 255 - changed[0, 0]  # one pixel: another photo, measured anew
+    occ.occluders(changed, face.landmarks)
+    assert len(calls) == 2
+    moved = face.landmarks + 1.0
+    occ.occluders(face.aligned, moved)
+    assert len(calls) == 3, "other landmarks are another question"
+
+
 def test_bad_inputs_say_what_to_fix():
     # why: a one-group source set or a typo in a knob must fail with the remedy
     only_a = [dataclasses.replace(d, group="A") for d in donors(5)]

@@ -12,7 +12,10 @@ factors and protect their person; they are left out of the appearance model.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -57,8 +60,40 @@ def forehead_hair(image: np.ndarray, landmarks: np.ndarray) -> float:
     return float(np.mean(band < np.median(cheeks) - HAIR_DARKER))
 
 
+#: Faces whose occluders this process has measured (digest of pixels and landmarks -> names): the
+#: backbone's fit and the recipe sampler's donor description ask about the same faces in one run.
+_MEASURED: OrderedDict[str, tuple[str, ...]] = OrderedDict()
+_MEASURED_MAX = 4096
+_measured_lock = threading.Lock()
+
+
+def _digest(image: np.ndarray, landmarks: np.ndarray) -> str:
+    img = np.ascontiguousarray(image)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(img.shape).encode())
+    h.update(img.tobytes())
+    h.update(np.ascontiguousarray(landmarks, np.float32).tobytes())
+    return h.hexdigest()
+
+
 def occluders(image: np.ndarray, landmarks: np.ndarray) -> tuple[str, ...]:
-    """Names of what covers the face: ``"forehead hair"``, ``"beard"``, ``"glasses"`` (empty when bare)."""
+    """Names of what covers the face: ``"forehead hair"``, ``"beard"``, ``"glasses"`` (empty when bare).
+
+    Measured once per process for the same pixels and landmarks (``_MEASURED``)."""
+    key = _digest(check_image(image), check_landmarks(landmarks))
+    with _measured_lock:
+        if key in _MEASURED:
+            _MEASURED.move_to_end(key)
+            return _MEASURED[key]
+    found = _measure_occluders(image, landmarks)
+    with _measured_lock:
+        _MEASURED[key] = found
+        while len(_MEASURED) > _MEASURED_MAX:
+            _MEASURED.popitem(last=False)
+    return found
+
+
+def _measure_occluders(image: np.ndarray, landmarks: np.ndarray) -> tuple[str, ...]:
     from ..realism import DEFAULT_THRESHOLDS, RealismError, measure
 
     found = []
