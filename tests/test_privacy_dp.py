@@ -80,8 +80,11 @@ def test_held_out_directions_leave_each_person_out_and_still_order_the_noise(set
         assert d.n_train == sum(source_labels[h] is not None for h in train)
         face = world.photos(person)[0]
         for p in measure_accuracy(world.pop, scale, d, labeller, [face], source_labels, [math.inf, 8.0, 1.0, 0.25],
-                                  "laplace", width=2.0, side_repeats=300):
+                                  "laplace", width=2.0, side_repeats=2000):
             points.setdefault(p.epsilon, []).append(p)
+    # the noise is OpenDP's own, unseeded: held-out faces sit near the boundary (side kept about 0.7 at
+    # epsilon 8), so epsilon 1 and 0.25 differ by only a few hundredths in expectation; 2000 draws per
+    # face keep the sampling error (about 0.005) well below that, where 300 let them swap (0.512, 0.522)
     side = {eps: float(np.mean([p.side_kept for p in ps])) for eps, ps in points.items()}
     label = {eps: float(np.nanmean([p.label_accuracy for p in ps])) for eps, ps in points.items()}
     print("\nheld-out directions, one photo per person: side kept", side, "label accuracy", label)
