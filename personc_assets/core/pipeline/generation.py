@@ -169,7 +169,7 @@ class CandidateFactory:
         """Candidates for ``(slot, attempt)`` pairs, synthesized in one batch.
 
         Each recipe's mix goes through the novelty step (when on), away from
-        every guarded source and every face released so far
+        every guarded source and the faces this run released so far
         (``released_embeddings [M, 128]``, dlib).
         """
         recipes = [self.recipe(s, a, released) for s, a in slots]
