@@ -14,7 +14,7 @@ plausible face of that model, toward identities that no source has:
 
 over ``dz`` with Adam, where ``E`` is dlib's ResNet (the guard's default
 encoder, rebuilt in PyTorch from dlib's own weights), ``s_i`` are the source
-embeddings (and faces already released), ``v`` is the chip itself and its
+embeddings (and the faces this run already released), ``v`` is the chip itself and its
 mirror image (the other benign changes are left to the guard; ``margin``
 leaves room for them), the prior keeps the face near the recipe's mix, and
 ``D`` — the fine detail of the face — may not fall: a likeness lowered by
