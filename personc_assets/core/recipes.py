@@ -30,8 +30,9 @@ factor moves candidates toward the centre of the descriptor space, which is
 itself 0.90-0.95 similar to several sources, so by default every factor
 takes one person and each recipe pushes its mix off the population mean by
 a random amount (``mean_push_spread``; only the factors the backbone's
-``FactorRoles.pulled`` names), which also makes successive attempts differ. On ../shared/faces (one photo per person) about half the candidates
-pass at tau 0.90. Faces rendered into the same context photo resemble each
+``FactorRoles.pulled`` names), which also makes successive attempts differ.
+On ../shared/faces (one photo per person) about half the candidates pass at
+tau 0.90. Faces rendered into the same context photo resemble each
 other (dlib 0.93-0.98 between them); ``avoid_contexts`` and ``context_rank``
 let a caller spread faces over different photos, and ``new_roles`` tells how
 far a recipe is dealt from others (the pipeline deals retries away from the
@@ -278,9 +279,9 @@ class SamplerKnobs:
     * ``primary_weight``: the primary's share where a factor mixes people.
     * ``mean_pull``: pull of the mixed factors toward the population mean
       (negative values push away from it; ``FactorRoles.pulled`` names the
-      factors it moves: the morphable backbone's all but its texture); each recipe subtracts a random
-      amount in ``[0, mean_push_spread)`` from it, so attempts differ
-      continuously and are pushed off the average face.
+      factors it moves: the morphable backbone's all but its texture); each
+      recipe subtracts a random amount in ``[0, mean_push_spread)`` from it,
+      so attempts differ continuously and are pushed off the average face.
     * ``context_max_yaw``: colour photos turned at most this far may be the
       context (the face is rendered in that photo's pose).
     * ``pool_size``: compatible people (nearest the context) a recipe draws from,
