@@ -161,3 +161,24 @@ def test_realism_limits_are_measured_once_per_source_set(monkeypatch, tmp_path):
     assert judging.realism_thresholds(ws, Sources("a" * 64)) == first and len(measured) == 2
     judging.realism_thresholds(ws, Sources("b" * 64))  # other sources: measured again
     assert len(measured) == 4
+
+
+def test_a_release_id_and_watermark_name_the_face_not_the_code_version():
+    # why: the guard judges the watermarked pixels and the watermark carries the release id; an id
+    # derived from the candidate id (which names the code version) gave each commit other verdicts
+    # near tau and other retries for the same seed, so releases could not be compared across commits
+    from personc_assets.core.pipeline.judging import _watermark_all
+    from personc_assets.core.recipes import Recipe
+    from personc_assets.core.release import release_id_for
+    from personc_assets.core.types import Candidate
+
+    rng = np.random.default_rng(0)
+    face = rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    other = face.copy()
+    other[128, 128, 0] ^= 1
+    recipe = Recipe.__new__(Recipe)  # the watermark never reads the recipe
+    before, _ = _watermark_all([Candidate("c-under-one-commit", recipe, 0, face)])
+    after, _ = _watermark_all([Candidate("c-under-the-next", recipe, 0, face.copy())])
+    assert np.array_equal(before["c-under-one-commit"], after["c-under-the-next"])
+    assert release_id_for(face) == release_id_for(face.copy()) != release_id_for(other)
+    assert release_id_for(face).startswith("pc-") and len(release_id_for(face)) == 15

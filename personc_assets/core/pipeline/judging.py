@@ -385,7 +385,7 @@ def _watermark_all(candidates: list[Candidate]) -> tuple[dict[str, np.ndarray], 
     marked, unmarkable = {}, {}
     for c in candidates:
         try:
-            marked[c.candidate_id] = embed_watermark(c.image, release_id_for(c.candidate_id))
+            marked[c.candidate_id] = embed_watermark(c.image, release_id_for(c.image))
         except WatermarkError as exc:
             unmarkable[c.candidate_id] = f"cannot be watermarked: {exc}"
     return marked, unmarkable
@@ -401,7 +401,7 @@ def _attempt_summary(slot: int, cand: Candidate, v: Verdict) -> JudgedAttempt:
 def _release(ws: Workspace, slot: int, cand: Candidate, marked: np.ndarray, v: Verdict,
              run_id: str) -> tuple[dict[str, Any], ReleasedFace]:
     """The release's lineage row and its ``ReleasedFace``."""
-    rid = release_id_for(cand.candidate_id)
+    rid = release_id_for(cand.image)
     path = ws.released / f"{rid}.png"
     # written to the staging folder first: published after its row is committed (publish_staged)
     written = write_marked_png(staged_path(ws, path), marked, rid, {"candidate_id": cand.candidate_id,
