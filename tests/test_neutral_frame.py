@@ -212,6 +212,32 @@ def test_chip_geometry_matches_dlib(faces):
     assert np.abs(mine - ref).mean() < 1.5
 
 
+def test_the_novelty_steps_blurred_chip_is_the_guards_blurred_view(fitted, faces):
+    # why: the guard judges the candidate blurred (and mirrored and blurred); the step aims below
+    # tau in that view too, so its blurred chip must be the chip the encoder sees after the blur
+    import cv2
+
+    from personc_assets.core.encoders.common import dlib_chip
+    from personc_assets.core.faces.detect import face_from_landmarks
+    from personc_assets.core.novelty import _linear_chips
+
+    factors = fitted.decompose(fitted.project(faces[:1])[0].latent)
+    lin = fitted.linear_render(fitted.compose(factors))
+    render = fitted.synthesize([fitted.compose(factors)])[0]
+    grid = NoveltySearch._grid(chip_affine(lin.landmarks, 150, 0.25), 256, 150)
+    plain, _, blurred, blurred_jac = _linear_chips(lin, grid, 1.0)
+    softened = cv2.GaussianBlur(render, (0, 0), 1.0)
+    ref = dlib_chip(face_from_landmarks(softened, lin.landmarks)).astype(np.float32)
+    mine = blurred.view(3, 150, 150).permute(1, 2, 0).numpy()
+    sharp = plain.view(3, 150, 150).permute(1, 2, 0).numpy()
+    assert np.abs(mine - ref).mean() < 1.0  # 0.67 grey levels when written (the sharp chip: 1.63)
+    assert np.abs(sharp - ref).mean() > 2 * np.abs(mine - ref).mean(), "the blur must show in the chip"
+    assert blurred_jac.shape == (3 * 150 * 150, lin.jacobian.shape[1])
+    assert _linear_chips(lin, grid, 0.0)[2] is None
+    with pytest.raises(ValueError, match="blur"):
+        NoveltyConfig(blur=-1.0)
+
+
 def test_novelty_config_is_validated():
     # why: a negative margin would aim at or above tau and the step would stop too early
     with pytest.raises(ValueError, match="margin"):

@@ -14,9 +14,9 @@ plausible face of that model, toward identities that no source has:
 
 over ``dz`` with Adam, where ``E`` is dlib's ResNet (the guard's default
 encoder, rebuilt in PyTorch from dlib's own weights), ``s_i`` are the source
-embeddings (and the faces this run already released), ``v`` is the chip itself and its
-mirror image (the other benign changes are left to the guard; ``margin``
-leaves room for them), the prior keeps the face near the recipe's mix, and
+embeddings (and the faces this run already released), ``v`` is the chip itself, the chip
+of the image softened by a mild blur, and the mirror image of each (the other benign changes
+are left to the guard; ``margin`` leaves room for them), the prior keeps the face near the recipe's mix, and
 ``D`` — the fine detail of the face — may not fall: a likeness lowered by
 blurring is a broken face, not a new one. It stops as soon as every
 similarity is ``margin`` below tau. The guard then judges the real render as
@@ -55,6 +55,9 @@ class NoveltyConfig:
     detail: float = 1.0
     #: check the mirror image too (the guard judges it; most misses were mirrors without it)
     mirror: bool = True
+    #: also check the face softened by a Gaussian blur of this sigma in image pixels (0: not): the
+    #: guard judges a blurred view, and blur takes away the part of the move that lives in fine detail
+    blur: float = 1.0
     #: temperature of the soft maximum over sources and variants
     sharpness: float = 60.0
 
@@ -63,6 +66,8 @@ class NoveltyConfig:
             raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if not 0.0 <= self.blur <= 5.0:
+            raise ValueError(f"blur must be in [0, 5] pixels, got {self.blur}")
         if self.learning_rate <= 0 or self.prior < 0 or self.sharpness <= 0 or self.detail < 0:
             raise ValueError("learning_rate and sharpness must be > 0 and prior >= 0, got "
                              f"{self.learning_rate}, {self.sharpness}, {self.prior}")
@@ -114,6 +119,43 @@ def chip_affine(landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
     image_pts = (corners - [cx, cy]) @ rot.T + [cx, cy]
     chip_pts = np.array([[0.0, 0.0], [d.cols - 1, 0.0], [d.cols - 1, d.rows - 1]])
     return np.linalg.solve(np.hstack([chip_pts, np.ones((3, 1))]), image_pts).T
+
+
+def _linear_chips(lin, grid, blur: float):
+    """The chip of a linearised render as ``offset [3 * C * C]`` and ``jacobian [3 * C * C, K]``
+    (0-255 units), and the same for the render blurred by ``blur`` image pixels (``None`` when 0).
+    Resampling and blur are linear, so both chips are affine in the appearance coefficients."""
+    import torch
+    from torch.nn import functional as F
+
+    s, k = lin.base.shape[0], lin.jacobian.shape[1]
+    with torch.no_grad():
+        base = torch.from_numpy(lin.base).to(grid.device).permute(2, 0, 1)[None] * 255.0
+        cols = torch.from_numpy(lin.jacobian).to(grid.device).T.reshape(k, s, s, 3).permute(0, 3, 1, 2) * 255.0
+
+        def to_chip(b, c):
+            offset = F.grid_sample(b, grid, mode="bilinear", align_corners=True).reshape(-1)
+            jac = F.grid_sample(c, grid.expand(k, -1, -1, -1), mode="bilinear", align_corners=True)
+            return offset, jac.reshape(k, -1).T.contiguous()
+
+        chip0, jac = to_chip(base, cols)
+        if blur <= 0:
+            return chip0, jac, None, None
+        return (chip0, jac) + to_chip(_gaussian(base, blur), _gaussian(cols, blur))
+
+
+def _gaussian(images, sigma: float):
+    """``images [N, 3, H, W]`` blurred as ``cv2.GaussianBlur(image, (0, 0), sigma)`` blurs a uint8
+    image (kernel radius 3 sigma, mirrored borders), channel by channel."""
+    import torch
+    from torch.nn import functional as F
+
+    r = max(1, int(round(3.0 * sigma)))
+    x = torch.arange(-r, r + 1, dtype=images.dtype, device=images.device)
+    g = torch.exp(-x ** 2 / (2 * sigma ** 2))
+    g = (g / g.sum()).view(1, 1, 1, -1).expand(3, 1, 1, -1)
+    out = F.conv2d(F.pad(images, (r, r, 0, 0), mode="reflect"), g, groups=3)
+    return F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), g.transpose(-1, -2), groups=3)
 
 
 def _detail_energy(chip):
@@ -194,13 +236,7 @@ class NoveltySearch:
         s = backbone.image_size
         k = lin.jacobian.shape[1]
         grid = self._grid(chip_affine(lin.landmarks, CHIP_SIZE, CHIP_PADDING), s, CHIP_SIZE).to(dev)
-        # the chip is linear in the image: take base and Jacobian to chip space once
-        with torch.no_grad():
-            base = torch.from_numpy(lin.base).to(dev).permute(2, 0, 1)[None] * 255.0
-            chip0 = F.grid_sample(base, grid, mode="bilinear", align_corners=True).reshape(-1)
-            cols = torch.from_numpy(lin.jacobian).to(dev).T.reshape(k, s, s, 3).permute(0, 3, 1, 2) * 255.0
-            jac = F.grid_sample(cols, grid.expand(k, -1, -1, -1), mode="bilinear",
-                                align_corners=True).reshape(k, -1).T.contiguous()  # [3 * C * C, K]
+        chip0, jac, blur0, blur_jac = _linear_chips(lin, grid, cfg.blur)
         targets = torch.from_numpy(avoid).to(dev)
         net = _network(dev)
         dz = torch.zeros(k, device=dev, requires_grad=True)
@@ -211,7 +247,12 @@ class NoveltySearch:
         step = 0
         for step in range(cfg.steps + 1):
             chip = (chip0 + jac @ dz).clamp(0.0, 255.0).view(1, 3, CHIP_SIZE, CHIP_SIZE)
-            variants = torch.cat([chip, chip.flip(-1)]) if cfg.mirror else chip
+            variants = chip
+            if cfg.blur > 0:
+                blurred = (blur0 + blur_jac @ dz).clamp(0.0, 255.0).view(1, 3, CHIP_SIZE, CHIP_SIZE)
+                variants = torch.cat([chip, blurred])
+            if cfg.mirror:
+                variants = torch.cat([variants, variants.flip(-1)])
             emb = F.normalize(net(net.normalise(variants.permute(0, 2, 3, 1))), dim=1)
             energy = _detail_energy(chip)
             if step == 0:
