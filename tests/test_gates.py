@@ -114,6 +114,10 @@ def test_faces_released_before_are_remembered():
     assert again.verdict == REJECT and "already released" in again.reason
     other = guard.admit(guard.check([("d", image_for(np.array([0, 0, 0, 0, 0, 1.0, 0, 0])))])[0])
     assert other.verdict == PASS
+    # retries steer away from this guard's own releases only (a rerun must not depend on what other
+    # runs released meanwhile); the faces it was told to remember are refused, not steered from
+    assert np.allclose(guard.admitted_embeddings("table"), [[0, 0, 0, 0, 0, 1.0, 0, 0]])
+    assert _guard().admitted_embeddings("table") is None
 
 
 def test_a_release_file_appears_only_after_its_row_is_committed(tmp_path):

@@ -121,7 +121,10 @@ class Guard:
         self.transforms = tuple(transforms)
         self.margin = float(margin)
         self._detect = detector
-        self._released: dict[str, list[np.ndarray]] = {m.encoder.name: [] for m in members}
+        # faces released before this guard (``remember``) and faces it admitted itself (``admit``):
+        # a candidate must differ from both; the caller steers its retries away from its own only
+        self._remembered: dict[str, list[np.ndarray]] = {m.encoder.name: [] for m in members}
+        self._admitted: dict[str, list[np.ndarray]] = {m.encoder.name: [] for m in members}
 
     def remember(self, images: Sequence[tuple[str, np.ndarray]]) -> list[str]:
         """Treat faces released before (other runs, other batches) as released: later candidates
@@ -138,7 +141,7 @@ class Guard:
         for m in self.members:
             if not faces:
                 break
-            self._released[m.encoder.name].extend(np.asarray(m.encoder.embed(faces), dtype=np.float32))
+            self._remembered[m.encoder.name].extend(np.asarray(m.encoder.embed(faces), dtype=np.float32))
         return missed
 
     def admit(self, verdict: Verdict) -> Verdict:
@@ -152,7 +155,7 @@ class Guard:
             return verdict
         evs, clash = [], []
         for ev in verdict.per_encoder:
-            seen = self._released[ev.encoder]
+            seen = self._remembered[ev.encoder] + self._admitted[ev.encoder]
             if ev.embedding is not None and seen:
                 sim = float(np.max(np.stack(seen) @ ev.embedding))
                 ev = replace(ev, released_similarity=sim)
@@ -166,13 +169,14 @@ class Guard:
                            reason="; ".join(f"{ev.encoder}: {ev.reason}" for ev in clash))
         for ev in evs:
             if ev.embedding is not None:
-                self._released[ev.encoder].append(ev.embedding)
+                self._admitted[ev.encoder].append(ev.embedding)
         return replace(verdict, per_encoder=tuple(evs))
 
-    def released_embeddings(self, encoder: str) -> np.ndarray:
-        """Embeddings ``[M, D]`` of the faces admitted so far under ``encoder`` (``[0, 0]`` when none)."""
-        seen = self._released.get(encoder, [])
-        return np.stack(seen) if seen else np.zeros((0, 0), np.float32)
+    def admitted_embeddings(self, encoder: str) -> np.ndarray | None:
+        """Embeddings ``[M, D]`` under ``encoder`` of the faces this guard admitted, in order; not
+        those it was told to ``remember`` (``None`` when it admitted none)."""
+        seen = self._admitted.get(encoder, [])
+        return np.stack(seen) if seen else None
 
     def check(self, candidates: Sequence[tuple[str, np.ndarray]]) -> list[Verdict]:
         """Verdicts for ``(candidate_id, image [H, W, 3])`` pairs, in order."""

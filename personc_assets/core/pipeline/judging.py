@@ -260,7 +260,6 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
     attempts: list[JudgedAttempt] = []
     released: list[ReleasedFace] = []
     released_recipes: list[Recipe] = []
-    own_embeddings: list[np.ndarray] = []  # dlib, of this run's releases: what retries steer away from
     while pending:
         # the guard judges the watermarked pixels: exactly what a release will contain
         marked, unmarkable = _watermark_all([c for _, c in pending])
@@ -284,8 +283,6 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
                     release_rows.append(row)
                     released.append(face)
                     released_recipes.append(cand.recipe)
-                    own_embeddings += [ev.embedding for ev in verdict.per_encoder
-                                       if ev.encoder == "dlib" and ev.embedding is not None]
                 elif cand.attempt + 1 < cfg.max_attempts:
                     retry.append((slot, cand.attempt + 1))
                 else:
@@ -301,8 +298,7 @@ def judge_and_release(cfg: RunConfig, ws: Workspace, store: LineageStore, source
         # retries steer away from this run's releases only: faces other runs released are the guard's
         # to refuse (``admit``); steering away from them made a retried partition's candidates depend on
         # what the other partitions had released by then, so a rerun added rows instead of rewriting them
-        pending = (factory.make(retry, released_recipes, np.stack(own_embeddings) if own_embeddings else None)
-                   if retry else [])
+        pending = factory.make(retry, released_recipes, guard.admitted_embeddings("dlib")) if retry else []
         if pending:
             factory.save(store, pending, run_id)
     leakage, unverified = witness_rates(released, cfg.witness_encoders)
