@@ -14,9 +14,10 @@ plausible face of that model, toward identities that no source has:
 
 over ``dz`` with Adam, where ``E`` is dlib's ResNet (the guard's default
 encoder, rebuilt in PyTorch from dlib's own weights), ``s_i`` are the source
-embeddings (and the faces this run already released), ``v`` is the chip itself, the chip
-of the image softened by a mild blur, and the mirror image of each (the other benign changes
-are left to the guard; ``margin`` leaves room for them), the prior keeps the face near the recipe's mix, and
+embeddings (and the faces this run already released), ``v`` is the chip itself and its
+mirror image, optionally also the chip of the image softened by a mild blur and its mirror
+(``blur``; the other benign changes are left to the guard, and ``margin`` leaves room for
+them), the prior keeps the face near the recipe's mix, and
 ``D`` — the fine detail of the face — may not fall: a likeness lowered by
 blurring is a broken face, not a new one. It stops as soon as every
 similarity is ``margin`` below tau. The guard then judges the real render as
@@ -55,9 +56,10 @@ class NoveltyConfig:
     detail: float = 1.0
     #: check the mirror image too (the guard judges it; most misses were mirrors without it)
     mirror: bool = True
-    #: also check the face softened by a Gaussian blur of this sigma in image pixels (0: not): the
-    #: guard judges a blurred view, and blur takes away the part of the move that lives in fine detail
-    blur: float = 1.0
+    #: also check the face softened by a Gaussian blur of this sigma in image pixels (0: not). The
+    #: guard judges blurred views, but on the CPU the two extra chips cost more than they bought
+    #: (docs/novelty.md, "Blur in the guard and in the step"), so it is off by default
+    blur: float = 0.0
     #: temperature of the soft maximum over sources and variants
     sharpness: float = 60.0
 
