@@ -263,6 +263,29 @@ def test_novelty_steps_side_by_side_give_the_results_of_one_at_a_time(fitted, fa
         assert all(np.array_equal(a.factors[k], b.factors[k]) for k in a.factors)
 
 
+def test_the_marks_term_keeps_the_step_from_painting_marks(fitted, faces):
+    # why: the step lowered dlib's likeness most cheaply with a few strong local marks (white upper
+    # lids, a dark streak, a bright spot between the brows); the marks term caps how far any face
+    # pixel's grey level may move from the mix, so the move spreads over the face instead
+    mix = fitted.decompose(fitted.project(faces[:1])[0].latent)
+    avoid = np.random.default_rng(1).normal(size=(64, 128)).astype(np.float32)
+    avoid /= np.linalg.norm(avoid, axis=1, keepdims=True)
+    base = fitted._render_neutral(fitted.compose(mix)).mean(axis=2) * 255
+    face = _oval(fitted, fitted.compose(mix)) > 0.5
+
+    def largest_change(cfg):
+        res = NoveltySearch(0.05, cfg).refine(fitted, mix, avoid)
+        moved = fitted._render_neutral(fitted.compose(res.factors)).mean(axis=2) * 255
+        return float(np.percentile(np.abs(moved - base)[face], 99.9)), res
+
+    free, _ = largest_change(NoveltyConfig(steps=20, margin=0.0, learning_rate=0.3, prior=0.0, marks=0.0))
+    capped, res = largest_change(NoveltyConfig(steps=20, margin=0.0, learning_rate=0.3, prior=0.0, marks=50.0, mark_limit=8.0))
+    assert free > 16.0, "the test must move the face enough to paint marks"
+    assert capped < 0.7 * free and res.shift > 0  # 29 vs 75 grey levels when written
+    with pytest.raises(ValueError, match="mark"):
+        NoveltyConfig(mark_limit=0.0)
+
+
 @pytest.mark.slow
 @pytest.mark.shared_faces
 def test_novelty_step_takes_a_mixed_face_below_tau(shared_faces):

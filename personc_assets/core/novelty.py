@@ -10,7 +10,7 @@ each mode's standard deviation over the sources), where every point is a
 plausible face of that model, toward identities that no source has:
 
     minimise   softmax_i,v cos(E(v(chip(base + J dz))), s_i)  +  prior * |dz|^2
-               + detail * relu(1 - D(dz) / D(0))^2
+               + detail * relu(1 - D(dz) / D(0))^2  +  marks * mean relu(|L(dz) - L(0)| / l - 1)^2
 
 over ``dz`` with Adam, where ``E`` is dlib's ResNet (the guard's default
 encoder, rebuilt in PyTorch from dlib's own weights), ``s_i`` are the source
@@ -19,7 +19,9 @@ mirror image, optionally also the chip of the image softened by a mild blur and 
 (``blur``; the other benign changes are left to the guard, and ``margin`` leaves room for
 them), the prior keeps the face near the recipe's mix, and
 ``D`` — the fine detail of the face — may not fall: a likeness lowered by
-blurring is a broken face, not a new one. It stops as soon as every
+blurring is a broken face, not a new one; and no pixel's grey level ``L`` in the face may move
+more than ``l`` from the mix's: a few strong local marks (white lids, a dark streak) lowered the
+likeness cheaply, and a face with painted marks is not another face. It stops as soon as every
 similarity is ``margin`` below tau. The guard then judges the real render as
 usual: the step is a proposal, never a verdict.
 """
@@ -54,6 +56,12 @@ class NoveltyConfig:
     #: weight of the detail term: the face's fine detail (band-pass energy of the chip)
     #: may not fall below the mix's — lowering the likeness by blurring is breaking the face
     detail: float = 1.0
+    #: weight of the marks term: no pixel of the face may grow lighter or darker than the mix by
+    #: more than ``mark_limit`` grey levels (chip, 0-255) — a white lid, a dark streak under the
+    #: nose or a bright spot between the brows is a mark painted on the face, not another face
+    #: (docs/novelty.md, "Marks")
+    marks: float = 1.0
+    mark_limit: float = 24.0
     #: check the mirror image too (the guard judges it; most misses were mirrors without it)
     mirror: bool = True
     #: also check the face softened by a Gaussian blur of this sigma in image pixels (0: not). The
@@ -68,6 +76,8 @@ class NoveltyConfig:
             raise ValueError(f"margin must be in [0, 0.5), got {self.margin}")
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0, got {self.steps}")
+        if self.marks < 0 or self.mark_limit <= 0:
+            raise ValueError(f"marks must be >= 0 and mark_limit > 0 grey levels, got {self.marks}, {self.mark_limit}")
         if not 0.0 <= self.blur <= 5.0:
             raise ValueError(f"blur must be in [0, 5] pixels, got {self.blur}")
         if self.learning_rate <= 0 or self.prior < 0 or self.sharpness <= 0 or self.detail < 0:
@@ -160,6 +170,15 @@ def _gaussian(images, sigma: float):
     return F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), g.transpose(-1, -2), groups=3)
 
 
+def _face_ellipse(size: int, dtype, device):
+    """``[C, C]`` 1 inside the central face ellipse of a chip, 0 outside."""
+    import torch
+
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size, device=device),
+                            torch.linspace(-1, 1, size, device=device), indexing="ij")
+    return ((xx / 0.6) ** 2 + (yy / 0.75) ** 2 <= 1.0).to(dtype)
+
+
 def _detail_energy(chip):
     """Mean squared band-pass (image minus a 1.5 px Gaussian blur) of a chip ``[1, 3, C, C]``'s
     grey levels inside the central face ellipse: what blurring takes away."""
@@ -171,10 +190,7 @@ def _detail_energy(chip):
     g = torch.exp(-x ** 2 / (2 * 1.5 ** 2))
     g = g / g.sum()
     blur = F.conv2d(F.conv2d(F.pad(grey, (4, 4, 4, 4), mode="reflect"), g.view(1, 1, 1, -1)), g.view(1, 1, -1, 1))
-    c = chip.shape[-1]
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, c, device=chip.device),
-                            torch.linspace(-1, 1, c, device=chip.device), indexing="ij")
-    face = ((xx / 0.6) ** 2 + (yy / 0.75) ** 2 <= 1.0).to(chip.dtype)
+    face = _face_ellipse(chip.shape[-1], chip.dtype, chip.device)
     return (((grey - blur) ** 2)[0, 0] * face).sum() / face.sum()
 
 
@@ -259,6 +275,8 @@ class NoveltySearch:
             energy = _detail_energy(chip)
             if step == 0:
                 energy0 = energy.detach()
+                grey0 = chip.detach().mean(dim=1)
+                face = _face_ellipse(CHIP_SIZE, chip.dtype, chip.device)
             sims = emb @ targets.T
             worst = float(sims.detach().max())
             if step == 0:
@@ -270,6 +288,9 @@ class NoveltySearch:
             soft = torch.logsumexp(cfg.sharpness * sims.reshape(-1), 0) / cfg.sharpness
             loss = (soft + cfg.prior * (dz ** 2).sum()
                     + cfg.detail * torch.relu(1.0 - energy / energy0) ** 2)
+            if cfg.marks > 0:
+                over = torch.relu((chip.mean(dim=1) - grey0).abs() - cfg.mark_limit) / cfg.mark_limit
+                loss = loss + cfg.marks * ((over ** 2)[0] * face).sum() / face.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
