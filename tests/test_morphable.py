@@ -164,37 +164,36 @@ def test_face_mask_forehead_leaves_the_upper_forehead_to_the_context():
 
 # --------------------------------------------------------------------- backbone
 
-def test_the_mouth_region_is_the_lips_not_the_skin_around_them(fitted):
-    # why: with the skin round the lips in the mouth factor, a clean-shaven mouth donor left a clean
-    # ring inside a stubbled texture (and a stubbled one a dark ring on a smooth face)
+def _region_round_its_hull(fitted, region: str, points: slice):
+    """The mean face's soft ``region`` mask, its landmarks' hull's inside (2 px in), and each pixel's
+    distance from that hull in eye distances."""
     import cv2
 
     from personc_assets.core.backbones.morphable.appearance import interocular, region_masks
 
     s = fitted.image_size
     pts = fitted.mean_points()
-    mouth = region_masks(pts, (s, s))["mouth"]
-    lips = np.zeros((s, s), np.uint8)
-    cv2.fillConvexPoly(lips, cv2.convexHull(np.round(pts[48:60]).astype(np.int32)), 1)
-    away = cv2.distanceTransform(1 - lips, cv2.DIST_L2, 5) / interocular(pts)
-    assert mouth[(lips > 0) & (cv2.distanceTransform(lips, cv2.DIST_L2, 5) > 2)].min() > 0.5, "the lips are the mouth's"
+    hull = np.zeros((s, s), np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(np.round(pts[points]).astype(np.int32)), 1)
+    inside = (hull > 0) & (cv2.distanceTransform(hull, cv2.DIST_L2, 5) > 2)
+    away = cv2.distanceTransform(1 - hull, cv2.DIST_L2, 5) / interocular(pts)
+    return region_masks(pts, (s, s))[region], inside, away
+
+
+def test_the_mouth_region_is_the_lips_not_the_skin_around_them(fitted):
+    # why: with the skin round the lips in the mouth factor, a clean-shaven mouth donor left a clean
+    # ring inside a stubbled texture (and a stubbled one a dark ring on a smooth face)
+    mouth, lips, away = _region_round_its_hull(fitted, "mouth", slice(48, 60))
+    assert mouth[lips].min() > 0.5, "the lips are the mouth's"
     assert mouth[away >= 0.25].max() < 0.05, "skin a quarter of the eye distance from the lips is the texture's"
 
 
 def test_the_nose_region_stops_at_the_nostrils(fitted):
     # why: grown into the philtrum, the nose region's modes painted a dark smudge between the nose
     # and the lips (a moustache nobody had); the skin there is the texture's
-    import cv2
-
-    from personc_assets.core.backbones.morphable.appearance import interocular, region_masks
-
-    s = fitted.image_size
+    nose, inside, away = _region_round_its_hull(fitted, "nose", slice(27, 36))
+    assert nose[inside].min() > 0.5, "the nose is the nose's"
     pts = fitted.mean_points()
-    nose = region_masks(pts, (s, s))["nose"]
-    hull = np.zeros((s, s), np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(np.round(pts[27:36]).astype(np.int32)), 1)
-    away = cv2.distanceTransform(1 - hull, cv2.DIST_L2, 5) / interocular(pts)
-    assert nose[(hull > 0) & (cv2.distanceTransform(hull, cv2.DIST_L2, 5) > 2)].min() > 0.5, "the nose is the nose's"
     philtrum = np.round((pts[33] + pts[51]) / 2).astype(int)  # between the nose's base and the upper lip
     # the region's feathered edge still reaches the middle of the philtrum (0.18 there; 0.41 grown 0.12)
     assert nose[philtrum[1], philtrum[0]] < 0.25, "the philtrum is mostly the texture's"
