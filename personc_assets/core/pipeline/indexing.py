@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -18,9 +18,12 @@ import numpy as np
 from ..atomic import atomic_write_text
 from ..encoders.base import ENCODERS, Encoder
 from ..ensemble import TauChoice, embed_sources, resolve_taus
+from ..gates import thresholds_for_sources
 from ..index import EmbeddingIndex, IndexManifest, source_set_hash
 from ..lineage.store import LineageStore
+from ..realism import DEFAULT_THRESHOLDS, RealismThresholds
 from ..values import checked
+from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
 from .sources import SourceSet
 from .thresholds import calibrated_taus
@@ -266,3 +269,19 @@ def _stored_classes(cache: Path | None, version: str) -> dict[str, str | None]:
         log.warning("ignoring unreadable %s (%s); labelling the sources again", cache, exc)
         return {}
     return dict(stored["classes"]) if stored.get("labeller") == version else {}
+
+
+def realism_thresholds(ws: Workspace, sources: SourceSet) -> RealismThresholds:
+    """The realism gate's limits widened to the sources' own range (``gates.thresholds_for_sources``),
+    measured once per source set, default limits and code version, and kept beside the indexes."""
+    key = config_hash({"sources": sources.source_set_hash, "base": asdict(DEFAULT_THRESHOLDS),
+                       "code": code_version()})
+    path = ws.indexes / f"realism-{key[:16]}.json"
+    if path.exists():
+        try:
+            return RealismThresholds(**json.loads(path.read_text())).check()
+        except (ValueError, TypeError) as exc:  # unreadable: measure again and overwrite it
+            log.warning("realism limits in %s are unreadable (%s); measuring the sources again", path, exc)
+    thresholds = thresholds_for_sources(f for batch in sources.iter_faces() for f in batch)
+    atomic_write_text(path, json.dumps(asdict(thresholds)))
+    return thresholds

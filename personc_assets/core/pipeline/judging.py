@@ -8,20 +8,17 @@ released as a PNG marked as synthetic.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, ContextManager, Mapping, Sequence
 
 import numpy as np
 
-from ..atomic import atomic_write_text
 from ..ensemble import guard_from_indexes
-from ..gates import RealismCheck, ReuseCheck, reuse_photos, thresholds_for_sources
+from ..gates import RealismCheck, ReuseCheck, reuse_photos
 from ..guard import PASS, REJECT, Guard, Verdict
-from ..realism import DEFAULT_THRESHOLDS, RealismThresholds
 from ..reuse import ReuseIndex
 from ..transforms import BENIGN_TRANSFORMS, BETWEEN_TRANSFORMS_MARGIN
 from ..lineage.store import LineageStore, now
@@ -29,10 +26,10 @@ from ..explain.watermark import WatermarkError, embed_watermark, write_marked_pn
 from ..release import release_id_for
 from ..types import Candidate, Recipe
 from ..values import checked
-from ..versioning import code_version, config_hash
+from ..versioning import code_version
 from .config import RunConfig, Workspace
 from .generation import CandidateFactory, GeneratedCandidates
-from .indexing import EmbeddingIndexes, build_encoders
+from .indexing import EmbeddingIndexes, build_encoders, realism_thresholds
 from .modeling import FactorDecompositions
 from .sources import SourceSet
 
@@ -180,22 +177,6 @@ def reuse_index(ws: Workspace, sources: SourceSet) -> ReuseIndex:
     path.parent.mkdir(parents=True, exist_ok=True)
     index.save(path)
     return index
-
-
-def realism_thresholds(ws: Workspace, sources: SourceSet) -> RealismThresholds:
-    """The realism gate's limits widened to the sources' own range (``gates.thresholds_for_sources``),
-    measured once per source set, default limits and code version, and kept beside the indexes."""
-    key = config_hash({"sources": sources.source_set_hash, "base": asdict(DEFAULT_THRESHOLDS),
-                       "code": code_version()})
-    path = ws.indexes / f"realism-{key[:16]}.json"
-    if path.exists():
-        try:
-            return RealismThresholds(**json.loads(path.read_text())).check()
-        except (ValueError, TypeError) as exc:  # unreadable: measure again and overwrite it
-            log.warning("realism limits in %s are unreadable (%s); measuring the sources again", path, exc)
-    thresholds = thresholds_for_sources(f for batch in sources.iter_faces() for f in batch)
-    atomic_write_text(path, json.dumps(asdict(thresholds)))
-    return thresholds
 
 
 def build_release_guard(cfg: RunConfig, ws: Workspace, sources: SourceSet, indexes: EmbeddingIndexes) -> Guard:
