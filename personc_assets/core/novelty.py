@@ -11,6 +11,7 @@ plausible face of that model, toward identities that no source has:
 
     minimise   softmax_i,v cos(E(v(chip(base + J dz))), s_i)  +  prior * |dz|^2
                + detail * relu(1 - D(dz) / D(0))^2  +  marks * mean relu(|L(dz) - L(0)| / l - 1)^2
+               + floors * sum_g relu(1 - G_g(dz) / ((1 + floor_margin) * f_g))^2
 
 over ``dz`` with Adam, where ``E`` is dlib's ResNet (the guard's default
 encoder, rebuilt in PyTorch from dlib's own weights), ``s_i`` are the source
@@ -21,8 +22,12 @@ them), the prior keeps the face near the recipe's mix, and
 ``D`` — the fine detail of the face — may not fall: a likeness lowered by
 blurring is a broken face, not a new one; and no pixel's grey level ``L`` in the face may move
 more than ``l`` from the mix's: a few strong local marks (white lids, a dark streak) lowered the
-likeness cheaply, and a face with painted marks is not another face. It stops as soon as every
-similarity is ``margin`` below tau. The guard then judges the real render as
+likeness cheaply, and a face with painted marks is not another face. ``G_g`` are the realism
+gate's own detail scores of the render (the face's sharpness, each feature's and the mouth's detail
+relative to it) and ``f_g`` the gate's lower limits for them (``DetailFloors``, when given): a
+soft mix, or a mouth the move smoothed, is lifted to detail the gate accepts instead of being
+rejected after the step. It stops as soon as every similarity is ``margin`` below tau and every
+detail score is above its floor. The guard then judges the real render as
 usual: the step is a proposal, never a verdict.
 """
 
@@ -70,6 +75,10 @@ class NoveltyConfig:
     blur: float = 0.0
     #: temperature of the soft maximum over sources and variants
     sharpness: float = 60.0
+    #: weight of the floors term: the realism gate's detail scores of the render stay
+    #: ``floor_margin`` (a fraction) above the gate's lower limits (needs ``DetailFloors``)
+    floors: float = 10.0
+    floor_margin: float = 0.05
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin < 0.5:
@@ -80,9 +89,25 @@ class NoveltyConfig:
             raise ValueError(f"marks must be >= 0 and mark_limit > 0 grey levels, got {self.marks}, {self.mark_limit}")
         if not 0.0 <= self.blur <= 5.0:
             raise ValueError(f"blur must be in [0, 5] pixels, got {self.blur}")
+        if self.floors < 0 or not 0.0 <= self.floor_margin < 1.0:
+            raise ValueError(f"floors must be >= 0 and floor_margin in [0, 1), got {self.floors}, {self.floor_margin}")
         if self.learning_rate <= 0 or self.prior < 0 or self.sharpness <= 0 or self.detail < 0:
             raise ValueError("learning_rate and sharpness must be > 0 and prior >= 0, got "
                              f"{self.learning_rate}, {self.sharpness}, {self.prior}")
+
+
+@dataclass(frozen=True)
+class DetailFloors:
+    """The realism gate's lower limits on a face's detail (``RealismThresholds.min_sharpness``,
+    ``min_detail_ratio`` and ``min_mouth_detail``), which the step keeps the render above."""
+
+    sharpness: float
+    detail_ratio: float
+    mouth_detail: float
+
+    @classmethod
+    def of(cls, thresholds) -> "DetailFloors":
+        return cls(thresholds.min_sharpness, thresholds.min_detail_ratio, thresholds.min_mouth_detail)
 
 
 @runtime_checkable
@@ -108,7 +133,7 @@ class NoveltyResult:
     end_similarity: float    # ... after it
     steps: int
     shift: float             # |dz| in standard deviations
-    reached: bool            # end_similarity <= tau - margin
+    reached: bool            # end_similarity <= tau - margin, and the detail floors (when given) are met
 
 
 def chip_affine(landmarks: np.ndarray, size: int, padding: float) -> np.ndarray:
@@ -156,18 +181,24 @@ def _linear_chips(lin, grid, blur: float):
         return (chip0, jac) + to_chip(_gaussian(base, blur), _gaussian(cols, blur))
 
 
-def _gaussian(images, sigma: float):
-    """``images [N, 3, H, W]`` blurred as ``cv2.GaussianBlur(image, (0, 0), sigma)`` blurs a uint8
-    image (kernel radius 3 sigma, mirrored borders), channel by channel."""
+def _gaussian(images, sigma: float, radius: int | None = None):
+    """``images [N, C, H, W]`` blurred as ``cv2.GaussianBlur(image, (0, 0), sigma)`` blurs a uint8
+    image (kernel radius 3 sigma unless ``radius`` is given, mirrored borders), channel by channel."""
     import torch
     from torch.nn import functional as F
 
-    r = max(1, int(round(3.0 * sigma)))
+    r = max(1, int(round(3.0 * sigma))) if radius is None else radius
+    c = images.shape[1]
     x = torch.arange(-r, r + 1, dtype=images.dtype, device=images.device)
     g = torch.exp(-x ** 2 / (2 * sigma ** 2))
-    g = (g / g.sum()).view(1, 1, 1, -1).expand(3, 1, 1, -1)
-    out = F.conv2d(F.pad(images, (r, r, 0, 0), mode="reflect"), g, groups=3)
-    return F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), g.transpose(-1, -2), groups=3)
+    g = (g / g.sum()).view(1, 1, 1, -1).expand(c, 1, 1, -1)
+    out = F.conv2d(F.pad(images, (r, r, 0, 0), mode="reflect"), g, groups=c)
+    return F.conv2d(F.pad(out, (0, 0, r, r), mode="reflect"), g.transpose(-1, -2), groups=c)
+
+
+def _float_radius(sigma: float) -> int:
+    """The kernel radius ``cv2.GaussianBlur(image, (0, 0), sigma)`` uses on a float image (4 sigma)."""
+    return (int(round(8.0 * sigma + 1.0)) | 1) // 2
 
 
 def _face_ellipse(size: int, dtype, device):
@@ -194,6 +225,64 @@ def _detail_energy(chip):
     return (((grey - blur) ** 2)[0, 0] * face).sum() / face.sum()
 
 
+class _GateDetail:
+    """The realism gate's detail scores (``realism.sharpness_scores``) of a linearised render,
+    differentiable in ``dz``: band-pass (DoG 0.8 - 2.5 px) RMS of L* over the inner face, and
+    each feature's RMS relative to it, on the face's bounding box of ``base + jacobian @ dz``."""
+
+    SIGMAS = (0.8, 2.5)
+
+    def __init__(self, lin, floors: DetailFloors, margin: float, device: str) -> None:
+        import torch
+
+        from . import realism
+
+        s = lin.base.shape[0]
+        frame = realism.face_frame(lin.landmarks, (0, 0, s, s))
+        masks = {"inner": realism.face_regions(frame, (s, s)).inner, **realism.feature_masks(frame, (s, s))}
+        ys, xs = np.nonzero(np.logical_or.reduce(list(masks.values())))
+        pad = _float_radius(max(self.SIGMAS)) + 1  # the wider blur's reach
+        y0, y1, x0, x1 = max(ys.min() - pad, 0), min(ys.max() + pad + 1, s), max(xs.min() - pad, 0), min(xs.max() + pad + 1, s)
+        rows = (np.arange(s)[y0:y1, None] * s + np.arange(s)[None, x0:x1]).reshape(-1)
+        pix = (rows[:, None] * 3 + np.arange(3)[None, :]).reshape(-1)
+        self.shape = (y1 - y0, x1 - x0)
+        self.base = torch.from_numpy(lin.base[y0:y1, x0:x1].reshape(-1).copy()).to(device)
+        self.jac = torch.from_numpy(lin.jacobian[pix]).to(device)
+        self.masks = {k: torch.from_numpy(m[y0:y1, x0:x1].astype(np.float32)).to(device) for k, m in masks.items()}
+        self.floors = {"sharpness": floors.sharpness, **{k: floors.detail_ratio for k in masks if k != "inner"}}
+        self.floors["mouth"] = max(floors.detail_ratio, floors.mouth_detail)
+        self.targets = {k: (1.0 + margin) * v for k, v in self.floors.items()}
+
+    def scores(self, dz):
+        """Sharpness and each feature's detail ratio of the render at ``dz``."""
+        import torch
+
+        rgb = (self.base + self.jac @ dz).clamp(0.0, 1.0).view(*self.shape, 3)
+        lin = torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+        y = lin @ torch.tensor([0.212671, 0.715160, 0.072169], dtype=rgb.dtype, device=rgb.device)
+        light = torch.where(y > 0.008856, 116.0 * y.clamp_min(1e-6) ** (1.0 / 3.0) - 16.0, 903.3 * y)
+        grey = light[None, None]
+        band = (_gaussian(grey, self.SIGMAS[0], _float_radius(self.SIGMAS[0]))
+                - _gaussian(grey, self.SIGMAS[1], _float_radius(self.SIGMAS[1])))[0, 0]
+
+        def rms(mask):
+            return torch.sqrt(((band ** 2) * mask).sum() / mask.sum().clamp_min(1.0) + 1e-12)
+
+        face = rms(self.masks["inner"])
+        out = {"sharpness": face}
+        out.update({k: rms(m) / face for k, m in self.masks.items() if k != "inner"})
+        return out
+
+    def met(self, scores) -> bool:
+        return all(float(scores[k].detach()) >= self.targets[k] for k in self.targets)
+
+    def shortfall(self, scores):
+        """Sum of squared relative shortfalls below the targets (0 when every score is above)."""
+        import torch
+
+        return sum(torch.relu(1.0 - scores[k] / t) ** 2 for k, t in self.targets.items())
+
+
 @lru_cache(maxsize=2)
 def _network(device: str):
     from .encoders.dlib.network import load_dlib_resnet
@@ -207,13 +296,15 @@ def _network(device: str):
 class NoveltySearch:
     """Moves mixed faces away from ``avoid`` embeddings ``[N, 128]`` (unit dlib descriptors)."""
 
-    def __init__(self, tau: float, config: NoveltyConfig | None = None, device: str = "auto") -> None:
+    def __init__(self, tau: float, config: NoveltyConfig | None = None, device: str = "auto",
+                 floors: DetailFloors | None = None) -> None:
         import torch
 
         if not 0.0 < tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {tau}")
         self.tau = float(tau)
         self.config = config or NoveltyConfig()
+        self.floors = floors
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
 
     def refine_many(self, backbone: LinearisedBackbone, mixes: Sequence[Mapping[str, np.ndarray]],
@@ -259,9 +350,11 @@ class NoveltySearch:
         net = _network(dev)
         dz = torch.zeros(k, device=dev, requires_grad=True)
         opt = torch.optim.Adam([dz], lr=cfg.learning_rate)
+        gate = (_GateDetail(lin, self.floors, cfg.floor_margin, dev)
+                if self.floors is not None and cfg.floors > 0 else None)
         goal = self.tau - cfg.margin
         start = float("nan")
-        best = (float("inf"), torch.zeros_like(dz))
+        best = ((True, float("inf")), torch.zeros_like(dz))  # (floors missed, similarity), dz
         step = 0
         for step in range(cfg.steps + 1):
             chip = (chip0 + jac @ dz).clamp(0.0, 255.0).view(1, 3, CHIP_SIZE, CHIP_SIZE)
@@ -279,25 +372,30 @@ class NoveltySearch:
                 face = _face_ellipse(CHIP_SIZE, chip.dtype, chip.device)
             sims = emb @ targets.T
             worst = float(sims.detach().max())
+            detail = gate.scores(dz) if gate is not None else None
+            key = (detail is not None and not gate.met(detail), worst)
             if step == 0:
                 start = worst
-            if worst < best[0]:
-                best = (worst, dz.detach().clone())
-            if worst <= goal or step == cfg.steps:
+            if key < best[0]:
+                best = (key, dz.detach().clone())
+            if (worst <= goal and not key[0]) or step == cfg.steps:
                 break
             soft = torch.logsumexp(cfg.sharpness * sims.reshape(-1), 0) / cfg.sharpness
             loss = (soft + cfg.prior * (dz ** 2).sum()
                     + cfg.detail * torch.relu(1.0 - energy / energy0) ** 2)
+            if detail is not None:
+                loss = loss + cfg.floors * gate.shortfall(detail)
             if cfg.marks > 0:
                 over = torch.relu((chip.mean(dim=1) - grey0).abs() - cfg.mark_limit) / cfg.mark_limit
                 loss = loss + cfg.marks * ((over ** 2)[0] * face).sum() / face.sum()
             opt.zero_grad()
             loss.backward()
             opt.step()
-        end, move = best
+        (missed, end), move = best
         moved = backbone.offset_appearance(factors, move.cpu().numpy())
-        log.debug("novelty: %.3f -> %.3f in %d steps, |dz| %.2f", start, end, step, float(move.norm()))
-        return NoveltyResult(moved, start, end, step, float(move.norm()), end <= goal)
+        log.debug("novelty: %.3f -> %.3f in %d steps, |dz| %.2f%s", start, end, step, float(move.norm()),
+                  ", detail floors missed" if missed else "")
+        return NoveltyResult(moved, start, end, step, float(move.norm()), end <= goal and not missed)
 
     @staticmethod
     def _grid(affine: np.ndarray, image_size: int, chip_size: int):

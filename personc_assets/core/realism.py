@@ -555,17 +555,22 @@ def rim_score(p: Planes, frame: FaceFrame) -> float:
 # --------------------------------------------------------------------------- texture and colour
 
 
+def feature_masks(frame: FaceFrame, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """Masks ``[H, W]`` of the features whose detail ``sharpness_scores`` weighs against the face's."""
+    lm, iod = frame.landmarks, frame.iod
+    return {
+        "right_eye": polygon_mask(shape, lm[RIGHT_EYE], 0.1 * iod),
+        "left_eye": polygon_mask(shape, lm[LEFT_EYE], 0.1 * iod),
+        "nose": polygon_mask(shape, lm[NOSE], 0.04 * iod),
+        "mouth": polygon_mask(shape, lm[MOUTH_OUTER], 0.06 * iod),
+    }
+
+
 def sharpness_scores(p: Planes, frame: FaceFrame, regions: Regions) -> dict[str, float]:
     """Band-pass RMS of the inner face and the weakest feature's share of it."""
-    band, iod, lm = p.band, frame.iod, frame.landmarks
+    band = p.band
     face = rms(band[regions.inner])
-    parts = {
-        "right_eye": polygon_mask(band.shape, lm[RIGHT_EYE], 0.1 * iod),
-        "left_eye": polygon_mask(band.shape, lm[LEFT_EYE], 0.1 * iod),
-        "nose": polygon_mask(band.shape, lm[NOSE], 0.04 * iod),
-        "mouth": polygon_mask(band.shape, lm[MOUTH_OUTER], 0.06 * iod),
-    }
-    ratios = {name: rms(band[m]) / max(face, 1e-6) for name, m in parts.items()}
+    ratios = {name: rms(band[m]) / max(face, 1e-6) for name, m in feature_masks(frame, band.shape).items()}
     return {"sharpness": face, "detail_ratio": float(min(ratios.values())), "mouth_detail": ratios["mouth"]}
 
 

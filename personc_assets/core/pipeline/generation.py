@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..atomic import atomic_save_npz, atomic_save_png, load_npz
-from ..novelty import LinearisedBackbone, NoveltyConfig, NoveltySearch
+from ..novelty import DetailFloors, LinearisedBackbone, NoveltyConfig, NoveltySearch
 from ..faces.loading import pixel_hash
 from ..lineage.store import LineageStore, now
 from ..recipes import mix_factors, new_roles, recipe_from_json, recipe_json, sample_recipes
@@ -27,7 +27,7 @@ from ..values import checked
 from ..versioning import code_version, config_hash
 from .config import RunConfig, Workspace
 from .context import LoadedContext, shared_context
-from .indexing import EmbeddingIndexes
+from .indexing import EmbeddingIndexes, realism_thresholds
 from .modeling import FactorDecompositions
 from .sources import SourceSet
 
@@ -130,7 +130,9 @@ class CandidateFactory:
         if missing:
             raise RuntimeError(f"dlib embeddings of guarded sources {missing} are missing from the store; "
                                "re-materialize embedding_indexes")
-        return NoveltySearch(float(dlib.tau), knobs), np.stack([found[h] for h in hashes]).astype(np.float32)
+        floors = DetailFloors.of(realism_thresholds(self.ws, sources))
+        return (NoveltySearch(float(dlib.tau), knobs, floors=floors),
+                np.stack([found[h] for h in hashes]).astype(np.float32))
 
     def recipe(self, slot: int, attempt: int, released: Sequence[Recipe] = ()) -> Recipe:
         """The recipe of ``(slot, attempt)``, dealt so that it differs from every
