@@ -320,3 +320,57 @@ def test_novelty_step_takes_a_mixed_face_below_tau(shared_faces):
     assert all(sim < encoder.default_tau for _, sim, _ in results), [r[1] for r in results]
     assert all(res.end_similarity <= res.start_similarity for res, _, _ in results)
     assert sum(ok for _, _, ok in results) >= 2, "the moved faces must stay coherent faces"
+
+
+def test_the_steps_detail_scores_are_the_realism_gates(fitted, faces):
+    # why: the step keeps the gate's own detail scores above the gate's floors; measured another
+    # way, a face the step calls sharp enough could still be rejected as blurred
+    from personc_assets.core import realism
+    from personc_assets.core.novelty import DetailFloors, _GateDetail
+
+    lin = fitted.linear_render(fitted.compose(fitted.decompose(fitted.project(faces[:1])[0].latent)))
+    import torch
+
+    scores = _GateDetail(lin, DetailFloors(2.0, 0.4, 1.0), 0.0, "cpu").scores(torch.zeros(lin.jacobian.shape[1]))
+    s = fitted.image_size
+    frame = realism.face_frame(lin.landmarks, (0, 0, s, s))
+    gate = realism.sharpness_scores(realism.planes(np.clip(lin.base, 0, 1) * 255.0), frame,
+                                    realism.face_regions(frame, (s, s)))
+    assert float(scores["sharpness"]) == pytest.approx(gate["sharpness"], rel=0.01)
+    assert float(scores["mouth"]) == pytest.approx(gate["mouth_detail"], rel=0.01)
+    features = ("right_eye", "left_eye", "nose", "mouth")
+    assert min(float(scores[k]) for k in features) == pytest.approx(gate["detail_ratio"], rel=0.01)
+
+
+def test_the_floors_term_lifts_a_soft_face_to_the_gates_detail(fitted, faces):
+    # why: soft mixes (few, small, upsampled sources) were rejected after the step as blurred, and
+    # the step smoothed some mouths below the gate's mouth detail; with the gate's floors the step
+    # keeps moving until the face has the detail the gate asks for
+    from personc_assets.core import realism
+    from personc_assets.core.novelty import DetailFloors
+
+    mix = fitted.decompose(fitted.project(faces[:1])[0].latent)
+    avoid = np.random.default_rng(1).normal(size=(64, 128)).astype(np.float32)
+    avoid /= np.linalg.norm(avoid, axis=1, keepdims=True)  # far away: the likeness goal holds at once
+
+    def sharpness(factors):
+        latent = fitted.compose(factors)
+        return realism.measure(fitted.synthesize([latent])[0], fitted.render_landmarks(latent))["sharpness"]
+
+    import torch
+
+    from personc_assets.core.novelty import _GateDetail
+
+    lin = fitted.linear_render(fitted.compose(mix))
+    linear = float(_GateDetail(lin, DetailFloors(1.0, 0.1, 0.1), 0.0, "cpu").scores(torch.zeros(lin.jacobian.shape[1]))["sharpness"])
+    floors = DetailFloors(sharpness=1.1 * linear, detail_ratio=0.1, mouth_detail=0.1)
+    # the drawn faces have four appearance modes: no room for both the floors and the marks cap
+    cfg = NoveltyConfig(steps=40, learning_rate=0.3, floor_margin=0.0, marks=0.0)
+    plain = NoveltySearch(0.99, cfg).refine(fitted, mix, avoid)
+    lifted = NoveltySearch(0.99, cfg, floors=floors).refine(fitted, mix, avoid)
+    assert plain.steps == 0 and plain.shift == 0.0, "without floors nothing asks the step to move"
+    assert lifted.reached and lifted.shift > 0
+    assert sharpness(lifted.factors) >= 1.05 * sharpness(mix)  # the gate, on the render: 1.076x when written
+    assert not NoveltySearch(0.99, cfg, floors=DetailFloors(50.0, 0.1, 0.1)).refine(fitted, mix, avoid).reached
+    with pytest.raises(ValueError, match="floor"):
+        NoveltyConfig(floor_margin=1.5)
