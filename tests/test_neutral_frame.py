@@ -374,3 +374,7 @@ def test_the_floors_term_lifts_a_soft_face_to_the_gates_detail(fitted, faces):
     assert not NoveltySearch(0.99, cfg, floors=DetailFloors(50.0, 0.1, 0.1)).refine(fitted, mix, avoid).reached
     with pytest.raises(ValueError, match="floor"):
         NoveltyConfig(floor_margin=1.5)
+    with pytest.raises(ValueError, match="floor_scores"):
+        NoveltyConfig(floor_scores=("sharpnes",))
+    assert DetailFloors.of(realism.DEFAULT_THRESHOLDS, ("sharpness",)) == DetailFloors(
+        realism.DEFAULT_THRESHOLDS.min_sharpness, None, None)

@@ -76,9 +76,12 @@ class NoveltyConfig:
     #: temperature of the soft maximum over sources and variants
     sharpness: float = 60.0
     #: weight of the floors term: the realism gate's detail scores of the render stay
-    #: ``floor_margin`` (a fraction) above the gate's lower limits (needs ``DetailFloors``)
+    #: ``floor_margin`` (a fraction) above the gate's lower limits (needs ``DetailFloors``); the
+    #: step's bilinear render is already about 7% less sharp than the drawn one (docs/novelty.md)
     floors: float = 10.0
-    floor_margin: float = 0.05
+    floor_margin: float = 0.0
+    #: which of the gate's detail scores the floors term keeps up (``DetailFloors.SCORES``)
+    floor_scores: tuple[str, ...] = ("sharpness",)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.margin < 0.5:
@@ -89,6 +92,10 @@ class NoveltyConfig:
             raise ValueError(f"marks must be >= 0 and mark_limit > 0 grey levels, got {self.marks}, {self.mark_limit}")
         if not 0.0 <= self.blur <= 5.0:
             raise ValueError(f"blur must be in [0, 5] pixels, got {self.blur}")
+        object.__setattr__(self, "floor_scores", tuple(self.floor_scores))
+        unknown = set(self.floor_scores) - set(DetailFloors.SCORES)
+        if unknown:
+            raise ValueError(f"floor_scores must be among {DetailFloors.SCORES}, got {sorted(unknown)}")
         if self.floors < 0 or not 0.0 <= self.floor_margin < 1.0:
             raise ValueError(f"floors must be >= 0 and floor_margin in [0, 1), got {self.floors}, {self.floor_margin}")
         if self.learning_rate <= 0 or self.prior < 0 or self.sharpness <= 0 or self.detail < 0:
@@ -99,15 +106,19 @@ class NoveltyConfig:
 @dataclass(frozen=True)
 class DetailFloors:
     """The realism gate's lower limits on a face's detail (``RealismThresholds.min_sharpness``,
-    ``min_detail_ratio`` and ``min_mouth_detail``), which the step keeps the render above."""
+    ``min_detail_ratio`` and ``min_mouth_detail``) that the step keeps the render above; None: not
+    kept (the gate still judges it)."""
 
-    sharpness: float
-    detail_ratio: float
-    mouth_detail: float
+    SCORES = ("sharpness", "detail_ratio", "mouth_detail")
+
+    sharpness: float | None
+    detail_ratio: float | None
+    mouth_detail: float | None
 
     @classmethod
-    def of(cls, thresholds) -> "DetailFloors":
-        return cls(thresholds.min_sharpness, thresholds.min_detail_ratio, thresholds.min_mouth_detail)
+    def of(cls, thresholds, scores: Sequence[str] = SCORES) -> "DetailFloors":
+        """The floors of ``RealismThresholds`` for the named ``scores`` (others None)."""
+        return cls(*(getattr(thresholds, "min_" + name) if name in scores else None for name in cls.SCORES))
 
 
 @runtime_checkable
@@ -249,9 +260,10 @@ class _GateDetail:
         self.base = torch.from_numpy(lin.base[y0:y1, x0:x1].reshape(-1).copy()).to(device)
         self.jac = torch.from_numpy(lin.jacobian[pix]).to(device)
         self.masks = {k: torch.from_numpy(m[y0:y1, x0:x1].astype(np.float32)).to(device) for k, m in masks.items()}
-        self.floors = {"sharpness": floors.sharpness, **{k: floors.detail_ratio for k in masks if k != "inner"}}
-        self.floors["mouth"] = max(floors.detail_ratio, floors.mouth_detail)
-        self.targets = {k: (1.0 + margin) * v for k, v in self.floors.items()}
+        kept = {"sharpness": floors.sharpness}
+        kept.update({k: floors.detail_ratio for k in masks if k != "inner"})
+        kept["mouth"] = max((f for f in (floors.detail_ratio, floors.mouth_detail) if f is not None), default=None)
+        self.targets = {k: (1.0 + margin) * v for k, v in kept.items() if v is not None}
 
     def scores(self, dz):
         """Sharpness and each feature's detail ratio of the render at ``dz``."""

@@ -130,7 +130,7 @@ class CandidateFactory:
         if missing:
             raise RuntimeError(f"dlib embeddings of guarded sources {missing} are missing from the store; "
                                "re-materialize embedding_indexes")
-        floors = DetailFloors.of(realism_thresholds(self.ws, sources))
+        floors = DetailFloors.of(realism_thresholds(self.ws, sources), knobs.floor_scores)
         return (NoveltySearch(float(dlib.tau), knobs, floors=floors),
                 np.stack([found[h] for h in hashes]).astype(np.float32))
 
