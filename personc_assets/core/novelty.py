@@ -24,9 +24,9 @@ blurring is a broken face, not a new one; and no pixel's grey level ``L`` in the
 more than ``l`` from the mix's: a few strong local marks (white lids, a dark streak) lowered the
 likeness cheaply, and a face with painted marks is not another face. ``G_g`` are the realism
 gate's own detail scores of the render (the face's sharpness, each feature's and the mouth's detail
-relative to it) and ``f_g`` the gate's lower limits for them (``DetailFloors``, when given): a
-soft mix, or a mouth the move smoothed, is lifted to detail the gate accepts instead of being
-rejected after the step. It stops as soon as every similarity is ``margin`` below tau and every
+relative to it) and ``f_g`` the gate's lower limits for those the config names (``DetailFloors``,
+when given; by default the sharpness alone): a soft mix is lifted to the detail the gate accepts
+instead of being rejected after the step. It stops as soon as every similarity is ``margin`` below tau and every
 detail score is above its floor. The guard then judges the real render as
 usual: the step is a proposal, never a verdict.
 """
