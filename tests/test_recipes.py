@@ -360,9 +360,8 @@ def test_mix_is_a_weighted_sum_pulled_toward_the_mean():
 
 def test_the_push_moves_only_the_factors_the_roles_name():
     # why: pushing the morphable model's texture off the mean exaggerated each donor's skin marks
-    # (stubble into a moustache, a crease into a streak) without lowering dlib's similarity, and
-    # pushing its feature regions gave white lids; its recipes push the shape only, and a stored
-    # recipe says so (a re-mix gives the same face)
+    # (stubble into a moustache, a crease into a streak) without lowering dlib's similarity; its
+    # recipes leave the texture unpushed, and a stored recipe says so (a re-mix gives the same face)
     a, b = "a" * 64, "b" * 64
     factors = {a: {"texture": np.array([1.0, 0.0], np.float32), "geometry": np.array([2.0], np.float32)},
                b: {"texture": np.array([0.0, 1.0], np.float32), "geometry": np.array([4.0], np.float32)}}
@@ -378,7 +377,8 @@ def test_the_push_moves_only_the_factors_the_roles_name():
     np.testing.assert_allclose(mix_factors(everything, factors, mean)["texture"], [1.15, -0.15], rtol=1e-6)
     with pytest.raises(ValueError, match="does not mix"):
         make_recipe(0, {"texture": [(a, 1.0)]}, -0.3, b, pulled=("geometry",))
-    assert {r.pulled for r in sample_recipes(donors(8), FACTOR_NAMES, 6, seed=4)} == {("geometry", "symmetry")}
+    assert {r.pulled for r in sample_recipes(donors(8), FACTOR_NAMES, 6, seed=4)} == \
+        {("eyes", "geometry", "mouth", "nose", "symmetry")}
 
 
 def test_mix_errors_name_the_problem():

@@ -50,13 +50,12 @@ class FactorRoles:
 
 
 #: Roles of the ``FACTOR_NAMES`` factors (the embedded backbone's).
-#: The push off the mean moves the shape only: pushing the texture exaggerated every donor's skin
-#: marks (stubble into a moustache, a crease into a streak) without lowering dlib's similarity, and
-#: pushing the eye, nose and mouth regions gave white lids and cost releases once the novelty step
-#: kept the faces' sharpness itself (docs/novelty.md, "The push leaves the skin alone" and "The push
-#: leaves the features alone").
+#: The push off the mean leaves the texture alone: pushing it exaggerated every donor's skin marks
+#: (stubble into a moustache, a crease into a streak) and did not lower dlib's similarity; the
+#: feature regions keep their push, which gives the soft demo faces their detail
+#: (docs/novelty.md, "The push leaves the skin alone").
 FACTOR_ROLES = FactorRoles(shape=("geometry", "symmetry"), sensitive=("texture", "eyes", "mouth"),
-                           appearance=("texture",), pulled=("geometry", "symmetry"))
+                           appearance=("texture",), pulled=("geometry", "symmetry", "eyes", "nose", "mouth"))
 
 
 @dataclass(frozen=True)
